@@ -1,0 +1,213 @@
+//! The admin listener: health, readiness, metrics, status, reload, explain.
+//!
+//! Served by Pingora's own HTTP service (`ServeHttp`), so requests are parsed
+//! by the same battle-tested code as the proxy's. With `admin.token_file`,
+//! every call needs `Authorization: Bearer <token>` (compared in constant
+//! time); without it, only loopback clients are served.
+
+mod status;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::explain::{explain, ExplainRequest};
+use crate::reload::{ReloadOutcome, Reloader};
+
+pub struct AdminApp {
+    pub reloader: Arc<Reloader>,
+    /// True while the server runs and listens; false before start and once draining.
+    pub ready: Arc<AtomicBool>,
+}
+
+type Reply = Response<Vec<u8>>;
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Reply {
+        if let Some(denied) = self.authorize(session) {
+            return denied;
+        }
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let query = parse_query(session.req_header().uri.query().unwrap_or(""));
+        match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if self.ready.load(Ordering::Relaxed) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let body = self.reloader.metrics.render();
+                reply(StatusCode::OK, "text/plain; version=0.0.4", body)
+            }
+            (&Method::GET, "/api/status") => json_reply(StatusCode::OK, &status::render(&self.reloader)),
+            (&Method::POST, "/api/reload") => self.reload().await,
+            (&Method::GET, "/api/explain") => self.explain(&query),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/api/status" | "/api/reload" | "/api/explain") => json_reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": format!("{method} is not allowed on {path}")}),
+            ),
+            _ => json_reply(StatusCode::NOT_FOUND, &json!({"error": format!("no admin endpoint {path}")})),
+        }
+    }
+}
+
+impl AdminApp {
+    fn authorize(&self, session: &ServerSession) -> Option<Reply> {
+        let snapshot = self.reloader.snapshots.load();
+        match &snapshot.config.admin.token {
+            Some(token) => {
+                let presented = session
+                    .req_header()
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                let ok: bool = presented.as_bytes().ct_eq(token.as_bytes()).into();
+                (!ok).then(|| json_reply(StatusCode::UNAUTHORIZED, &json!({"error": "missing or wrong bearer token"})))
+            }
+            None => {
+                let loopback = session.client_addr().and_then(|a| a.as_inet()).is_some_and(|a| a.ip().is_loopback());
+                (!loopback).then(|| {
+                    json_reply(
+                        StatusCode::FORBIDDEN,
+                        &json!({"error": "admin API serves loopback clients only unless admin.token_file is set"}),
+                    )
+                })
+            }
+        }
+    }
+
+    async fn reload(&self) -> Reply {
+        let r = Arc::clone(&self.reloader);
+        let outcome = tokio::task::spawn_blocking(move || r.reload("admin-api", false)).await;
+        match outcome {
+            Ok(ReloadOutcome::Applied { generation, restart_needed }) => json_reply(
+                StatusCode::OK,
+                &json!({"result": "applied", "generation": generation, "restart_needed": restart_needed}),
+            ),
+            Ok(ReloadOutcome::Unchanged { generation }) => {
+                json_reply(StatusCode::OK, &json!({"result": "unchanged", "generation": generation}))
+            }
+            Ok(ReloadOutcome::Rejected { errors }) => {
+                json_reply(StatusCode::UNPROCESSABLE_ENTITY, &json!({"result": "rejected", "errors": errors}))
+            }
+            Err(e) => json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
+        }
+    }
+
+    fn explain(&self, query: &HashMap<String, String>) -> Reply {
+        let ip = match query.get("ip").map(|s| s.parse::<IpAddr>()) {
+            None => None,
+            Some(Ok(ip)) => Some(ip),
+            Some(Err(_)) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": "ip is not an IP address"})),
+        };
+        let Some(path) = query.get("path") else {
+            return json_reply(StatusCode::BAD_REQUEST, &json!({"error": "path is required"}));
+        };
+        let req = ExplainRequest {
+            host: query.get("host").cloned(),
+            path: path.clone(),
+            user: query.get("user").cloned(),
+            ip,
+            headers: Vec::new(),
+        };
+        let snapshot = self.reloader.snapshots.load();
+        match explain(&snapshot.config, &snapshot.router, &req) {
+            Ok(a) => json_reply(
+                StatusCode::OK,
+                &json!({
+                    "route": a.route,
+                    "version": a.decision.version.as_str(),
+                    "pool": a.pool,
+                    "reason": a.decision.reason.label(),
+                    "client_ip": a.client_ip.to_string(),
+                    "user_id": a.user_id,
+                    "explanation": a.text,
+                    "generation": snapshot.generation,
+                }),
+            ),
+            Err(e) => json_reply(StatusCode::NOT_FOUND, &json!({"error": e})),
+        }
+    }
+}
+
+/// Percent-decoded `key=value` pairs; the last one of a repeated key wins.
+fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Reply {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn text(status: StatusCode, body: &str) -> Reply {
+    reply(status, "text/plain; charset=utf-8", body.as_bytes().to_vec())
+}
+
+fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_decoded() {
+        let q = parse_query("path=%2Fcart%2Fx&user=42&ip=1.2.3.4&x=a+b&bad=%zz");
+        assert_eq!(q["path"], "/cart/x");
+        assert_eq!(q["user"], "42");
+        assert_eq!(q["x"], "a b");
+        assert_eq!(q["bad"], "%zz");
+    }
+}

@@ -1,0 +1,57 @@
+//! `GET /api/status`: what is running, as JSON.
+
+use serde_json::{json, Value};
+
+use crate::reload::Reloader;
+
+pub fn render(reloader: &Reloader) -> Value {
+    let snapshot = reloader.snapshots.load();
+    let reload = reloader.status();
+    let routes: Vec<Value> = snapshot
+        .router
+        .routes()
+        .iter()
+        .map(|r| {
+            let s = &r.spec;
+            json!({
+                "name": s.name,
+                "path_prefix": s.path_prefix,
+                "hosts": s.hosts,
+                "stable": s.stable,
+                "canary": s.canary,
+                "canary_percent": s.canary_percent(),
+                "salt": s.salt,
+                "whitelist_users": s.whitelist_users.len(),
+                "whitelist_ips": s.whitelist_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut upstreams: Vec<Value> = snapshot
+        .pools
+        .values()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "health_check": p.health_check.is_some(),
+                "healthy_backends": p.healthy_count(),
+                "backends": p.backends.iter().map(|b| json!({
+                    "addr": b.addr.to_string(),
+                    "weight": b.weight,
+                    "healthy": b.health.is_healthy(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    upstreams.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json!({
+        "config_file": reloader.path().display().to_string(),
+        "config_hash": snapshot.hash,
+        "generation": snapshot.generation,
+        "loaded_at": humantime::format_rfc3339_seconds(snapshot.loaded_at).to_string(),
+        "last_reload_error": reload.last_error,
+        "last_reload_error_at": reload.last_error_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        "restart_needed": reload.restart_needed,
+        "routes": routes,
+        "upstreams": upstreams,
+    })
+}

@@ -1,0 +1,145 @@
+//! Config errors that point at the file, the line and the key.
+//!
+//! Every stage of loading (TOML syntax, shape, meaning) appends to one
+//! [`Diagnostics`] list so that a single `gateway check` shows every mistake,
+//! not just the first.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line; 0 when the problem is not tied to a line (e.g. unreadable file).
+    pub line: usize,
+    /// Key path such as `routes[0].canary_percent`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.file.display().to_string());
+        match (self.line, self.key.is_empty()) {
+            (0, true) => write!(f, "{file}: {}", self.message),
+            (0, false) => write!(f, "{file}: {}: {}", self.key, self.message),
+            (line, true) => write!(f, "{file}:{line}: {}", self.message),
+            (line, false) => write!(f, "{file}:{line}: {}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// A non-fatal remark printed by `gateway check` and logged at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning(pub ConfigError);
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "warning: {}", self.0)
+    }
+}
+
+/// Collects errors and warnings for one source file, turning byte spans into lines.
+pub struct Diagnostics<'a> {
+    file: PathBuf,
+    source: &'a str,
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl<'a> Diagnostics<'a> {
+    pub fn new(file: &Path, source: &'a str) -> Self {
+        Self { file: file.to_path_buf(), source, errors: Vec::new(), warnings: Vec::new() }
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    pub fn line_of(&self, span: &Range<usize>) -> usize {
+        line_of(self.source, span.start)
+    }
+
+    pub fn error(&mut self, span: Option<Range<usize>>, key: impl Into<String>, msg: impl Into<String>) {
+        let line = span.map(|s| self.line_of(&s)).unwrap_or(0);
+        self.errors.push(ConfigError { file: self.file.clone(), line, key: key.into(), message: msg.into() });
+    }
+
+    pub fn warn(&mut self, span: Option<Range<usize>>, key: impl Into<String>, msg: impl Into<String>) {
+        let line = span.map(|s| self.line_of(&s)).unwrap_or(0);
+        self.warnings.push(ConfigWarning(ConfigError {
+            file: self.file.clone(),
+            line,
+            key: key.into(),
+            message: msg.into(),
+        }));
+    }
+
+    /// Record a serde/TOML error raised while reading the section at `section_key`.
+    ///
+    /// toml's messages name the offending field (`unknown field `foo``); the
+    /// span points at it, so the key path is the section plus the word under
+    /// the span when that word is a bare key.
+    pub fn toml_error(&mut self, section_key: &str, err: &toml::de::Error) {
+        let span = err.span();
+        let mut key = section_key.to_string();
+        if let Some(word) = span.as_ref().and_then(|s| self.bare_key_at(s)) {
+            if !key.ends_with(&word) {
+                key = if key.is_empty() { word } else { format!("{key}.{word}") };
+            }
+        }
+        let message = err.message().trim().replace('\n', " ");
+        self.error(span, key, message);
+    }
+
+    fn bare_key_at(&self, span: &Range<usize>) -> Option<String> {
+        let text = self.source.get(span.clone())?;
+        let is_key = !text.is_empty()
+            && text.len() < 64
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        // A span over `key = value` lines starts with the key itself.
+        if is_key {
+            return Some(text.to_string());
+        }
+        let first = text.split(['=', ' ', '\n']).next()?.trim();
+        let looks_like_key =
+            !first.is_empty() && first.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        (looks_like_key && text.contains('=')).then(|| first.to_string())
+    }
+}
+
+/// 1-based line number of a byte offset.
+pub fn line_of(source: &str, offset: usize) -> usize {
+    let end = offset.min(source.len());
+    source.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_file_line_and_key() {
+        let e = ConfigError {
+            file: PathBuf::from("/etc/gw/gateway.toml"),
+            line: 31,
+            key: "routes[0].canary_percent".into(),
+            message: "120 is outside 0..=100".into(),
+        };
+        assert_eq!(e.to_string(), "gateway.toml:31: routes[0].canary_percent: 120 is outside 0..=100");
+    }
+
+    #[test]
+    fn line_numbers_are_one_based() {
+        let src = "a\nb\nc";
+        assert_eq!(line_of(src, 0), 1);
+        assert_eq!(line_of(src, 2), 2);
+        assert_eq!(line_of(src, 4), 3);
+    }
+}

@@ -1,0 +1,93 @@
+//! The config file as written: serde structs that mirror `gateway.toml`.
+//!
+//! Nothing here is used at request time. Values whose meaning needs checking
+//! (durations, addresses, CIDRs, percentages) stay `Spanned` strings or
+//! numbers so that validation can point at their line; `validate.rs` turns
+//! them into the runtime model in `model.rs`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type Sp<T> = Spanned<T>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<Vec<Sp<String>>>,
+    pub threads: Option<Sp<i64>>,
+    pub shutdown_grace: Option<Sp<String>>,
+    pub version_header: Option<Sp<String>>,
+    /// "text" (default), "json" or "off".
+    pub access_log: Option<Sp<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<Sp<String>>,
+    pub token_file: Option<Sp<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpFile {
+    #[serde(default)]
+    pub trusted_proxies: Vec<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub backends: Vec<Sp<BackendFile>>,
+    pub health_check: Option<Sp<HealthCheckFile>>,
+    pub connect_timeout: Option<Sp<String>>,
+    pub read_timeout: Option<Sp<String>>,
+}
+
+/// `"127.0.0.1:9001"` or `{ addr = "127.0.0.1:9003", weight = 2 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BackendFile {
+    Addr(String),
+    Weighted(WeightedBackendFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedBackendFile {
+    pub addr: String,
+    pub weight: Option<i64>,
+}
+
+/// `{ path = "/healthz", interval = "2s" }` or `{ tcp = true, interval = "1s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub path: Option<String>,
+    pub tcp: Option<bool>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    /// Consecutive successes before a down backend takes traffic again.
+    pub healthy_after: Option<i64>,
+    /// Consecutive failures before a backend is taken out.
+    pub unhealthy_after: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Sp<String>,
+    pub path_prefix: Sp<String>,
+    #[serde(default)]
+    pub hosts: Vec<Sp<String>>,
+    pub stable: Sp<String>,
+    pub canary: Option<Sp<String>>,
+    pub canary_percent: Option<Sp<f64>>,
+    pub user_id: Option<Vec<Sp<String>>>,
+    pub salt: Option<Sp<String>>,
+    pub anonymous: Option<Sp<String>>,
+    #[serde(default)]
+    pub whitelist_users: Vec<Sp<String>>,
+    #[serde(default)]
+    pub whitelist_ips: Vec<Sp<String>>,
+}

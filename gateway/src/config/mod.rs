@@ -1,0 +1,15 @@
+//! Configuration: the file format (`file`), the validated model (`model`),
+//! and the step between them (`validate`), with errors that name file, line and key.
+
+pub mod error;
+pub mod file;
+pub mod model;
+pub mod validate;
+pub mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ConfigError, ConfigWarning};
+pub use model::*;
+pub use validate::{load_file, parse, read_file, resolve, text_hash, LoadedConfig};

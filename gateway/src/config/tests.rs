@@ -1,0 +1,154 @@
+//! Config errors as `gateway check` shows them: every one, with file, line and key.
+
+use std::path::Path;
+
+use super::*;
+
+const GOOD: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+
+[upstreams.v1]
+backends = ["127.0.0.1:9001"]
+
+[upstreams.v2]
+backends = ["127.0.0.1:9002", { addr = "127.0.0.1:9003", weight = 2 }]
+health_check = { tcp = true, interval = "1s" }
+
+[[routes]]
+name = "cart"
+path_prefix = "/cart"
+stable = "v1"
+canary = "v2"
+canary_percent = 12.5
+whitelist_users = ["1001"]
+whitelist_ips = ["192.0.2.0/24", "2001:db8::1"]
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(Path::new("/etc/gw/gateway.toml"), text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn a_good_config_becomes_the_model() {
+    let loaded = parse(Path::new("gateway.toml"), GOOD).expect("valid");
+    let c = &loaded.config;
+    assert_eq!(c.routes[0].canary_basis_points, 1250);
+    assert_eq!(c.routes[0].salt, "cart", "salt defaults to the route name");
+    assert_eq!(c.upstreams["v2"].backends[1].weight, 2);
+    assert_eq!(c.upstreams["v2"].health_check.as_ref().map(|h| h.probe.clone()), Some(HealthProbe::Tcp));
+    assert_eq!(c.routes[0].whitelist_ips[1].to_string(), "2001:db8::1/128");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9900");
+}
+
+#[test]
+fn the_issue_example_error_is_reported_exactly() {
+    let text = GOOD.replace("canary_percent = 12.5", "canary_percent = 120");
+    let line = text.lines().position(|l| l.starts_with("canary_percent")).expect("line") + 1;
+    assert_eq!(errors(&text), vec![format!("gateway.toml:{line}: routes[0].canary_percent: 120 is outside 0..=100")]);
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = r#"
+[server]
+threads = 0
+bogus = 1
+
+[upstreams.a]
+backends = ["nope"]
+
+[[routes]]
+name = "r"
+path_prefix = "r"
+stable = "missing"
+typo = 1
+"#;
+    let errs = errors(text);
+    let expect = [
+        "gateway.toml:3: server.threads: 0 is outside 1..=256",
+        "gateway.toml:4: server.bogus: unknown field `bogus`",
+        "gateway.toml:7: upstreams.a.backends[0]: \"nope\" is not an address",
+        "gateway.toml:11: routes[0].path_prefix: \"r\" must start with '/'",
+        "gateway.toml:12: routes[0].stable: unknown upstream \"missing\"",
+        "gateway.toml:13: routes[0].typo: unknown field `typo`",
+    ];
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    for (got, want) in errs.iter().zip(expect) {
+        assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+    }
+}
+
+#[test]
+fn duplicate_names_and_identical_matches_are_errors() {
+    let text = format!("{GOOD}\n[[routes]]\nname = \"cart\"\npath_prefix = \"/cart\"\nstable = \"v1\"\n");
+    let errs = errors(&text);
+    assert!(errs.iter().any(|e| e.contains("routes[1].name: \"cart\" is already used by routes[0]")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("routes[1].path_prefix: route \"cart\" already matches")), "{errs:#?}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases = [
+        (
+            "canary_percent = 12.5",
+            "canary_percent = 1.234",
+            "routes[0].canary_percent: 1.234 has more than two decimals",
+        ),
+        ("whitelist_ips = [\"192.0.2.0/24\"", "whitelist_ips = [\"192.0.2.0/33\"", "routes[0].whitelist_ips[0]"),
+        ("interval = \"1s\"", "interval = \"soon\"", "upstreams.v2.health_check.interval"),
+        ("weight = 2", "weight = 0", "upstreams.v2.backends[1].weight: 0 is outside 1..=1000"),
+        ("canary = \"v2\"", "canary = \"v3\"", "routes[0].canary: unknown upstream \"v3\""),
+    ];
+    for (from, to, want) in cases {
+        let errs = errors(&GOOD.replace(from, to));
+        assert!(errs.iter().any(|e| e.contains(want)), "{to}: {errs:#?}");
+    }
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let errs = errors("[server]\nlisten = [\n");
+    assert!(!errs.is_empty());
+    assert!(errs[0].starts_with("gateway.toml:"), "{errs:?}");
+}
+
+#[test]
+fn an_empty_or_truncated_file_is_rejected() {
+    // An editor's truncate-then-write must never be served as "no routes".
+    let errs = errors("");
+    assert!(errs.iter().any(|e| e.contains("defines no [[routes]]")), "{errs:?}");
+}
+
+#[test]
+fn a_whitelist_without_canary_is_an_error() {
+    let text = GOOD.replace("canary = \"v2\"\n", "");
+    let errs = errors(&text);
+    assert!(errs.iter().any(|e| e.contains("routes[0].canary: canary_percent or a whitelist is set")), "{errs:#?}");
+}
+
+#[test]
+fn token_file_is_read_relative_to_the_config() {
+    let dir = std::env::temp_dir().join(format!("gw-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("admin.token"), "s3cret\n").expect("write");
+    let text = format!("[admin]\ntoken_file = \"admin.token\"\n{GOOD}");
+    let loaded = parse(&dir.join("gateway.toml"), &text).expect("valid");
+    assert_eq!(loaded.config.admin.token.as_deref(), Some("s3cret"));
+    let errs = match parse(&dir.join("gateway.toml"), &text.replace("admin.token", "missing.token")) {
+        Ok(_) => vec![],
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    };
+    assert!(errs.iter().any(|e| e.contains("admin.token_file: cannot read")), "{errs:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_sample_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+    let loaded = load_file(&path).expect("config/gateway.toml must stay valid");
+    assert!(!loaded.config.routes.is_empty());
+}

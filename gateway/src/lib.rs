@@ -1,0 +1,19 @@
+//! A gray-release edge gateway on Pingora.
+//!
+//! Data flows one way: request -> snapshot -> phases -> decision -> upstream
+//! -> response -> metrics and logs. See `README.md` for the design.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod edge;
+pub mod explain;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+pub mod watch;

@@ -1,0 +1,204 @@
+//! The `gateway` command: run, check, explain, demo.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use gateway::config;
+use gateway::explain::{explain, ExplainRequest};
+use gateway::routing::Router;
+use gateway::server::{self, RunOptions};
+
+const DEFAULT_CONFIG: &str = "config/gateway.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Gray-release edge gateway: stable/canary by user ID, hot reload, metrics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Take over the listening sockets of a running gateway (then send it SIGQUIT).
+        #[arg(long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Validate a config: print a summary and exit 0, or every error and exit 1.
+    Check {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show which route and version a request would get, and why.
+    Explain {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Request path, optionally with ?query.
+        #[arg(long)]
+        path: String,
+        /// The user ID (as if found in the route's first user_id source).
+        #[arg(long)]
+        user: Option<String>,
+        /// The client's IP address (the TCP peer).
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        /// A request header, `name:value`; repeatable.
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+        /// The Host header.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Start demo backends for the config's loopback upstreams, then the gateway.
+    Demo {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, upgrade, daemon } => run(&config, RunOptions { upgrade, daemon }, false),
+        Command::Demo { config } => run(&config, RunOptions::default(), true),
+        Command::Check { config } => check(&config),
+        Command::Explain { config, path, user, ip, headers, host } => {
+            let headers = headers
+                .iter()
+                .map(|h| match h.split_once(':') {
+                    Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+                    None => Err(format!("--header {h:?} must be NAME:VALUE")),
+                })
+                .collect::<Result<Vec<_>, _>>();
+            match headers {
+                Ok(headers) => explain_cmd(&config, ExplainRequest { host, path, user, ip, headers }),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn print_errors(errors: &[config::ConfigError]) {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} error(s); nothing was started", errors.len());
+}
+
+fn run(path: &std::path::Path, opts: RunOptions, demo: bool) -> ExitCode {
+    let extra = if demo {
+        match config::load_file(path) {
+            Ok(loaded) => {
+                eprintln!("{}", gateway::demo::banner(&loaded.config));
+                gateway::demo::services(&loaded.config)
+            }
+            Err(errors) => {
+                print_errors(&errors);
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    match server::build(path, &opts, extra) {
+        Ok((server, _reloader)) => server.run_forever(),
+        Err(errors) => {
+            print_errors(&errors);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                println!("{w}");
+            }
+            print!("{}", summary(&loaded));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_errors(&errors);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn summary(loaded: &config::LoadedConfig) -> String {
+    let c = &loaded.config;
+    let mut s = format!("{}: OK (hash {})\n", c.source.display(), loaded.hash);
+    let listen: Vec<String> = c.server.listen.iter().map(ToString::to_string).collect();
+    s.push_str(&format!("listen {}  admin {}  threads {}\n", listen.join(", "), c.admin.listen, c.server.threads));
+    s.push_str("upstreams:\n");
+    for u in c.upstreams.values() {
+        let backends: Vec<String> = u
+            .backends
+            .iter()
+            .map(|b| if b.weight == 1 { b.addr.to_string() } else { format!("{} (weight {})", b.addr, b.weight) })
+            .collect();
+        let hc = match &u.health_check {
+            Some(h) => format!("  health {:?} every {:?}", h.probe, h.interval),
+            None => String::new(),
+        };
+        s.push_str(&format!("  {:<16} {}{hc}\n", u.name, backends.join(", ")));
+    }
+    s.push_str("routes:\n");
+    for r in &c.routes {
+        let hosts = if r.hosts.is_empty() { "*".to_string() } else { r.hosts.join(",") };
+        let canary = match &r.canary {
+            Some(canary) => format!("canary {canary} {:.2}%", r.canary_percent()),
+            None => "no canary".to_string(),
+        };
+        s.push_str(&format!("  {:<12} {hosts}{}  stable {}  {canary}\n", r.name, r.path_prefix, r.stable));
+        let mut users: Vec<&String> = r.whitelist_users.iter().collect();
+        users.sort();
+        if !users.is_empty() || !r.whitelist_ips.is_empty() {
+            let ips: Vec<String> = r.whitelist_ips.iter().map(ToString::to_string).collect();
+            s.push_str(&format!(
+                "               whitelist users [{}] ips [{}]\n",
+                users.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", "),
+                ips.join(", ")
+            ));
+        }
+    }
+    s
+}
+
+fn explain_cmd(path: &std::path::Path, req: ExplainRequest) -> ExitCode {
+    let loaded = match config::load_file(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let router = Router::new(&loaded.config.routes);
+    match explain(&loaded.config, &router, &req) {
+        Ok(answer) => {
+            println!("{}", answer.text);
+            println!("  pool {}  client ip {}", answer.pool, answer.client_ip);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::from(3)
+        }
+    }
+}

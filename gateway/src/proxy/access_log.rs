@@ -1,0 +1,45 @@
+//! One structured line per request, through `tracing` (target `access`).
+//! Text or JSON is chosen by the subscriber set up in `logging.rs`.
+
+use std::time::Duration;
+
+use pingora_error::Error;
+use pingora_proxy::Session;
+
+use crate::config::AccessLogFormat;
+
+use super::ctx::RequestCtx;
+
+pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration, error: Option<&Error>) {
+    if ctx.snapshot.config.server.access_log == AccessLogFormat::Off {
+        return;
+    }
+    let req = session.req_header();
+    let (route, version, reason, pool) = match &ctx.routed {
+        Some(r) => (
+            ctx.snapshot.router.routes()[r.route_index].spec.name.as_str(),
+            r.decision.version.as_str(),
+            r.decision.reason.label(),
+            r.pool.name.as_str(),
+        ),
+        None => ("", "", "", ""),
+    };
+    let upstream = ctx.upstream.tried.last().map(|a| a.to_string()).unwrap_or_default();
+    let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    tracing::info!(
+        target: "access",
+        request_id = %ctx.request_id,
+        client = %client,
+        method = %req.method,
+        path = %req.uri.path(),
+        route,
+        version,
+        reason,
+        pool,
+        upstream = %upstream,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        attempts = ctx.upstream.tried.len(),
+        error = error.map(|e| e.etype().as_str()).unwrap_or(""),
+    );
+}

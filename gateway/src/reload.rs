@@ -1,0 +1,183 @@
+//! Config reload: build and validate a new snapshot off to the side, then
+//! swap it in with one atomic store. Triggered by the file watcher
+//! (`watch.rs`), SIGHUP, and `POST /api/reload`.
+//!
+//! A rejected config changes nothing: the old snapshot keeps serving, the
+//! errors are logged, counted, and shown by `/api/status` until a good config
+//! loads. Settings that only apply at start (listen addresses, threads) are
+//! reported as needing a restart while the rest of the change applies.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, GatewayConfig, LoadedConfig};
+use crate::metrics::Metrics;
+use crate::snapshot::{Snapshot, SnapshotHandle};
+use crate::upstream::HealthBook;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied {
+        generation: u64,
+        restart_needed: Vec<String>,
+    },
+    /// The file's bytes match the config in use; nothing to do.
+    Unchanged {
+        generation: u64,
+    },
+    Rejected {
+        errors: Vec<String>,
+    },
+}
+
+/// What `/api/status` reports about reloads.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub last_error: Option<Vec<String>>,
+    pub last_error_at: Option<SystemTime>,
+    pub restart_needed: Vec<String>,
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    pub snapshots: SnapshotHandle,
+    book: HealthBook,
+    pub metrics: Arc<Metrics>,
+    status: Mutex<ReloadStatus>,
+    /// The settings the process was started with (listeners cannot move at run time).
+    started_with: GatewayConfig,
+    /// Serialises reloads, and remembers the hash of the last rejected text so
+    /// the watcher does not re-reject (and re-count) the same bad file per event.
+    reload_lock: Mutex<Option<String>>,
+}
+
+impl Reloader {
+    /// Load the initial config; errors here stop the process before it listens.
+    pub fn start(path: &Path, metrics: Arc<Metrics>) -> Result<Arc<Self>, Vec<config::ConfigError>> {
+        let loaded = config::load_file(path)?;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let book = HealthBook::default();
+        let started_with = loaded.config.clone();
+        let snapshot = Snapshot::build(loaded, 1, &book, Arc::clone(&metrics));
+        metrics.config_generation.set(1);
+        Ok(Arc::new(Self {
+            path: path.to_path_buf(),
+            snapshots: Arc::new(ArcSwap::from_pointee(snapshot)),
+            book,
+            metrics,
+            status: Mutex::new(ReloadStatus::default()),
+            started_with,
+            reload_lock: Mutex::new(None),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reload now. With `only_if_changed`, a file whose bytes match the running
+    /// config is skipped (the watcher sees many events for one save).
+    pub fn reload(&self, trigger: &str, only_if_changed: bool) -> ReloadOutcome {
+        let mut last_rejected = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshots.load_full();
+        let text = match config::read_file(&self.path) {
+            Ok(t) => t,
+            Err(errors) => return self.reject(trigger, errors.iter().map(ToString::to_string).collect()),
+        };
+        let hash = config::text_hash(&text);
+        if only_if_changed && (hash == current.hash || last_rejected.as_deref() == Some(hash.as_str())) {
+            return ReloadOutcome::Unchanged { generation: current.generation };
+        }
+        match config::parse(&self.path, &text) {
+            Ok(loaded) => {
+                *last_rejected = None;
+                self.apply(trigger, loaded, current.generation + 1)
+            }
+            Err(errors) => {
+                *last_rejected = Some(hash);
+                self.reject(trigger, errors.iter().map(ToString::to_string).collect())
+            }
+        }
+    }
+
+    fn apply(&self, trigger: &str, loaded: LoadedConfig, generation: u64) -> ReloadOutcome {
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let restart_needed = restart_needed(&self.started_with, &loaded.config);
+        let old = self.snapshots.load_full();
+        let snapshot = Arc::new(Snapshot::build(loaded, generation, &self.book, Arc::clone(&self.metrics)));
+        self.snapshots.store(Arc::clone(&snapshot));
+        self.book.retain_only(&snapshot.pools);
+        forget_removed_series(&self.metrics, &old, &snapshot);
+        self.metrics.reload(true);
+        self.metrics.config_generation.set(generation as i64);
+        {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.last_error = None;
+            status.last_error_at = None;
+            status.restart_needed = restart_needed.clone();
+        }
+        for r in &restart_needed {
+            tracing::warn!(trigger, "{r}: the new value applies after a restart");
+        }
+        tracing::info!(trigger, generation, hash = %snapshot.hash, "config reloaded");
+        ReloadOutcome::Applied { generation, restart_needed }
+    }
+
+    fn reject(&self, trigger: &str, errors: Vec<String>) -> ReloadOutcome {
+        for e in &errors {
+            tracing::error!(trigger, "config rejected, still serving the previous one: {e}");
+        }
+        self.metrics.reload(false);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_error = Some(errors.clone());
+        status.last_error_at = Some(SystemTime::now());
+        ReloadOutcome::Rejected { errors }
+    }
+}
+
+/// Settings that are bound when the process starts.
+fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if started.server.listen != new.server.listen {
+        out.push("server.listen".to_string());
+    }
+    if started.server.threads != new.server.threads {
+        out.push("server.threads".to_string());
+    }
+    if started.server.shutdown_grace != new.server.shutdown_grace {
+        out.push("server.shutdown_grace".to_string());
+    }
+    if started.admin.listen != new.admin.listen {
+        out.push("admin.listen".to_string());
+    }
+    out
+}
+
+/// Drop metric series for routes and backends that no longer exist, so
+/// dashboards do not show ghosts.
+fn forget_removed_series(metrics: &Metrics, old: &Snapshot, new: &Snapshot) {
+    for r in old.router.routes() {
+        if new.router.by_name(&r.spec.name).is_none() {
+            metrics.forget_route(&r.spec.name);
+        }
+    }
+    for (name, pool) in &old.pools {
+        for b in &pool.backends {
+            let kept = new.pools.get(name).is_some_and(|p| p.backends.iter().any(|nb| nb.addr == b.addr));
+            if !kept {
+                metrics.forget_backend(name, b.addr);
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Assembling the Pingora server: the proxy service, the admin service, the
+//! control plane (health checks, file watch, SIGHUP), and the drain on
+//! SIGTERM.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{ExecutionPhase, Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use pingora_core::services::ServiceWithDependents as ServiceTrait;
+
+use crate::admin::AdminApp;
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
+use crate::proxy::GatewayProxy;
+use crate::reload::Reloader;
+use crate::{upstream, watch};
+
+/// How `gateway run` was asked to start.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Take the listening sockets over from a running gateway (graceful upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Load the config and build a ready-to-run server. Config errors are returned
+/// (all of them) before anything listens.
+pub fn build(
+    config_path: &Path,
+    opts: &RunOptions,
+    extra: Vec<Box<dyn ServiceTrait>>,
+) -> Result<(Server, Arc<Reloader>), Vec<ConfigError>> {
+    let metrics = Arc::new(Metrics::new());
+    let reloader = Reloader::start(config_path, Arc::clone(&metrics))?;
+    let cfg = reloader.snapshots.load().config.clone();
+    crate::logging::init(cfg.server.access_log);
+
+    let mut conf = ServerConf {
+        threads: cfg.server.threads,
+        // Pingora waits this long after SIGTERM before stopping its runtimes;
+        // the drain watcher below exits earlier once nothing is in flight.
+        grace_period_seconds: Some(cfg.server.shutdown_grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: upgrade_sock_path(config_path),
+        pid_file: format!("{}.pid", upgrade_sock_path(config_path).trim_end_matches(".sock")),
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = 1024;
+    let opt = Opt { upgrade: opts.upgrade, daemon: opts.daemon, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        GatewayProxy { snapshots: Arc::clone(&reloader.snapshots) },
+        "gateway",
+    );
+    for addr in &cfg.server.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut admin =
+        Service::new("admin".to_string(), AdminApp { reloader: Arc::clone(&reloader), ready: Arc::clone(&ready) });
+    admin.add_tcp(&cfg.admin.listen.to_string());
+    // The admin API is light; one thread keeps it off the proxy's cores.
+    admin.threads = Some(1);
+
+    let control = background_service("control", ControlPlane { reloader: Arc::clone(&reloader) });
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(control);
+    for s in extra {
+        server.add_boxed_service(s);
+    }
+    watch_phases(&server, Arc::clone(&metrics), ready);
+    Ok((server, reloader))
+}
+
+/// A per-config socket path, so several gateways on one host do not collide.
+fn upgrade_sock_path(config_path: &Path) -> String {
+    let abs = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
+    let tag = xxhash_rust::xxh3::xxh3_64(abs.to_string_lossy().as_bytes());
+    format!("/tmp/gateway-{tag:016x}.sock")
+}
+
+/// Readiness follows the server's phases; on SIGTERM the process exits as
+/// soon as in-flight requests are done instead of always sleeping the whole
+/// grace period (Pingora's default).
+fn watch_phases(server: &Server, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    let mut phases = server.watch_execution_phase();
+    std::thread::spawn(move || {
+        while let Ok(phase) = phases.blocking_recv() {
+            match phase {
+                ExecutionPhase::Running => ready.store(true, Ordering::Relaxed),
+                ExecutionPhase::GracefulTerminate | ExecutionPhase::GracefulUpgradeTransferringFds => {
+                    ready.store(false, Ordering::Relaxed)
+                }
+                ExecutionPhase::ShutdownGracePeriod => {
+                    drain_then_exit(&metrics);
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+fn drain_then_exit(metrics: &Metrics) {
+    // Listeners are closed by now. Give just-accepted connections a moment to
+    // register their request, then wait for the in-flight count to reach zero.
+    std::thread::sleep(Duration::from_millis(200));
+    loop {
+        let n = metrics.in_flight.get();
+        if n <= 0 {
+            tracing::info!("drained: no request in flight, exiting");
+            // Let the last responses leave the socket buffers.
+            std::thread::sleep(Duration::from_millis(100));
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Background work that follows the current snapshot.
+struct ControlPlane {
+    reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for ControlPlane {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let snapshots = Arc::clone(&self.reloader.snapshots);
+        tokio::join!(
+            upstream::health::run(snapshots, shutdown.clone()),
+            watch::watch_config(Arc::clone(&self.reloader), shutdown.clone()),
+            watch::watch_sighup(Arc::clone(&self.reloader), shutdown),
+        );
+    }
+}

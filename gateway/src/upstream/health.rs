@@ -1,0 +1,95 @@
+//! Active health checks: probe every backend of every pool that asks for it,
+//! on the pool's interval, and flip its [`HealthState`](super::HealthState).
+//!
+//! One loop for the whole process. It reads the *current* snapshot on every
+//! tick, so pools added, changed or removed by a reload are picked up without
+//! restarting anything. The probes themselves are Pingora's
+//! `HttpHealthCheck` / `TcpHealthCheck`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::Backend as LbBackend;
+
+use crate::config::{HealthCheckSpec, HealthProbe};
+use crate::snapshot::SnapshotHandle;
+
+use super::pool::HealthState;
+
+const TICK: Duration = Duration::from_millis(100);
+
+type ProbeKey = (String, SocketAddr);
+
+pub async fn run(snapshots: SnapshotHandle, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut next_due: HashMap<ProbeKey, Instant> = HashMap::new();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let snapshot = snapshots.load_full();
+        let now = Instant::now();
+        let mut live = Vec::new();
+        for pool in snapshot.pools.values() {
+            let Some(spec) = &pool.health_check else { continue };
+            for backend in &pool.backends {
+                let key = (pool.name.clone(), backend.addr);
+                live.push(key.clone());
+                let due = next_due.entry(key).or_insert(now);
+                if *due > now {
+                    continue;
+                }
+                *due = now + spec.interval;
+                let (spec, state, pool_name, addr) =
+                    (spec.clone(), backend.health.clone(), pool.name.clone(), backend.addr);
+                let metrics = snapshot.metrics.clone();
+                tokio::spawn(async move {
+                    let ok = probe(&spec, addr).await;
+                    report(&pool_name, addr, ok, &spec, &state);
+                    metrics.set_backend_health(&pool_name, addr, state.is_healthy());
+                });
+            }
+        }
+        next_due.retain(|k, _| live.contains(k));
+    }
+}
+
+fn report(pool: &str, addr: SocketAddr, ok: bool, spec: &HealthCheckSpec, state: &Arc<HealthState>) {
+    match state.observe(ok, spec) {
+        Some(true) => tracing::info!(pool, %addr, "backend is healthy again"),
+        Some(false) => tracing::warn!(pool, %addr, "backend failed its health check; taken out of the pool"),
+        None => {}
+    }
+}
+
+/// One probe; `true` when the backend answered as required.
+pub async fn probe(spec: &HealthCheckSpec, addr: SocketAddr) -> bool {
+    let Ok(target) = LbBackend::new(&addr.to_string()) else {
+        return false;
+    };
+    let check: Box<dyn HealthCheck + Send + Sync> = match &spec.probe {
+        HealthProbe::Tcp => {
+            let mut check = TcpHealthCheck::new();
+            check.peer_template.options.connection_timeout = Some(spec.timeout);
+            check
+        }
+        HealthProbe::Http { path } => {
+            let mut check = HttpHealthCheck::new(&addr.ip().to_string(), false);
+            let Ok(uri) = path.parse::<http::Uri>() else {
+                return false;
+            };
+            check.req.set_uri(uri);
+            check.peer_template.options.connection_timeout = Some(spec.timeout);
+            check.peer_template.options.read_timeout = Some(spec.timeout);
+            check.peer_template.options.total_connection_timeout = Some(spec.timeout);
+            Box::new(check)
+        }
+    };
+    // The probe's own timeouts bound each step; this one bounds the whole exchange.
+    matches!(tokio::time::timeout(spec.timeout * 2, check.check(&target)).await, Ok(Ok(())))
+}

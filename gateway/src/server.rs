@@ -17,6 +17,7 @@ use pingora_core::services::ServiceWithDependents as ServiceTrait;
 use crate::admin::AdminApp;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
+use crate::proxy::connections::CountConnections;
 use crate::proxy::GatewayProxy;
 use crate::reload::Reloader;
 use crate::{upstream, watch};
@@ -56,11 +57,10 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        GatewayProxy { snapshots: Arc::clone(&reloader.snapshots) },
-        "gateway",
-    );
+    let proxy_app =
+        pingora_proxy::http_proxy(&server.configuration, GatewayProxy { snapshots: Arc::clone(&reloader.snapshots) });
+    let counted = CountConnections { inner: Arc::new(proxy_app), open: metrics.downstream_connections.clone() };
+    let mut proxy = Service::new("gateway".to_string(), counted);
     for addr in &cfg.server.listen {
         proxy.add_tcp(&addr.to_string());
     }

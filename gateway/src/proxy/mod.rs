@@ -8,6 +8,7 @@
 //! logging         -> metrics and the access log line
 
 pub mod access_log;
+pub mod connections;
 pub mod ctx;
 pub mod phases;
 pub mod respond;

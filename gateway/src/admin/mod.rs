@@ -2,8 +2,9 @@
 //!
 //! Served by Pingora's own HTTP service (`ServeHttp`), so requests are parsed
 //! by the same battle-tested code as the proxy's. With `admin.token_file`,
-//! every call needs `Authorization: Bearer <token>` (compared in constant
-//! time); without it, only loopback clients are served.
+//! every call but the `/healthz` and `/readyz` probes needs
+//! `Authorization: Bearer <token>` (compared in constant time); without it,
+//! only loopback clients are served.
 
 mod status;
 
@@ -33,11 +34,16 @@ type Reply = Response<Vec<u8>>;
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Reply {
-        if let Some(denied) = self.authorize(session) {
-            return denied;
-        }
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        // Liveness and readiness reveal nothing and must work for probes
+        // (kubelet, load balancers) that cannot carry a secret.
+        let is_probe = method == Method::GET && (path == "/healthz" || path == "/readyz");
+        if !is_probe {
+            if let Some(denied) = self.authorize(session) {
+                return denied;
+            }
+        }
         let query = parse_query(session.req_header().uri.query().unwrap_or(""));
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),

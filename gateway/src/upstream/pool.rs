@@ -137,8 +137,11 @@ fn smooth_wrr(weights: &[u32]) -> Vec<usize> {
 /// starts fresh, since the old verdict no longer answers the new question.
 #[derive(Default)]
 pub struct HealthBook {
-    states: Mutex<HashMap<(String, SocketAddr, Option<HealthCheckSpec>), Arc<HealthState>>>,
+    states: Mutex<HashMap<HealthKey, Arc<HealthState>>>,
 }
+
+/// Pool name, backend address, and the probe that judged it.
+type HealthKey = (String, SocketAddr, Option<HealthCheckSpec>);
 
 impl HealthBook {
     fn state(&self, pool: &str, addr: SocketAddr, probe: Option<&HealthCheckSpec>) -> Arc<HealthState> {

@@ -1,0 +1,96 @@
+//! Start, drain and the admin listener's guard rails.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cart_config;
+use integration_tests::{http_client, temp_dir, Backend, Gateway, SIGTERM};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_then_exits() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let mut gateway = Gateway::start(&cart_config(&[&v1], &[&v2], 0.0)).await;
+    let url = gateway.url("/cart/slow?sleep_ms=1500");
+    let slow = tokio::spawn(async move { http_client().get(url).send().await.map(|r| r.status().as_u16()) });
+    // Wait until the backend holds the request, then ask the gateway to stop.
+    let arrived = integration_tests::wait_until(|| async { v1.requests() == 1 }, Duration::from_secs(10)).await;
+    assert!(arrived, "the slow request reached the backend");
+    gateway.signal(SIGTERM);
+
+    assert_eq!(slow.await.expect("task").expect("the in-flight request completes"), 200);
+    // Exits once drained, well inside shutdown_grace (10 s), with success.
+    let exit = gateway.wait_exit(Duration::from_secs(9)).await.expect("exited after draining");
+    assert!(exit.success(), "{exit:?}");
+    // And no longer accepts connections.
+    assert!(http_client().get(gateway.url("/cart")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_metrics_are_served() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let gateway = Gateway::start(&cart_config(&[&v1], &[&v2], 0.0)).await;
+    let client = http_client();
+    for _ in 0..3 {
+        client.get(gateway.url("/cart")).header("x-user-id", "7").send().await.expect("req");
+    }
+    client.get(gateway.url("/cart")).header("x-user-id", "1001").send().await.expect("req");
+    let get = |p: &str| client.get(gateway.admin_url(p)).send();
+    assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
+    assert_eq!(get("/readyz").await.expect("readyz").status(), 200);
+    let metrics = get("/metrics").await.expect("metrics").text().await.expect("text");
+    for line in [
+        "gateway_requests_total{class=\"2xx\",route=\"cart\",version=\"stable\"} 3",
+        "gateway_requests_total{class=\"2xx\",route=\"cart\",version=\"canary\"} 1",
+        "gateway_request_duration_seconds_count{route=\"cart\",version=\"stable\"} 3",
+        "gateway_config_generation 1",
+        "gateway_route_canary_percent{route=\"cart\"} 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    // A keep-alive client connection is open right now.
+    let open = metrics.lines().find(|l| l.starts_with("gateway_downstream_connections ")).expect("gauge");
+    assert!(open.ends_with(" 1") || open.ends_with(" 2"), "{open}");
+
+    let explain = get("/api/explain?path=/cart/x&user=1001")
+        .await
+        .expect("explain")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json");
+    assert_eq!(explain["version"], "canary");
+    assert_eq!(explain["explanation"], "route cart -> canary: whitelisted user 1001");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_file_every_admin_call_needs_the_token() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let dir = temp_dir();
+    std::fs::write(dir.path().join("admin.token"), "let-me-in\n").expect("token");
+    let config = cart_config(&[&v1], &[&v2], 0.0).replace("[admin]\n", "[admin]\ntoken_file = \"admin.token\"\n");
+    let mut gateway = Gateway::start_in(dir, "gateway.toml", &config).await;
+    let client = http_client();
+    // Probes work without the token (kubelet cannot carry secrets); nothing else does.
+    assert_eq!(client.get(gateway.admin_url("/readyz")).send().await.expect("req").status(), 200);
+    assert_eq!(client.get(gateway.admin_url("/metrics")).send().await.expect("req").status(), 401);
+    gateway.set_admin_token(Some("let-me-in"));
+    assert_eq!(gateway.status().await["generation"], 1);
+
+    let no_token = client.get(gateway.admin_url("/api/status")).send().await.expect("req");
+    assert_eq!(no_token.status(), 401);
+    let wrong = client.post(gateway.admin_url("/api/reload")).bearer_auth("let-me-out").send().await.expect("req");
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(gateway.generation().await, 1, "an unauthorised reload did nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_at_start_exits_with_every_error() {
+    let mut gateway = Gateway::spawn(
+        "[server]\nlisten = [\"{listen}\"]\nthreads = 0\n[admin]\nlisten = \"{admin}\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nstable = \"missing\"\n",
+    );
+    let exit = gateway.wait_exit(Duration::from_secs(20)).await.expect("exits");
+    assert!(!exit.success());
+    let log = gateway.log();
+    assert!(log.contains("gateway.toml:3: server.threads: 0 is outside 1..=256"), "{log}");
+    assert!(log.contains("gateway.toml:9: routes[0].stable: unknown upstream \"missing\""), "{log}");
+}

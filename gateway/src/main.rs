@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use gateway::config;
 use gateway::explain::{explain, ExplainRequest};
+use gateway::ops_cli;
 use gateway::routing::Router;
 use gateway::server::{self, RunOptions};
 
@@ -67,6 +68,55 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Block an address or range on a running gateway (persisted across restarts).
+    Block {
+        /// An IPv4/IPv6 address or CIDR, e.g. 203.0.113.0/24.
+        cidr: String,
+        /// Lift the block after this long, e.g. 1h.
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Lift a run-time block.
+    Unblock {
+        cidr: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the blocks of a running gateway.
+    Blocks {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the degrade level, set it (0..=10), or `clear` it back to the config's.
+    Degrade {
+        level: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the ops commands find the running gateway.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The config the gateway runs with (its [admin] section gives address and token).
+    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The admin API's URL, overriding the config's admin.listen.
+    #[arg(long)]
+    admin: Option<String>,
+}
+
+fn admin_client(args: AdminArgs) -> Result<ops_cli::AdminClient, ExitCode> {
+    ops_cli::AdminClient::new(&args.config, args.admin).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn main() -> ExitCode {
@@ -75,6 +125,22 @@ fn main() -> ExitCode {
         Command::Run { config, upgrade, daemon } => run(&config, RunOptions { upgrade, daemon }, false),
         Command::Demo { config } => run(&config, RunOptions::default(), true),
         Command::Check { config } => check(&config),
+        Command::Block { cidr, ttl, reason, admin } => match admin_client(admin) {
+            Ok(c) => ops_cli::block(&c, &cidr, ttl, reason),
+            Err(code) => code,
+        },
+        Command::Unblock { cidr, admin } => match admin_client(admin) {
+            Ok(c) => ops_cli::unblock(&c, &cidr),
+            Err(code) => code,
+        },
+        Command::Blocks { json, admin } => match admin_client(admin) {
+            Ok(c) => ops_cli::blocks(&c, json),
+            Err(code) => code,
+        },
+        Command::Degrade { level, admin } => match admin_client(admin) {
+            Ok(c) => ops_cli::degrade(&c, level),
+            Err(code) => code,
+        },
         Command::Explain { config, path, user, ip, headers, host } => {
             let headers = headers
                 .iter()

@@ -23,7 +23,14 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     backend_up: IntGaugeVec,
     canary_percent: prometheus::GaugeVec,
+    /// Indexed by [`Metrics::blocked_index`]: source (config, file, api) × dry run.
+    blocked: [IntCounter; 6],
+    rate_limited: IntCounterVec,
+    fallbacks: IntCounterVec,
+    pub degrade_level: IntGauge,
 }
+
+const BLOCK_SOURCES: [&str; 3] = ["config", "file", "api"];
 
 /// Why an upstream attempt failed, as counted in `gateway_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +92,33 @@ impl Metrics {
             Opts::new("gateway_route_canary_percent", "Configured canary share of each route"),
             &["route"],
         ));
+        let blocked_vec = must(IntCounterVec::new(
+            Opts::new(
+                "gateway_blocked_requests_total",
+                "Requests refused by the IP blacklist, by source; dry_run=true only counted",
+            ),
+            &["source", "dry_run"],
+        ));
+        let blocked = [0, 1, 2, 3, 4, 5]
+            .map(|i| blocked_vec.with_label_values(&[BLOCK_SOURCES[i / 2], if i % 2 == 1 { "true" } else { "false" }]));
+        let rate_limited = must(IntCounterVec::new(
+            Opts::new(
+                "gateway_rate_limited_total",
+                "Requests answered 429, by route and the limit's key (ip, user, route)",
+            ),
+            &["route", "key"],
+        ));
+        let fallbacks = must(IntCounterVec::new(
+            Opts::new("gateway_fallback_responses_total", "Fallback pages served, by route and cause"),
+            &["route", "cause"],
+        ));
+        let degrade_level = must(IntGauge::new("gateway_degrade_level", "The degrade level in force"));
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(blocked_vec) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limited.clone()),
+            Box::new(fallbacks.clone()),
+            Box::new(degrade_level.clone()),
+            Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(reloads.clone()),
@@ -112,7 +144,21 @@ impl Metrics {
             in_flight,
             backend_up,
             canary_percent,
+            blocked,
+            rate_limited,
+            fallbacks,
+            degrade_level,
         }
+    }
+
+    /// Count a blacklist hit (`dry_run`: logged and counted, not refused).
+    pub fn blocked(&self, source: &str, dry_run: bool) {
+        let i = BLOCK_SOURCES.iter().position(|s| *s == source).unwrap_or(0);
+        self.blocked[i * 2 + usize::from(dry_run)].inc();
+    }
+
+    pub fn fallback(&self, route: &str, cause: &str) {
+        self.fallbacks.with_label_values(&[route, cause]).inc();
     }
 
     pub fn route_metrics(&self, route: &str, canary_percent: f64) -> RouteMetrics {
@@ -121,7 +167,11 @@ impl Metrics {
             classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| self.requests.with_label_values(&[route, v, c])),
             latency: self.latency.with_label_values(&[route, v]),
         };
-        RouteMetrics { stable: version("stable"), canary: version("canary") }
+        RouteMetrics {
+            stable: version("stable"),
+            canary: version("canary"),
+            rate_limited: ["ip", "user", "route"].map(|k| self.rate_limited.with_label_values(&[route, k])),
+        }
     }
 
     /// Counters for requests that matched no route, or were answered before a version was chosen.
@@ -172,6 +222,8 @@ impl Default for Metrics {
 pub struct RouteMetrics {
     pub stable: VersionMetrics,
     pub canary: VersionMetrics,
+    /// 429s by key: ip, user, route.
+    pub rate_limited: [IntCounter; 3],
 }
 
 impl RouteMetrics {

@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, GatewayConfig, LoadedConfig};
 use crate::metrics::Metrics;
-use crate::snapshot::{Snapshot, SnapshotHandle};
-use crate::upstream::HealthBook;
+use crate::runtime::RuntimeState;
+use crate::snapshot::{BuildDeps, Snapshot, SnapshotHandle};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -44,8 +44,10 @@ pub struct ReloadStatus {
 pub struct Reloader {
     path: PathBuf,
     pub snapshots: SnapshotHandle,
-    book: HealthBook,
+    deps: BuildDeps,
     pub metrics: Arc<Metrics>,
+    /// Blocks and degrade level entered at run time; opened once at start.
+    pub runtime: Arc<RuntimeState>,
     status: Mutex<ReloadStatus>,
     /// The settings the process was started with (listeners cannot move at run time).
     started_with: GatewayConfig,
@@ -61,15 +63,20 @@ impl Reloader {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        let book = HealthBook::default();
+        let runtime = RuntimeState::open(&loaded.config.state_path).map_err(|message| {
+            vec![config::ConfigError { file: path.to_path_buf(), line: 0, key: "state.path".into(), message }]
+        })?;
+        let deps = BuildDeps::new(Arc::clone(&metrics));
         let started_with = loaded.config.clone();
-        let snapshot = Snapshot::build(loaded, 1, &book, Arc::clone(&metrics));
+        let snapshot = Snapshot::build(loaded, 1, &deps)?;
         metrics.config_generation.set(1);
+        metrics.degrade_level.set(i64::from(runtime.degrade_level(snapshot.config.degrade_level)));
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
             snapshots: Arc::new(ArcSwap::from_pointee(snapshot)),
-            book,
+            deps,
             metrics,
+            runtime: Arc::new(runtime),
             status: Mutex::new(ReloadStatus::default()),
             started_with,
             reload_lock: Mutex::new(None),
@@ -97,10 +104,10 @@ impl Reloader {
         if only_if_changed && (hash == current.hash || last_rejected.as_deref() == Some(hash.as_str())) {
             return ReloadOutcome::Unchanged { generation: current.generation };
         }
-        match config::parse(&self.path, &text) {
-            Ok(loaded) => {
+        match config::parse(&self.path, &text).and_then(|loaded| self.apply(trigger, loaded, current.generation + 1)) {
+            Ok(outcome) => {
                 *last_rejected = None;
-                self.apply(trigger, loaded, current.generation + 1)
+                outcome
             }
             Err(errors) => {
                 *last_rejected = Some(hash);
@@ -109,15 +116,24 @@ impl Reloader {
         }
     }
 
-    fn apply(&self, trigger: &str, loaded: LoadedConfig, generation: u64) -> ReloadOutcome {
+    fn apply(
+        &self,
+        trigger: &str,
+        loaded: LoadedConfig,
+        generation: u64,
+    ) -> Result<ReloadOutcome, Vec<config::ConfigError>> {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
         let restart_needed = restart_needed(&self.started_with, &loaded.config);
         let old = self.snapshots.load_full();
-        let snapshot = Arc::new(Snapshot::build(loaded, generation, &self.book, Arc::clone(&self.metrics)));
+        let snapshot = match Snapshot::build(loaded, generation, &self.deps) {
+            Ok(s) => Arc::new(s),
+            Err(errors) => return Err(errors),
+        };
         self.snapshots.store(Arc::clone(&snapshot));
-        self.book.retain_only(&snapshot.pools);
+        self.deps.retain_for(&snapshot);
+        self.metrics.degrade_level.set(i64::from(self.runtime.degrade_level(snapshot.config.degrade_level)));
         forget_removed_series(&self.metrics, &old, &snapshot);
         self.metrics.reload(true);
         self.metrics.config_generation.set(generation as i64);
@@ -131,7 +147,7 @@ impl Reloader {
             tracing::warn!(trigger, "{r}: the new value applies after a restart");
         }
         tracing::info!(trigger, generation, hash = %snapshot.hash, "config reloaded");
-        ReloadOutcome::Applied { generation, restart_needed }
+        Ok(ReloadOutcome::Applied { generation, restart_needed })
     }
 
     fn reject(&self, trigger: &str, errors: Vec<String>) -> ReloadOutcome {
@@ -160,6 +176,9 @@ fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
     }
     if started.admin.listen != new.admin.listen {
         out.push("admin.listen".to_string());
+    }
+    if started.state_path != new.state_path {
+        out.push("state.path".to_string());
     }
     out
 }

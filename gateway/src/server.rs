@@ -57,8 +57,10 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let proxy_app =
-        pingora_proxy::http_proxy(&server.configuration, GatewayProxy { snapshots: Arc::clone(&reloader.snapshots) });
+    let proxy_app = pingora_proxy::http_proxy(
+        &server.configuration,
+        GatewayProxy { snapshots: Arc::clone(&reloader.snapshots), runtime: Arc::clone(&reloader.runtime) },
+    );
     let counted = CountConnections { inner: Arc::new(proxy_app), open: metrics.downstream_connections.clone() };
     let mut proxy = Service::new("gateway".to_string(), counted);
     for addr in &cfg.server.listen {
@@ -138,9 +140,28 @@ impl BackgroundService for ControlPlane {
     async fn start(&self, shutdown: ShutdownWatch) {
         let snapshots = Arc::clone(&self.reloader.snapshots);
         tokio::join!(
+            sweep_expired_blocks(Arc::clone(&self.reloader.runtime), shutdown.clone()),
             upstream::health::run(snapshots, shutdown.clone()),
             watch::watch_config(Arc::clone(&self.reloader), shutdown.clone()),
             watch::watch_sighup(Arc::clone(&self.reloader), shutdown),
         );
+    }
+}
+
+/// Drop run-time blocks whose TTL passed (lookups already ignore them; this
+/// keeps the list and the state file tidy).
+async fn sweep_expired_blocks(runtime: Arc<crate::runtime::RuntimeState>, mut shutdown: ShutdownWatch) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let rt = Arc::clone(&runtime);
+        if let Ok(n) = tokio::task::spawn_blocking(move || rt.blacklist.sweep_expired()).await {
+            if n > 0 {
+                tracing::info!(target: "blacklist", expired = n, "run-time blocks expired");
+            }
+        }
     }
 }

@@ -11,12 +11,39 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{GatewayConfig, LoadedConfig};
+use crate::config::{ConfigError, GatewayConfig, LoadedConfig};
+use crate::edge::blacklist::StaticBlacklist;
+use crate::edge::limits::{LimiterBook, ScopeLimits};
+use crate::edge::static_lists::ListCache;
 use crate::metrics::{Metrics, RouteMetrics, VersionMetrics};
 use crate::routing::{CompiledRoute, Router, Version};
 use crate::upstream::{HealthBook, Pool};
 
 pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
+
+/// State that outlives snapshots and that building one reuses: backend
+/// health, rate-limit counters, parsed list files, the metrics registry.
+#[derive(Default)]
+pub struct BuildDeps {
+    pub health: HealthBook,
+    pub limiters: LimiterBook,
+    pub lists: ListCache,
+    pub metrics: Arc<Metrics>,
+}
+
+impl BuildDeps {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics, ..Default::default() }
+    }
+
+    /// Forget state that no live snapshot uses (called after a swap).
+    pub fn retain_for(&self, snapshot: &Snapshot) {
+        self.health.retain_only(&snapshot.pools);
+        let mut live: Vec<&ScopeLimits> = snapshot.route_limits.iter().collect();
+        live.push(&snapshot.global_limits);
+        self.limiters.retain_only(&live);
+    }
+}
 
 pub struct Snapshot {
     /// 1 for the config loaded at start, +1 per successful reload.
@@ -31,10 +58,19 @@ pub struct Snapshot {
     pub route_metrics: Vec<RouteMetrics>,
     pub unrouted_metrics: VersionMetrics,
     pub metrics: Arc<Metrics>,
+    /// Config CIDRs and list files; run-time blocks live in `RuntimeState`.
+    pub static_blacklist: Arc<StaticBlacklist>,
+    pub global_limits: ScopeLimits,
+    /// Indexed by `CompiledRoute::index`.
+    pub route_limits: Vec<ScopeLimits>,
 }
 
 impl Snapshot {
-    pub fn build(loaded: LoadedConfig, generation: u64, book: &HealthBook, metrics: Arc<Metrics>) -> Self {
+    /// Build everything a request needs, off the request path. List files are
+    /// read here, so a malformed line rejects the whole config.
+    pub fn build(loaded: LoadedConfig, generation: u64, deps: &BuildDeps) -> Result<Self, Vec<ConfigError>> {
+        let static_blacklist = deps.lists.build(&loaded.config.blacklist)?;
+        let (book, metrics) = (&deps.health, Arc::clone(&deps.metrics));
         let config = loaded.config;
         let pools: HashMap<String, Arc<Pool>> =
             config.upstreams.values().map(|spec| (spec.name.clone(), Arc::new(Pool::new(spec, book)))).collect();
@@ -45,7 +81,10 @@ impl Snapshot {
                 metrics.set_backend_health(&pool.name, b.addr, b.health.is_healthy());
             }
         }
-        Self {
+        let global_limits = ScopeLimits::build("", &config.rate_limit, &deps.limiters);
+        let route_limits =
+            config.routes.iter().map(|r| ScopeLimits::build(&r.name, &r.rate_limit, &deps.limiters)).collect();
+        Ok(Self {
             generation,
             hash: loaded.hash,
             loaded_at: SystemTime::now(),
@@ -55,7 +94,10 @@ impl Snapshot {
             pools,
             route_metrics,
             metrics,
-        }
+            static_blacklist,
+            global_limits,
+            route_limits,
+        })
     }
 
     /// The pool that serves `version` on `route`. Validation guarantees both exist.

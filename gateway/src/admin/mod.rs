@@ -6,6 +6,7 @@
 //! `Authorization: Bearer <token>` (compared in constant time); without it,
 //! only loopback clients are served.
 
+mod edge;
 mod status;
 
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ pub struct AdminApp {
     pub ready: Arc<AtomicBool>,
 }
 
-type Reply = Response<Vec<u8>>;
+pub(crate) type Reply = Response<Vec<u8>>;
 
 #[async_trait]
 impl ServeHttp for AdminApp {
@@ -61,7 +62,25 @@ impl ServeHttp for AdminApp {
             (&Method::GET, "/api/status") => json_reply(StatusCode::OK, &status::render(&self.reloader)),
             (&Method::POST, "/api/reload") => self.reload().await,
             (&Method::GET, "/api/explain") => self.explain(&query),
-            (_, "/healthz" | "/readyz" | "/metrics" | "/api/status" | "/api/reload" | "/api/explain") => json_reply(
+            (&Method::GET, "/api/blacklist") => edge::list_blocks(&self.reloader),
+            (&Method::POST, "/api/blacklist") => match read_body(session).await {
+                Ok(body) => edge::add_block(&self.reloader, &body),
+                Err(reply) => reply,
+            },
+            (&Method::DELETE, p) if p.starts_with("/api/blacklist/") => {
+                edge::remove_block(&self.reloader, &percent_decode(&p["/api/blacklist/".len()..]))
+            }
+            (&Method::GET, "/api/degrade") => edge::degrade(&self.reloader),
+            (&Method::PUT, "/api/degrade") => match read_body(session).await {
+                Ok(body) => edge::set_degrade(&self.reloader, Some(&body)),
+                Err(reply) => reply,
+            },
+            (&Method::DELETE, "/api/degrade") => edge::set_degrade(&self.reloader, None),
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/api/status" | "/api/reload" | "/api/explain" | "/api/blacklist"
+                | "/api/degrade",
+            ) => json_reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({"error": format!("{method} is not allowed on {path}")}),
             ),
@@ -151,6 +170,24 @@ impl AdminApp {
     }
 }
 
+/// The request body, at most 64 KiB (admin calls are small JSON documents).
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
+    const MAX: usize = 64 * 1024;
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX {
+                    return Err(json_reply(StatusCode::PAYLOAD_TOO_LARGE, &json!({"error": "body over 64 KiB"})));
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(json_reply(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()}))),
+        }
+    }
+}
+
 /// Percent-decoded `key=value` pairs; the last one of a repeated key wins.
 fn parse_query(q: &str) -> HashMap<String, String> {
     q.split('&')
@@ -198,7 +235,7 @@ fn text(status: StatusCode, body: &str) -> Reply {
     reply(status, "text/plain; charset=utf-8", body.as_bytes().to_vec())
 }
 
-fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
+pub(crate) fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
     reply(status, "application/json", body)

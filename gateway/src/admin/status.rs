@@ -23,6 +23,12 @@ pub fn render(reloader: &Reloader) -> Value {
                 "salt": s.salt,
                 "whitelist_users": s.whitelist_users.len(),
                 "whitelist_ips": s.whitelist_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "degrade_at": s.degrade_at,
+                "fallback": s.fallback.as_ref().map(|f| json!({
+                    "status": f.page.status,
+                    "on": f.on.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                    "canary_failover": f.canary_failover,
+                })),
             })
         })
         .collect();
@@ -53,5 +59,12 @@ pub fn render(reloader: &Reloader) -> Value {
         "restart_needed": reload.restart_needed,
         "routes": routes,
         "upstreams": upstreams,
+        "degrade": super::edge::degrade_json(reloader),
+        "blacklist": {
+            "dry_run": snapshot.config.blacklist.dry_run,
+            "static_entries": snapshot.static_blacklist.len(),
+            "runtime_entries": reloader.runtime.blacklist.len(),
+        },
+        "state_file": reloader.runtime.state.path().display().to_string(),
     })
 }

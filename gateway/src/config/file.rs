@@ -90,4 +90,68 @@ pub struct RouteFile {
     pub whitelist_users: Vec<Sp<String>>,
     #[serde(default)]
     pub whitelist_ips: Vec<Sp<String>>,
+    pub rate_limit: Option<RateLimitFile>,
+    pub fallback: Option<FallbackFile>,
+    /// Serve the fallback page, without contacting the upstream, from this degrade level on.
+    pub degrade_at: Option<Sp<i64>>,
+}
+
+/// `[blacklist]`: addresses and ranges that get 403 before routing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlacklistFile {
+    #[serde(default)]
+    pub cidrs: Vec<Sp<String>>,
+    /// List files, relative to the config file: one address or CIDR per line.
+    #[serde(default)]
+    pub files: Vec<Sp<String>>,
+    /// Log and count would-be blocks without blocking.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// An HTML page for blocked clients, relative to the config file.
+    pub page: Option<Sp<String>>,
+    pub status: Option<Sp<i64>>,
+}
+
+/// `[state]`: where run-time changes (blocks, degrade level) are kept across restarts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSectionFile {
+    pub path: Option<Sp<String>>,
+}
+
+/// `[degrade]`: the emergency level; routes with `degrade_at <= level` serve their fallback page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradeFile {
+    pub level: Option<Sp<i64>>,
+}
+
+/// `[rate_limit]` (global) and `[routes.rate_limit]` (per route).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub per_ip: Option<Sp<LimitFile>>,
+    pub per_user: Option<Sp<LimitFile>>,
+    pub per_route: Option<Sp<LimitFile>>,
+}
+
+/// `{ rate = "200/s", burst = 400 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitFile {
+    pub rate: String,
+    pub burst: Option<i64>,
+}
+
+/// `[routes.fallback]`: the static page served when the upstream cannot answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackFile {
+    pub page: Sp<String>,
+    pub status: Option<Sp<i64>>,
+    pub retry_after: Option<Sp<String>>,
+    pub on: Option<Vec<Sp<String>>>,
+    #[serde(default)]
+    pub canary_failover: bool,
 }

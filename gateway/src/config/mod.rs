@@ -5,6 +5,7 @@ pub mod error;
 pub mod file;
 pub mod model;
 pub mod validate;
+mod validate_edge;
 pub mod values;
 
 #[cfg(test)]

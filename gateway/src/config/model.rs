@@ -20,6 +20,107 @@ pub struct GatewayConfig {
     pub client_ip: ClientIpSettings,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    pub blacklist: BlacklistSpec,
+    /// The run-time state file (blocks added through the API, degrade level).
+    pub state_path: PathBuf,
+    /// The degrade level set in the file; a run-time override may replace it.
+    pub degrade_level: u8,
+    pub rate_limit: RateLimitSpec,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BlacklistSpec {
+    pub cidrs: Vec<IpNet>,
+    /// (path, key) of each list file; the files are read when the snapshot is built.
+    pub files: Vec<(PathBuf, String)>,
+    pub dry_run: bool,
+    pub page: StaticPage,
+}
+
+/// A page held in memory, served without touching the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticPage {
+    pub status: u16,
+    pub body: bytes::Bytes,
+    pub content_type: &'static str,
+}
+
+impl Default for StaticPage {
+    fn default() -> Self {
+        StaticPage {
+            status: 403,
+            body: bytes::Bytes::from_static(
+                b"<!doctype html><html><head><meta charset=\"utf-8\"><title>403 Forbidden</title></head>\
+<body><h1>403 Forbidden</h1><p>Your address is blocked.</p></body></html>\n",
+            ),
+            content_type: "text/html; charset=utf-8",
+        }
+    }
+}
+
+/// Limits by client IP, by user ID and for the route as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RateLimitSpec {
+    pub per_ip: Option<LimitSpec>,
+    pub per_user: Option<LimitSpec>,
+    pub per_route: Option<LimitSpec>,
+}
+
+impl RateLimitSpec {
+    pub fn is_empty(&self) -> bool {
+        self.per_ip.is_none() && self.per_user.is_none() && self.per_route.is_none()
+    }
+}
+
+/// A token bucket: `rate` requests per `per`, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LimitSpec {
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+/// Why a fallback page is served instead of an upstream answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackCause {
+    NoHealthyBackend,
+    ConnectError,
+    Timeout,
+    Status5xx,
+    /// The degrade level reached the route's `degrade_at`.
+    Degraded,
+}
+
+impl FallbackCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoHealthyBackend => "no-healthy-backend",
+            Self::ConnectError => "connect-error",
+            Self::Timeout => "timeout",
+            Self::Status5xx => "5xx",
+            Self::Degraded => "degraded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::NoHealthyBackend, Self::ConnectError, Self::Timeout, Self::Status5xx]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackSpec {
+    pub page: StaticPage,
+    pub retry_after: Option<Duration>,
+    pub on: Vec<FallbackCause>,
+    pub canary_failover: bool,
+}
+
+impl FallbackSpec {
+    pub fn covers(&self, cause: FallbackCause) -> bool {
+        cause == FallbackCause::Degraded || self.on.contains(&cause)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +213,9 @@ pub struct RouteSpec {
     pub anonymous: AnonymousPolicy,
     pub whitelist_users: HashSet<String>,
     pub whitelist_ips: Vec<IpNet>,
+    pub rate_limit: RateLimitSpec,
+    pub fallback: Option<FallbackSpec>,
+    pub degrade_at: Option<u8>,
 }
 
 impl RouteSpec {

@@ -17,6 +17,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::error::{ConfigError, ConfigWarning, Diagnostics};
 use super::file::*;
 use super::model::*;
+use super::validate_edge;
 use super::values;
 
 /// A config that passed validation, with what `gateway check` should still mention.
@@ -28,7 +29,7 @@ pub struct LoadedConfig {
     pub hash: String,
 }
 
-const SECTIONS: &str = "server, admin, client_ip, upstreams, routes";
+const SECTIONS: &str = "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state";
 
 /// Read and validate a config file.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, Vec<ConfigError>> {
@@ -68,6 +69,10 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     let mut client_ip = ClientIpFile::default();
     let mut upstreams: Vec<(String, Range<usize>, UpstreamFile)> = Vec::new();
     let mut routes: Vec<(usize, RouteFile)> = Vec::new();
+    let mut blacklist = BlacklistFile::default();
+    let mut state = StateSectionFile::default();
+    let mut degrade = DegradeFile::default();
+    let mut rate_limit = RateLimitFile::default();
 
     for (key, value) in root.into_inner() {
         let key_span = key.span();
@@ -75,6 +80,10 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
             "server" => server = section(&mut d, "server", value).unwrap_or_default(),
             "admin" => admin = section(&mut d, "admin", value).unwrap_or_default(),
             "client_ip" => client_ip = section(&mut d, "client_ip", value).unwrap_or_default(),
+            "blacklist" => blacklist = section(&mut d, "blacklist", value).unwrap_or_default(),
+            "state" => state = section(&mut d, "state", value).unwrap_or_default(),
+            "degrade" => degrade = section(&mut d, "degrade", value).unwrap_or_default(),
+            "rate_limit" => rate_limit = section(&mut d, "rate_limit", value).unwrap_or_default(),
             "upstreams" => {
                 let span = value.span();
                 match value.into_inner() {
@@ -114,6 +123,10 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
         ClientIpSettings { trusted_proxies: cidrs(&mut d, "client_ip.trusted_proxies", &client_ip.trusted_proxies) };
     let upstreams = validate_upstreams(&mut d, upstreams);
     let routes = validate_routes(&mut d, routes, &upstreams);
+    let blacklist = validate_edge::blacklist(&mut d, &blacklist);
+    let state_path = validate_edge::state_path(&d, &state);
+    let degrade_level = validate_edge::degrade_level(&mut d, &degrade);
+    let rate_limit = validate_edge::rate_limit(&mut d, "rate_limit", &rate_limit);
     if routes.is_empty() && d.errors.is_empty() {
         // Also what a half-written or truncated file looks like: never serve it.
         d.error(None, "routes", "the config defines no [[routes]]; every request would get a 404");
@@ -125,7 +138,18 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     }
     let hash = text_hash(source);
     Ok(LoadedConfig {
-        config: GatewayConfig { source: path.to_path_buf(), server, admin, client_ip, upstreams, routes },
+        config: GatewayConfig {
+            source: path.to_path_buf(),
+            server,
+            admin,
+            client_ip,
+            upstreams,
+            routes,
+            blacklist,
+            state_path,
+            degrade_level,
+            rate_limit,
+        },
         warnings: d.warnings,
         hash,
     })
@@ -177,7 +201,7 @@ fn duration_or(d: &mut Diagnostics, key: &str, value: &Option<Sp<String>>, defau
     }
 }
 
-fn cidrs(d: &mut Diagnostics, key: &str, items: &[Sp<String>]) -> Vec<ipnet::IpNet> {
+pub(super) fn cidrs(d: &mut Diagnostics, key: &str, items: &[Sp<String>]) -> Vec<ipnet::IpNet> {
     items
         .iter()
         .enumerate()
@@ -473,6 +497,20 @@ fn validate_routes(
         let whitelist_users: HashSet<String> =
             f.whitelist_users.iter().map(|u| u.get_ref().trim().to_string()).collect();
         let whitelist_ips = cidrs(d, &format!("{key}.whitelist_ips"), &f.whitelist_ips);
+        let rate_limit = f
+            .rate_limit
+            .as_ref()
+            .map(|r| validate_edge::rate_limit(d, &format!("{key}.rate_limit"), r))
+            .unwrap_or_default();
+        let fallback = f.fallback.as_ref().and_then(|fb| validate_edge::fallback(d, &format!("{key}.fallback"), fb));
+        let degrade_at = validate_edge::degrade_at(d, &format!("{key}.degrade_at"), &f.degrade_at);
+        if let (Some(at), None) = (&f.degrade_at, &f.fallback) {
+            d.error(
+                Some(at.span()),
+                format!("{key}.degrade_at"),
+                "a degradable route needs a [routes.fallback] page to serve",
+            );
+        }
         out.push(RouteSpec {
             name,
             path_prefix: prefix,
@@ -485,6 +523,9 @@ fn validate_routes(
             anonymous,
             whitelist_users,
             whitelist_ips,
+            rate_limit,
+            fallback,
+            degrade_at,
         });
     }
     out

@@ -112,3 +112,34 @@ mod tests {
         assert!(percent_basis_points(1.234).is_err());
     }
 }
+
+/// `"200/s"`, `"6000/m"`, `"100000/h"`: a count and the window it is counted over.
+pub fn rate(text: &str) -> Result<(u32, Duration), String> {
+    let bad = || format!("{text:?} is not a rate like \"100/s\" or \"6000/m\"");
+    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    if count == 0 {
+        return Err(format!("{text:?}: the rate must be at least 1"));
+    }
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    Ok((count, per))
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(rate("200/s"), Ok((200, Duration::from_secs(1))));
+        assert_eq!(rate("6000/m"), Ok((6000, Duration::from_secs(60))));
+        assert!(rate("0/s").is_err());
+        assert!(rate("fast").is_err());
+        assert!(rate("10/fortnight").is_err());
+    }
+}

@@ -1,3 +1,8 @@
 //! Edge concerns that run before routing: who the client is.
 
+pub mod blacklist;
 pub mod client_ip;
+pub mod ipset;
+pub mod limits;
+pub mod rate_limit;
+pub mod static_lists;

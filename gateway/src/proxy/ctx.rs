@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::FallbackCause;
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::Decision;
 use crate::snapshot::Snapshot;
@@ -26,6 +27,7 @@ pub struct Routed {
     pub route_index: usize,
     pub decision: Decision,
     pub pool: Arc<Pool>,
+    pub user_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -33,6 +35,10 @@ pub struct UpstreamState {
     /// Backends tried for this request, in order; the last one is current.
     pub tried: Vec<SocketAddr>,
     pub error: Option<UpstreamErrorKind>,
+    /// The canary could not be reached and the request went to stable instead.
+    pub failed_over: bool,
+    /// A fallback page answered (or will replace the upstream's 5xx answer).
+    pub fallback: Option<FallbackCause>,
 }
 
 impl RequestCtx {

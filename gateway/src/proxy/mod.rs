@@ -1,10 +1,13 @@
 //! The `ProxyHttp` implementation: thin, calls the phases in order.
 //!
-//! request_filter  -> client IP, request id, route + version decision
+//! request_filter  -> client IP, request id, blacklist, route + version
+//!                    decision, degrade level, rate limits
 //! upstream_peer   -> next healthy backend of the chosen pool
-//! fail_to_connect -> one retry on another backend of the same pool
+//! fail_to_connect -> one retry on another backend of the same pool, or on
+//!                    stable when the canary cannot be reached (canary_failover)
 //! upstream_request_filter -> X-Forwarded-For/-Proto, X-Request-Id
-//! response_filter -> version header
+//! response_filter -> version header; a 5xx replaced by the fallback page
+//! fail_to_proxy   -> the fallback page, or a small error page
 //! logging         -> metrics and the access log line
 
 pub mod access_log;
@@ -15,15 +18,21 @@ pub mod respond;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::config::FallbackCause;
 use crate::edge::client_ip;
+use crate::fallback;
 use crate::metrics::UpstreamErrorKind;
+use crate::routing::Version;
+use crate::runtime::RuntimeState;
 use crate::snapshot::SnapshotHandle;
 
 pub use ctx::RequestCtx;
@@ -31,12 +40,14 @@ use phases::RouteOutcome;
 use respond::LocalResponse;
 
 /// How long an idle upstream connection is kept for reuse.
-const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-/// Backends tried per request: the first plus one retry on connect failure.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Backends tried per request: the first plus one retry on connect failure
+/// (one more when a canary failure moved the request to stable).
 const MAX_ATTEMPTS: usize = 2;
 
 pub struct GatewayProxy {
     pub snapshots: SnapshotHandle,
+    pub runtime: Arc<RuntimeState>,
 }
 
 #[async_trait]
@@ -54,15 +65,23 @@ impl ProxyHttp for GatewayProxy {
         ctx.client_ip = Some(ip);
         ctx.request_id = ensure_request_id(session.req_header_mut());
 
-        match phases::route_request(&snapshot, session.req_header(), ip) {
-            RouteOutcome::Proxy(routed) => {
-                ctx.routed = Some(routed);
-                Ok(false)
+        if let Some(page) = phases::check_blacklist(&snapshot, &self.runtime, ip) {
+            return answer(session, ctx, &page).await;
+        }
+        let routed = match phases::route_request(&snapshot, session.req_header(), ip) {
+            RouteOutcome::Proxy(routed) => routed,
+            RouteOutcome::Respond(resp) => return answer(session, ctx, &resp).await,
+        };
+        let local = phases::check_degrade(&snapshot, &self.runtime, &routed)
+            .map(|page| (page, Some(FallbackCause::Degraded)))
+            .or_else(|| phases::check_rate_limits(&snapshot, &routed, ip).map(|page| (page, None)));
+        ctx.routed = Some(routed);
+        match local {
+            Some((page, cause)) => {
+                ctx.upstream.fallback = cause;
+                answer(session, ctx, &page).await
             }
-            RouteOutcome::Respond(resp) => {
-                respond::write(session, &resp, &ctx.request_id).await?;
-                Ok(true)
-            }
+            None => Ok(false),
         }
     }
 
@@ -91,7 +110,7 @@ impl ProxyHttp for GatewayProxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
@@ -101,14 +120,29 @@ impl ProxyHttp for GatewayProxy {
             _ => UpstreamErrorKind::Connect,
         };
         ctx.upstream.error = Some(kind);
-        if let Some(routed) = &ctx.routed {
-            ctx.snapshot.metrics.upstream_error(&routed.pool.name, kind);
-            // Nothing reached the backend, so any method may go to another one.
-            let another = routed.pool.backends.len() > ctx.upstream.tried.len();
-            if ctx.upstream.tried.len() < MAX_ATTEMPTS && another {
-                tracing::debug!(peer = %peer, "connect failed; retrying on another backend");
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let idempotent = session.req_header().method.is_idempotent();
+        let Some(routed) = ctx.routed.as_mut() else { return e };
+        snapshot.metrics.upstream_error(&routed.pool.name, kind);
+        let route = &snapshot.router.routes()[routed.route_index].spec;
+        let failover = route.fallback.as_ref().is_some_and(|f| f.canary_failover);
+        if failover && idempotent && routed.decision.version == Version::Canary && !ctx.upstream.failed_over {
+            // The canary is the experiment; stable is known to work. Nothing was sent yet.
+            if let Some(stable) = snapshot.pools.get(&route.stable) {
+                tracing::info!(peer = %peer, route = %route.name, "canary unreachable; retrying on stable");
+                routed.pool = Arc::clone(stable);
+                routed.decision.version = Version::Stable;
+                ctx.upstream.failed_over = true;
                 e.set_retry(true);
+                return e;
             }
+        }
+        // Nothing reached the backend, so any method may go to another one.
+        let limit = MAX_ATTEMPTS + usize::from(ctx.upstream.failed_over);
+        let another = routed.pool.backends.iter().any(|b| !ctx.upstream.tried.contains(&b.addr));
+        if ctx.upstream.tried.len() < limit && another {
+            tracing::debug!(peer = %peer, "connect failed; retrying on another backend");
+            e.set_retry(true);
         }
         e
     }
@@ -139,6 +173,10 @@ impl ProxyHttp for GatewayProxy {
         if resp.status.is_server_error() {
             if let Some(routed) = &ctx.routed {
                 ctx.snapshot.metrics.upstream_error(&routed.pool.name, UpstreamErrorKind::Status5xx);
+                let route = &ctx.snapshot.router.routes()[routed.route_index].spec;
+                if route.fallback.as_ref().is_some_and(|f| f.covers(FallbackCause::Status5xx)) {
+                    ctx.upstream.fallback = Some(FallbackCause::Status5xx);
+                }
             }
         }
         Ok(())
@@ -150,40 +188,57 @@ impl ProxyHttp for GatewayProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(page) = self.replacement(ctx) {
+            // The upstream's 5xx is swapped for the route's page; its body is dropped below.
+            let mut header = ResponseHeader::build(page.status, Some(4))?;
+            header.insert_header(http::header::CONTENT_TYPE, page.content_type)?;
+            header.insert_header(http::header::CONTENT_LENGTH, page.body.len().to_string())?;
+            header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+            for (name, value) in &page.headers {
+                header.insert_header(*name, value.as_str())?;
+            }
+            *resp = header;
+        }
         if let (Some(name), Some(routed)) = (&ctx.snapshot.config.server.version_header, &ctx.routed) {
             resp.insert_header(name.clone(), routed.decision.version.as_str())?;
         }
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(page) = self.replacement(ctx) {
+            *body = end_of_stream.then(|| page.body.clone());
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let (code, title, detail) = match e.etype() {
-            ErrorType::HTTPStatus(503) => {
-                (503, "Service Unavailable", "No healthy backend can take this request right now.")
+        let cause = failure_cause(e, ctx);
+        if cause == Some(FallbackCause::Timeout) && ctx.upstream.error.is_none() {
+            ctx.upstream.error = Some(UpstreamErrorKind::Timeout);
+            if let Some(r) = &ctx.routed {
+                ctx.snapshot.metrics.upstream_error(&r.pool.name, UpstreamErrorKind::Timeout);
             }
-            ErrorType::HTTPStatus(code) => (*code, "Error", "The request could not be served."),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                if ctx.upstream.error.is_none() {
-                    ctx.upstream.error = Some(UpstreamErrorKind::Timeout);
-                    if let Some(r) = &ctx.routed {
-                        ctx.snapshot.metrics.upstream_error(&r.pool.name, UpstreamErrorKind::Timeout);
-                    }
-                }
-                (504, "Gateway Timeout", "The backend did not answer in time.")
-            }
-            _ => match e.esource() {
-                pingora_error::ErrorSource::Upstream => (502, "Bad Gateway", "The backend could not be reached."),
-                pingora_error::ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => (0, "", ""),
-                    _ => (400, "Bad Request", "The request could not be read."),
-                },
-                _ => (500, "Internal Server Error", "The gateway failed to serve this request."),
-            },
-        };
+        }
+        let page = cause.and_then(|cause| {
+            let routed = ctx.routed.as_ref()?;
+            let route = &ctx.snapshot.router.routes()[routed.route_index].spec;
+            let page = fallback::page_for(route, cause)?;
+            ctx.snapshot.metrics.fallback(&route.name, cause.as_str());
+            ctx.upstream.fallback = Some(cause);
+            Some(page)
+        });
+        let page = page.or_else(|| error_page(e));
+        let code = page.as_ref().map(|p| p.status).unwrap_or(0);
         // A response already started cannot be replaced; the connection is dropped instead.
-        if code > 0 && session.response_written().is_none() {
-            let resp = LocalResponse::page(code, title, detail);
-            if let Err(err) = respond::write(session, &resp, &ctx.request_id).await {
+        if let Some(page) = page.filter(|_| session.response_written().is_none()) {
+            if let Err(err) = respond::write(session, &page, &ctx.request_id).await {
                 tracing::debug!(error = %err, "cannot send error page");
             }
         }
@@ -200,8 +255,71 @@ impl ProxyHttp for GatewayProxy {
             }
             None => snapshot.unrouted_metrics.observe(status, elapsed.as_secs_f64()),
         }
+        if ctx.upstream.fallback == Some(FallbackCause::Status5xx) {
+            if let Some(r) = &ctx.routed {
+                snapshot.metrics.fallback(&snapshot.router.routes()[r.route_index].spec.name, "5xx");
+            }
+        }
         access_log::write(session, ctx, status, elapsed, e);
     }
+}
+
+impl GatewayProxy {
+    /// The page that replaces an upstream 5xx answer, when the route asks for it.
+    fn replacement(&self, ctx: &RequestCtx) -> Option<LocalResponse> {
+        if ctx.upstream.fallback != Some(FallbackCause::Status5xx) {
+            return None;
+        }
+        let routed = ctx.routed.as_ref()?;
+        fallback::page_for(&ctx.snapshot.router.routes()[routed.route_index].spec, FallbackCause::Status5xx)
+    }
+}
+
+/// Write a local answer and end the request there.
+async fn answer(session: &mut Session, ctx: &RequestCtx, page: &LocalResponse) -> Result<bool> {
+    respond::write(session, page, &ctx.request_id).await?;
+    Ok(true)
+}
+
+/// What went wrong, in the words of `fallback.on`.
+fn failure_cause(e: &Error, ctx: &RequestCtx) -> Option<FallbackCause> {
+    match e.etype() {
+        ErrorType::HTTPStatus(503) if ctx.upstream.error == Some(UpstreamErrorKind::NoHealthyBackend) => {
+            Some(FallbackCause::NoHealthyBackend)
+        }
+        // Retries ran out on connect failures: no backend could be reached.
+        ErrorType::HTTPStatus(503) => Some(FallbackCause::ConnectError),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(FallbackCause::Timeout),
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure => Some(FallbackCause::ConnectError),
+        // The backend went away mid-exchange (killed, reset): no answer came.
+        _ if e.esource() == &ErrorSource::Upstream => Some(FallbackCause::ConnectError),
+        _ => None,
+    }
+}
+
+/// The gateway's own small page for a failure no fallback covers.
+fn error_page(e: &Error) -> Option<LocalResponse> {
+    let (code, title, detail) = match e.etype() {
+        ErrorType::HTTPStatus(503) => {
+            (503, "Service Unavailable", "No healthy backend can take this request right now.")
+        }
+        ErrorType::HTTPStatus(code) => (*code, "Error", "The request could not be served."),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            (504, "Gateway Timeout", "The backend did not answer in time.")
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, "Bad Gateway", "The backend could not be reached."),
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => return None,
+                _ => (400, "Bad Request", "The request could not be read."),
+            },
+            _ => (500, "Internal Server Error", "The gateway failed to serve this request."),
+        },
+    };
+    Some(LocalResponse::page(code, title, detail))
 }
 
 fn peer_ip(session: &Session) -> IpAddr {

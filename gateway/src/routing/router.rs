@@ -109,6 +109,9 @@ mod tests {
             anonymous: AnonymousPolicy::Stable,
             whitelist_users: Default::default(),
             whitelist_ips: vec![],
+            rate_limit: Default::default(),
+            fallback: None,
+            degrade_at: None,
         }
     }
 

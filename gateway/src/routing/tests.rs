@@ -20,6 +20,9 @@ fn route(percent_bp: u32, salt: &str) -> RouteSpec {
         anonymous: AnonymousPolicy::Stable,
         whitelist_users: ["1001".to_string()].into_iter().collect(),
         whitelist_ips: vec!["192.0.2.0/24".parse().expect("net")],
+        rate_limit: Default::default(),
+        fallback: None,
+        degrade_at: None,
     }
 }
 

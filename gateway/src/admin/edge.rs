@@ -1,0 +1,160 @@
+//! Admin endpoints for ops: run-time blocks and the degrade level.
+//!
+//! `POST /api/blacklist` `{"cidr": "203.0.113.0/24", "reason": "card testing", "ttl": "1h"}`
+//! `DELETE /api/blacklist/{cidr}` (a `/` in the CIDR may be sent as `%2F`)
+//! `GET /api/blacklist` — every entry, run-time and static, with its source
+//! `GET /api/degrade`, `PUT /api/degrade {"level": 2}`, `DELETE /api/degrade` (back to the config's level)
+//!
+//! Every change is written to the state file before it answers, so an
+//! answered block survives a crash.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::values;
+use crate::edge::blacklist::BlockEntry;
+use crate::reload::Reloader;
+
+use super::{json_reply, Reply};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockRequest {
+    cidr: String,
+    reason: Option<String>,
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DegradeRequest {
+    level: Option<u8>,
+}
+
+fn bad(msg: impl Into<String>) -> Reply {
+    json_reply(StatusCode::BAD_REQUEST, &json!({"error": msg.into()}))
+}
+
+pub fn add_block(reloader: &Reloader, body: &[u8]) -> Reply {
+    let req: BlockRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("expected {{\"cidr\": \"...\", \"reason\": \"...\", \"ttl\": \"1h\"}}: {e}")),
+    };
+    let cidr = match values::cidr(&req.cidr) {
+        Ok(c) => c,
+        Err(e) => return bad(e),
+    };
+    let ttl = match req.ttl.as_deref().map(values::duration) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => return bad(e),
+    };
+    let reason = req.reason.filter(|r| !r.trim().is_empty());
+    match reloader.runtime.blacklist.add(cidr, reason, ttl) {
+        Ok(entry) => {
+            tracing::warn!(target: "blacklist", cidr = %entry.cidr, reason = entry.reason.as_deref().unwrap_or(""), "blocked by admin API");
+            json_reply(StatusCode::CREATED, &entry_json(&entry))
+        }
+        Err(e) => json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e})),
+    }
+}
+
+pub fn remove_block(reloader: &Reloader, raw_cidr: &str) -> Reply {
+    let cidr = match values::cidr(raw_cidr) {
+        Ok(c) => c,
+        Err(e) => return bad(e),
+    };
+    match reloader.runtime.blacklist.remove(cidr) {
+        Ok(true) => {
+            tracing::warn!(target: "blacklist", %cidr, "unblocked by admin API");
+            json_reply(StatusCode::OK, &json!({"removed": cidr.to_string()}))
+        }
+        Ok(false) => {
+            let snapshot = reloader.snapshots.load();
+            let static_hit = snapshot.static_blacklist.lookup(cidr.network()).filter(|e| e.cidr == cidr);
+            let msg = match static_hit {
+                Some(e) => format!("{cidr} comes from {}; remove it there and reload", e.source.label()),
+                None => format!("{cidr} is not blocked at run time"),
+            };
+            json_reply(StatusCode::NOT_FOUND, &json!({"error": msg}))
+        }
+        Err(e) => json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e})),
+    }
+}
+
+pub fn list_blocks(reloader: &Reloader) -> Reply {
+    let snapshot = reloader.snapshots.load();
+    let runtime: Vec<Value> = reloader.runtime.blacklist.list().iter().map(entry_json).collect();
+    let spec = &snapshot.config.blacklist;
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "dry_run": spec.dry_run,
+            "runtime": runtime,
+            "config_cidrs": spec.cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "files": spec.files.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(),
+            "static_entries": snapshot.static_blacklist.len(),
+        }),
+    )
+}
+
+pub fn degrade(reloader: &Reloader) -> Reply {
+    json_reply(StatusCode::OK, &degrade_json(reloader))
+}
+
+pub fn set_degrade(reloader: &Reloader, body: Option<&[u8]>) -> Reply {
+    let level = match body {
+        None => None,
+        Some(body) => match serde_json::from_slice::<DegradeRequest>(body) {
+            Ok(DegradeRequest { level: Some(l) }) if l <= 10 => Some(l),
+            Ok(DegradeRequest { level: None }) => None,
+            Ok(_) => return bad("level must be 0..=10"),
+            Err(e) => return bad(format!("expected {{\"level\": 2}}: {e}")),
+        },
+    };
+    if let Err(e) = reloader.runtime.set_degrade(level) {
+        return json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e}));
+    }
+    let in_force = reloader.runtime.degrade_level(reloader.snapshots.load().config.degrade_level);
+    reloader.metrics.degrade_level.set(i64::from(in_force));
+    tracing::warn!(level = in_force, "degrade level changed by admin API");
+    json_reply(StatusCode::OK, &degrade_json(reloader))
+}
+
+pub fn degrade_json(reloader: &Reloader) -> Value {
+    let snapshot = reloader.snapshots.load();
+    let config = snapshot.config.degrade_level;
+    let level = reloader.runtime.degrade_level(config);
+    let degraded: Vec<&str> = snapshot
+        .router
+        .routes()
+        .iter()
+        .filter(|r| crate::fallback::degraded(&r.spec, level))
+        .map(|r| r.spec.name.as_str())
+        .collect();
+    json!({
+        "level": level,
+        "config_level": config,
+        "runtime_override": reloader.runtime.degrade_override(),
+        "degraded_routes": degraded,
+    })
+}
+
+fn unix(t: Option<SystemTime>) -> Value {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| Value::String(humantime::format_rfc3339_seconds(UNIX_EPOCH + d).to_string()))
+        .unwrap_or(Value::Null)
+}
+
+fn entry_json(e: &BlockEntry) -> Value {
+    json!({
+        "cidr": e.cidr.to_string(),
+        "source": e.source.label(),
+        "reason": e.reason,
+        "added_at": unix(e.added_at),
+        "expires_at": unix(e.expires_at),
+    })
+}

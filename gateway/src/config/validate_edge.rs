@@ -1,0 +1,187 @@
+//! Validation of the edge-protection sections: blacklist, rate limits,
+//! fallback pages, degrade level, state file. Same rules as `validate.rs`:
+//! collect every error, each with its line and key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::Diagnostics;
+use super::file::*;
+use super::model::*;
+use super::validate::{cidrs, resolve};
+use super::values;
+
+pub fn blacklist(d: &mut Diagnostics, f: &BlacklistFile) -> BlacklistSpec {
+    let cidrs = cidrs(d, "blacklist.cidrs", &f.cidrs);
+    let files = f
+        .files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let path = resolve(d.file(), p.get_ref());
+            let key = format!("blacklist.files[{i}]");
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => Some((path, key)),
+                Ok(_) => {
+                    d.error(Some(p.span()), key, format!("{} is not a file", path.display()));
+                    None
+                }
+                Err(e) => {
+                    d.error(Some(p.span()), key, format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            }
+        })
+        .collect();
+    let mut page = StaticPage::default();
+    if let Some(p) = &f.page {
+        if let Some(body) = read_page(d, "blacklist.page", p) {
+            page.body = body;
+        }
+    }
+    if let Some(s) = &f.status {
+        page.status = status(d, "blacklist.status", s, 400..=499).unwrap_or(403);
+    }
+    BlacklistSpec { cidrs, files, dry_run: f.dry_run, page }
+}
+
+pub fn state_path(d: &Diagnostics, f: &StateSectionFile) -> PathBuf {
+    let path = f.path.as_ref().map(|p| p.get_ref().as_str()).unwrap_or("state/gateway-state.json");
+    resolve(d.file(), path)
+}
+
+pub fn degrade_level(d: &mut Diagnostics, f: &DegradeFile) -> u8 {
+    match &f.level {
+        None => 0,
+        Some(l) => level(d, "degrade.level", l).unwrap_or(0),
+    }
+}
+
+fn level(d: &mut Diagnostics, key: &str, l: &Sp<i64>) -> Option<u8> {
+    match u8::try_from(*l.get_ref()) {
+        Ok(v) if v <= 10 => Some(v),
+        _ => {
+            d.error(Some(l.span()), key, format!("{} is outside 0..=10", l.get_ref()));
+            None
+        }
+    }
+}
+
+pub fn degrade_at(d: &mut Diagnostics, key: &str, l: &Option<Sp<i64>>) -> Option<u8> {
+    let l = l.as_ref()?;
+    match level(d, key, l) {
+        Some(0) => {
+            d.error(Some(l.span()), key, "0 would degrade the route always; use 1..=10");
+            None
+        }
+        other => other,
+    }
+}
+
+pub fn rate_limit(d: &mut Diagnostics, key: &str, f: &RateLimitFile) -> RateLimitSpec {
+    let mut one = |name: &str, l: &Option<Sp<LimitFile>>| {
+        let l = l.as_ref()?;
+        let key = format!("{key}.{name}");
+        match values::rate(&l.get_ref().rate) {
+            Err(e) => {
+                d.error(Some(l.span()), format!("{key}.rate"), e);
+                None
+            }
+            Ok((rate, per)) => {
+                let burst = match l.get_ref().burst {
+                    None => rate,
+                    Some(b) if (1..=i64::from(u32::MAX)).contains(&b) => b as u32,
+                    Some(b) => {
+                        d.error(Some(l.span()), format!("{key}.burst"), format!("{b} must be at least 1"));
+                        rate
+                    }
+                };
+                Some(LimitSpec { rate, per, burst })
+            }
+        }
+    };
+    RateLimitSpec {
+        per_ip: one("per_ip", &f.per_ip),
+        per_user: one("per_user", &f.per_user),
+        per_route: one("per_route", &f.per_route),
+    }
+}
+
+pub fn fallback(d: &mut Diagnostics, key: &str, f: &FallbackFile) -> Option<FallbackSpec> {
+    let body = read_page(d, &format!("{key}.page"), &f.page);
+    let status = match &f.status {
+        None => 503,
+        Some(s) => status(d, &format!("{key}.status"), s, 200..=599).unwrap_or(503),
+    };
+    let retry_after: Option<Duration> = f.retry_after.as_ref().and_then(|r| {
+        values::duration(r.get_ref()).map_err(|e| d.error(Some(r.span()), format!("{key}.retry_after"), e)).ok()
+    });
+    let on = match &f.on {
+        None => vec![FallbackCause::NoHealthyBackend, FallbackCause::ConnectError, FallbackCause::Timeout],
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let parsed = FallbackCause::parse(c.get_ref());
+                if parsed.is_none() {
+                    d.error(
+                        Some(c.span()),
+                        format!("{key}.on[{i}]"),
+                        format!(
+                            "{:?} must be one of \"no-healthy-backend\", \"connect-error\", \"timeout\", \"5xx\"",
+                            c.get_ref()
+                        ),
+                    );
+                }
+                parsed
+            })
+            .collect(),
+    };
+    Some(FallbackSpec {
+        page: StaticPage { status, body: body?, content_type: content_type(f.page.get_ref()) },
+        retry_after,
+        on,
+        canary_failover: f.canary_failover,
+    })
+}
+
+fn status(d: &mut Diagnostics, key: &str, s: &Sp<i64>, range: std::ops::RangeInclusive<i64>) -> Option<u16> {
+    if range.contains(s.get_ref()) {
+        Some(*s.get_ref() as u16)
+    } else {
+        d.error(Some(s.span()), key, format!("{} is outside {}..={}", s.get_ref(), range.start(), range.end()));
+        None
+    }
+}
+
+/// Pages are small and served from memory; a missing one is a config error now,
+/// not a 500 on the day it is needed.
+fn read_page(d: &mut Diagnostics, key: &str, p: &Sp<String>) -> Option<bytes::Bytes> {
+    const MAX_PAGE: u64 = 1024 * 1024;
+    let path = resolve(d.file(), p.get_ref());
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() > MAX_PAGE => {
+            d.error(Some(p.span()), key, format!("{} is larger than 1 MiB", path.display()));
+            None
+        }
+        Ok(_) => match std::fs::read(&path) {
+            Ok(b) => Some(bytes::Bytes::from(b)),
+            Err(e) => {
+                d.error(Some(p.span()), key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        },
+        Err(e) => {
+            d.error(Some(p.span()), key, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or("") {
+        "json" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        _ => "text/html; charset=utf-8",
+    }
+}

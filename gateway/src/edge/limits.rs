@@ -1,0 +1,90 @@
+//! The rate limits of one config snapshot: a global set and one set per
+//! route, each checked by client IP, user ID and route.
+//!
+//! Limiters hold counting state, so a reload must not hand every client a
+//! fresh budget: the [`LimiterBook`] keeps the limiter of a (scope, key, spec)
+//! across snapshots, and only a changed spec starts a new one.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{LimitSpec, RateLimitSpec};
+
+use super::rate_limit::{LimitKey, RateLimiter, Verdict};
+
+type BookKey = (String, LimitKey, LimitSpec);
+
+#[derive(Default)]
+pub struct LimiterBook {
+    limiters: Mutex<HashMap<BookKey, Arc<RateLimiter>>>,
+}
+
+impl LimiterBook {
+    fn get(&self, scope: &str, key: LimitKey, spec: LimitSpec) -> Arc<RateLimiter> {
+        let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry((scope.to_string(), key, spec)).or_insert_with(|| Arc::new(RateLimiter::new(spec))))
+    }
+
+    /// Drop limiters no snapshot uses any more (called after a swap).
+    pub fn retain_only(&self, live: &[&ScopeLimits]) {
+        let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, l| live.iter().any(|s| s.uses(l)));
+    }
+}
+
+/// The limits of one scope (the whole gateway, or one route).
+#[derive(Default)]
+pub struct ScopeLimits {
+    ip: Option<Arc<RateLimiter>>,
+    user: Option<Arc<RateLimiter>>,
+    route: Option<Arc<RateLimiter>>,
+}
+
+impl ScopeLimits {
+    pub fn build(scope: &str, spec: &RateLimitSpec, book: &LimiterBook) -> Self {
+        Self {
+            ip: spec.per_ip.map(|s| book.get(scope, LimitKey::Ip, s)),
+            user: spec.per_user.map(|s| book.get(scope, LimitKey::User, s)),
+            route: spec.per_route.map(|s| book.get(scope, LimitKey::Route, s)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ip.is_none() && self.user.is_none() && self.route.is_none()
+    }
+
+    fn uses(&self, l: &Arc<RateLimiter>) -> bool {
+        [&self.ip, &self.user, &self.route].iter().any(|x| x.as_ref().is_some_and(|x| Arc::ptr_eq(x, l)))
+    }
+
+    /// Count the request against each limit; the first one exceeded wins.
+    /// Requests without a user ID are not counted by `per_user`.
+    pub fn check(&self, ip: IpAddr, user: Option<&str>) -> Option<(LimitKey, Duration)> {
+        let limited = |v: Verdict| match v {
+            Verdict::Allow => None,
+            Verdict::Limit { retry_after } => Some(retry_after),
+        };
+        if let Some(l) = &self.ip {
+            let key = match ip {
+                IpAddr::V4(v4) => limited(l.check(&v4.octets())),
+                IpAddr::V6(v6) => limited(l.check(&v6.octets())),
+            };
+            if let Some(wait) = key {
+                return Some((LimitKey::Ip, wait));
+            }
+        }
+        if let (Some(l), Some(user)) = (&self.user, user) {
+            if let Some(wait) = limited(l.check(user.as_bytes())) {
+                return Some((LimitKey::User, wait));
+            }
+        }
+        if let Some(l) = &self.route {
+            if let Some(wait) = limited(l.check(b"route")) {
+                return Some((LimitKey::Route, wait));
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,82 @@
+//! Building the static blacklist (config CIDRs + list files) for a snapshot.
+//!
+//! Runs on the reload thread. List files can hold a million lines; a reload
+//! that does not touch them (the common case: a percentage changed) reuses the
+//! parsed entries, recognised by path, size and modification time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::config::{BlacklistSpec, ConfigError};
+
+use super::blacklist::{parse_list_file, BlockEntry, BlockSource, StaticBlacklist};
+
+type FileStamp = (u64, Option<SystemTime>);
+
+#[derive(Default)]
+pub struct ListCache {
+    files: Mutex<HashMap<PathBuf, (FileStamp, Arc<Vec<BlockEntry>>)>>,
+    /// The last set built, with what it was built from, reused when nothing changed.
+    built: Mutex<Option<(Vec<(PathBuf, FileStamp)>, Vec<ipnet::IpNet>, Arc<StaticBlacklist>)>>,
+}
+
+impl ListCache {
+    /// The static blacklist for `spec`; every malformed line of every file is an error.
+    pub fn build(&self, spec: &BlacklistSpec) -> Result<Arc<StaticBlacklist>, Vec<ConfigError>> {
+        let mut stamps = Vec::with_capacity(spec.files.len());
+        let mut errors = Vec::new();
+        let mut file_entries = Vec::with_capacity(spec.files.len());
+        for (path, key) in &spec.files {
+            let stamp = stamp(path);
+            stamps.push((path.clone(), stamp));
+            match self.file(path, key, stamp) {
+                Ok(entries) => file_entries.push(entries),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, cidrs, set)) = built.as_ref() {
+            if *s == stamps && *cidrs == spec.cidrs {
+                return Ok(Arc::clone(set));
+            }
+        }
+        let total = spec.cidrs.len() + file_entries.iter().map(|f| f.len()).sum::<usize>();
+        let mut entries = Vec::with_capacity(total);
+        entries.extend(spec.cidrs.iter().map(|&cidr| BlockEntry {
+            cidr,
+            source: BlockSource::Config,
+            reason: None,
+            added_at: None,
+            expires_at: None,
+        }));
+        for f in &file_entries {
+            entries.extend(f.iter().cloned());
+        }
+        let set = Arc::new(StaticBlacklist::build(entries));
+        *built = Some((stamps, spec.cidrs.clone(), Arc::clone(&set)));
+        Ok(set)
+    }
+
+    fn file(&self, path: &PathBuf, key: &str, stamp: FileStamp) -> Result<Arc<Vec<BlockEntry>>, Vec<ConfigError>> {
+        if let Some((s, entries)) = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+            if *s == stamp {
+                return Ok(Arc::clone(entries));
+            }
+        }
+        let entries = Arc::new(parse_list_file(path, key)?);
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone(), (stamp, Arc::clone(&entries)));
+        Ok(entries)
+    }
+}
+
+fn stamp(path: &PathBuf) -> FileStamp {
+    match std::fs::metadata(path) {
+        Ok(m) => (m.len(), m.modified().ok()),
+        Err(_) => (0, None),
+    }
+}

@@ -109,7 +109,11 @@ fn reload_costs(c: &mut Criterion) {
     let mut group = c.benchmark_group("reload_1m");
     group.sample_size(10);
     group.bench_function("ipset_build", |b| {
-        b.iter_batched(|| nets.iter().copied().enumerate().collect::<Vec<_>>(), IpSet::build, BatchSize::PerIteration)
+        b.iter_batched(
+            || nets.iter().enumerate().map(|(i, n)| (*n, i)).collect::<Vec<_>>(),
+            IpSet::build,
+            BatchSize::PerIteration,
+        )
     });
 
     let path = write_list_file(&nets);

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use gateway::shadow::{diff, Answer, DiffOptions, FieldPattern};
 
-/// An order with `lines` line items, roughly 10 KiB at 40 lines.
+/// An order with `lines` line items, roughly 10 KiB at 56 lines.
 fn order(lines: usize, tweak: bool) -> Value {
     let items: Vec<Value> = (0..lines)
         .map(|i| {
@@ -50,7 +50,7 @@ fn answer(v: &Value) -> Answer {
 }
 
 fn bench(c: &mut Criterion) {
-    let (stable, canary) = (answer(&order(40, false)), answer(&order(40, true)));
+    let (stable, canary) = (answer(&order(56, false)), answer(&order(56, true)));
     let pattern = |p: &str| FieldPattern::parse(p).expect("pattern");
     let opts = DiffOptions {
         ignore_fields: vec![pattern("$.meta.trace_id"), pattern("$..timestamp")],

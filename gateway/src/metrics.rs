@@ -10,6 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::config::FallbackCause;
 use crate::routing::Version;
 
 pub struct Metrics {
@@ -157,10 +158,6 @@ impl Metrics {
         self.blocked[i * 2 + usize::from(dry_run)].inc();
     }
 
-    pub fn fallback(&self, route: &str, cause: &str) {
-        self.fallbacks.with_label_values(&[route, cause]).inc();
-    }
-
     pub fn route_metrics(&self, route: &str, canary_percent: f64) -> RouteMetrics {
         self.canary_percent.with_label_values(&[route]).set(canary_percent);
         let version = |v: &str| VersionMetrics {
@@ -171,6 +168,7 @@ impl Metrics {
             stable: version("stable"),
             canary: version("canary"),
             rate_limited: ["ip", "user", "route"].map(|k| self.rate_limited.with_label_values(&[route, k])),
+            fallbacks: FallbackCause::ALL.map(|c| self.fallbacks.with_label_values(&[route, c.as_str()])),
         }
     }
 
@@ -224,6 +222,14 @@ pub struct RouteMetrics {
     pub canary: VersionMetrics,
     /// 429s by key: ip, user, route.
     pub rate_limited: [IntCounter; 3],
+    /// Fallback pages by cause, in the order of [`FallbackCause::ALL`].
+    pub fallbacks: [IntCounter; 5],
+}
+
+impl RouteMetrics {
+    pub fn fallback(&self, cause: FallbackCause) {
+        self.fallbacks[cause as usize].inc();
+    }
 }
 
 impl RouteMetrics {

@@ -92,6 +92,9 @@ pub enum FallbackCause {
 }
 
 impl FallbackCause {
+    pub const ALL: [FallbackCause; 5] =
+        [Self::NoHealthyBackend, Self::ConnectError, Self::Timeout, Self::Status5xx, Self::Degraded];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoHealthyBackend => "no-healthy-backend",

@@ -294,7 +294,7 @@ fn to_persisted(e: &BlockEntry) -> PersistedBlock {
         reason: e.reason.clone(),
         added_at_unix: e.added_at.map_or(0, |t| secs(t).as_secs()),
         // Rounded up: after a restart a block may last a fraction of a second longer, never shorter.
-        expires_at_unix: e.expires_at.map(|t| secs(t)).map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+        expires_at_unix: e.expires_at.map(secs).map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
     }
 }
 

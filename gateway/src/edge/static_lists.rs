@@ -13,13 +13,24 @@ use crate::config::{BlacklistSpec, ConfigError};
 
 use super::blacklist::{parse_list_file, BlockEntry, BlockSource, StaticBlacklist};
 
+/// Size and modification time: enough to tell an edited list file.
 type FileStamp = (u64, Option<SystemTime>);
+
+/// A parsed list file and the stamp it was parsed at.
+type ParsedFile = (FileStamp, Arc<Vec<BlockEntry>>);
+
+/// The inputs of the last built set (file stamps, config CIDRs), and the set.
+struct LastBuilt {
+    stamps: Vec<(PathBuf, FileStamp)>,
+    cidrs: Vec<ipnet::IpNet>,
+    set: Arc<StaticBlacklist>,
+}
 
 #[derive(Default)]
 pub struct ListCache {
-    files: Mutex<HashMap<PathBuf, (FileStamp, Arc<Vec<BlockEntry>>)>>,
+    files: Mutex<HashMap<PathBuf, ParsedFile>>,
     /// The last set built, with what it was built from, reused when nothing changed.
-    built: Mutex<Option<(Vec<(PathBuf, FileStamp)>, Vec<ipnet::IpNet>, Arc<StaticBlacklist>)>>,
+    built: Mutex<Option<LastBuilt>>,
 }
 
 impl ListCache {
@@ -40,9 +51,9 @@ impl ListCache {
             return Err(errors);
         }
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, cidrs, set)) = built.as_ref() {
-            if *s == stamps && *cidrs == spec.cidrs {
-                return Ok(Arc::clone(set));
+        if let Some(last) = built.as_ref() {
+            if last.stamps == stamps && last.cidrs == spec.cidrs {
+                return Ok(Arc::clone(&last.set));
             }
         }
         let total = spec.cidrs.len() + file_entries.iter().map(|f| f.len()).sum::<usize>();
@@ -58,7 +69,7 @@ impl ListCache {
             entries.extend(f.iter().cloned());
         }
         let set = Arc::new(StaticBlacklist::build(entries));
-        *built = Some((stamps, spec.cidrs.clone(), Arc::clone(&set)));
+        *built = Some(LastBuilt { stamps, cidrs: spec.cidrs.clone(), set: Arc::clone(&set) });
         Ok(set)
     }
 

@@ -230,10 +230,14 @@ impl ProxyHttp for GatewayProxy {
             let routed = ctx.routed.as_ref()?;
             let route = &ctx.snapshot.router.routes()[routed.route_index].spec;
             let page = fallback::page_for(route, cause)?;
-            ctx.snapshot.metrics.fallback(&route.name, cause.as_str());
+            ctx.snapshot.route_metrics[routed.route_index].fallback(cause);
             ctx.upstream.fallback = Some(cause);
             Some(page)
         });
+        // Pingora does not reuse a client connection after a failed proxy
+        // attempt; saying so (`Connection: close`) lets keep-alive clients
+        // reconnect instead of sending their next request into a closing socket.
+        session.set_keepalive(None);
         let page = page.or_else(|| error_page(e));
         let code = page.as_ref().map(|p| p.status).unwrap_or(0);
         // A response already started cannot be replaced; the connection is dropped instead.
@@ -243,6 +247,14 @@ impl ProxyHttp for GatewayProxy {
             }
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    /// Failures answered with a fallback page, and clients that hung up, are
+    /// normal operation: the access log has them; the error log stays for faults.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        ctx.upstream.fallback.is_some()
+            || (error.esource() == &ErrorSource::Downstream
+                && matches!(error.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError))
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -257,7 +269,7 @@ impl ProxyHttp for GatewayProxy {
         }
         if ctx.upstream.fallback == Some(FallbackCause::Status5xx) {
             if let Some(r) = &ctx.routed {
-                snapshot.metrics.fallback(&snapshot.router.routes()[r.route_index].spec.name, "5xx");
+                snapshot.route_metrics[r.route_index].fallback(FallbackCause::Status5xx);
             }
         }
         access_log::write(session, ctx, status, elapsed, e);

@@ -85,6 +85,6 @@ pub fn check_degrade(snapshot: &Snapshot, runtime: &RuntimeState, routed: &Route
         return None;
     }
     let page = fallback::page_for(route, FallbackCause::Degraded)?;
-    snapshot.metrics.fallback(&route.name, FallbackCause::Degraded.as_str());
+    snapshot.route_metrics[routed.route_index].fallback(FallbackCause::Degraded);
     Some(page)
 }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::answer::{Answer, DiffOptions, FieldDiff};
 use super::json::json_diff;
+use super::json_tree;
 
 /// At most this many `body:line <n>` entries; `body:lines` then gives the counts.
 pub const MAX_LINE_DIFFS: usize = 20;
@@ -82,7 +83,7 @@ fn body_diff(stable: &Answer, canary: &Answer, opts: &DiffOptions, out: &mut Vec
         return;
     }
     if looks_json(stable) || looks_json(canary) {
-        if let (Ok(ja), Ok(jb)) = (serde_json::from_slice::<Value>(a), serde_json::from_slice::<Value>(b)) {
+        if let (Some(ja), Some(jb)) = (json_tree::parse(a), json_tree::parse(b)) {
             json_diff(&ja, &jb, opts, out);
             return;
         }

@@ -9,7 +9,7 @@
 //!   other side, and the unmatched ones are reported pairwise at `<array>[*]`
 //!   (positions mean nothing in a set).
 //! - Numbers: equal within `numeric_tolerance` (see [`DiffOptions`]); without
-//!   it, integers exactly and other numbers as `f64`.
+//!   it, integers exactly and other numbers as `f64` (`1 == 1.0`).
 //! - Differing types report the whole values at that path (`$` for the root).
 //! - A node whose path matches `ignore_fields` is skipped with its subtree.
 //!
@@ -17,11 +17,12 @@
 //! gives the total, so a wholly different body cannot flood the store.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{DefaultHasher, Hasher};
 
-use serde_json::{json, Number, Value};
+use serde_json::json;
 
 use super::answer::{DiffOptions, FieldDiff};
+use super::json_tree::{Node, Num, NULL};
 use super::pattern::{render_path, PathSeg};
 
 /// Entries kept per body; enough to show what changed, small enough to store.
@@ -31,10 +32,12 @@ pub const MAX_JSON_DIFFS: usize = 100;
 /// they are reported without searching for equal ones (quadratic search).
 const MAX_SET_PAIRS: usize = 1 << 16;
 
-static NULL: Value = Value::Null;
+/// Unmatched set elements up to this many are searched pairwise directly;
+/// hashing first only pays off for longer arrays.
+const SET_HASH_FROM: usize = 8;
 
 /// Appends the differences between two parsed JSON bodies to `out`.
-pub fn json_diff(stable: &Value, canary: &Value, opts: &DiffOptions, out: &mut Vec<FieldDiff>) {
+pub fn json_diff(stable: &Node<'_>, canary: &Node<'_>, opts: &DiffOptions, out: &mut Vec<FieldDiff>) {
     let mut walk = Walk { opts, out: Some(out), found: 0 };
     let mut path = Vec::with_capacity(16);
     if !walk.ignored(&path) {
@@ -60,84 +63,103 @@ impl Walk<'_> {
     }
 
     /// Records a difference; false tells the caller to stop (equality probe).
-    fn report(&mut self, path: impl FnOnce() -> String, a: &Value, b: &Value) -> bool {
+    fn report(&mut self, path: impl FnOnce() -> String, a: &Node<'_>, b: &Node<'_>) -> bool {
         let Some(out) = self.out.as_deref_mut() else {
             return false;
         };
         self.found += 1;
         if self.found <= MAX_JSON_DIFFS {
-            out.push(FieldDiff { path: path(), stable: a.clone(), canary: b.clone() });
+            out.push(FieldDiff { path: path(), stable: a.to_value(), canary: b.to_value() });
         }
         true
     }
 
-    /// Compares `a` and `b` at `path`; false when an equality probe found a difference.
-    fn node<'v>(&mut self, path: &mut Vec<PathSeg<'v>>, a: &'v Value, b: &'v Value) -> bool {
+    /// Compares `a` and `b` at `path` (`path` is restored on return); false
+    /// when an equality probe found a difference.
+    fn child<'v>(&mut self, path: &mut Vec<PathSeg<'v>>, seg: PathSeg<'v>, a: &'v Node<'v>, b: &'v Node<'v>) -> bool {
+        path.push(seg);
+        let go = self.ignored(path) || self.node(path, a, b);
+        path.pop();
+        go
+    }
+
+    fn node<'v>(&mut self, path: &mut Vec<PathSeg<'v>>, a: &'v Node<'v>, b: &'v Node<'v>) -> bool {
         match (a, b) {
-            (Value::Object(ma), Value::Object(mb)) => {
-                let left = ma.iter().map(|(k, va)| (k, va, mb.get(k).unwrap_or(&NULL)));
-                let right_only = mb.iter().filter(|(k, _)| !ma.contains_key(*k)).map(|(k, vb)| (k, &NULL, vb));
-                for (k, va, vb) in left.chain(right_only) {
-                    path.push(PathSeg::Key(k));
-                    let go = self.ignored(path) || self.node(path, va, vb);
-                    path.pop();
-                    if !go {
+            (Node::Obj(ma), Node::Obj(mb)) => {
+                // Both sides are sorted by key: one merge pass, no lookups.
+                let (mut i, mut j) = (0, 0);
+                while i < ma.len() || j < mb.len() {
+                    let order = match (ma.get(i), mb.get(j)) {
+                        (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+                        (Some(_), None) => std::cmp::Ordering::Less,
+                        _ => std::cmp::Ordering::Greater,
+                    };
+                    let (key, va, vb) = match order {
+                        std::cmp::Ordering::Less => (&ma[i].0, &ma[i].1, &NULL),
+                        std::cmp::Ordering::Greater => (&mb[j].0, &NULL, &mb[j].1),
+                        std::cmp::Ordering::Equal => (&ma[i].0, &ma[i].1, &mb[j].1),
+                    };
+                    i += usize::from(order.is_le());
+                    j += usize::from(order.is_ge());
+                    if !self.child(path, PathSeg::Key(key), va, vb) {
                         return false;
                     }
                 }
                 true
             }
-            (Value::Array(xa), Value::Array(xb)) if self.opts.array_sets.iter().any(|p| p.matches(path)) => {
+            (Node::Arr(xa), Node::Arr(xb)) if self.opts.array_sets.iter().any(|p| p.matches(path)) => {
                 self.set(path, xa, xb)
             }
-            (Value::Array(xa), Value::Array(xb)) => {
+            (Node::Arr(xa), Node::Arr(xb)) => {
                 for i in 0..xa.len().max(xb.len()) {
-                    path.push(PathSeg::Index(i));
-                    let go =
-                        self.ignored(path) || self.node(path, xa.get(i).unwrap_or(&NULL), xb.get(i).unwrap_or(&NULL));
-                    path.pop();
-                    if !go {
+                    if !self.child(path, PathSeg::Index(i), xa.get(i).unwrap_or(&NULL), xb.get(i).unwrap_or(&NULL)) {
                         return false;
                     }
                 }
                 true
             }
-            (Value::Number(x), Value::Number(y)) if numbers_equal(x, y, self.opts.numeric_tolerance) => true,
-            (Value::Number(_), Value::Number(_)) => self.report(|| render_path(path), a, b),
+            (Node::Num(x), Node::Num(y)) if numbers_equal(*x, *y, self.opts.numeric_tolerance) => true,
+            (Node::Num(_), Node::Num(_)) => self.report(|| render_path(path), a, b),
             _ if a == b => true,
             _ => self.report(|| render_path(path), a, b),
         }
     }
 
-    /// Whether element `i` of the stable array equals `b` under the options.
-    fn element_equal<'v>(&self, path: &mut Vec<PathSeg<'v>>, i: usize, a: &'v Value, b: &'v Value) -> bool {
-        path.push(PathSeg::Index(i));
-        let mut probe = Walk { opts: self.opts, out: None, found: 0 };
-        let equal = probe.ignored(path) || probe.node(path, a, b);
-        path.pop();
-        equal
+    /// Whether element `i` of the stable array equals `b` under the options
+    /// (element paths carry the stable index, for `ignore_fields`).
+    fn element_equal<'v>(&self, path: &mut Vec<PathSeg<'v>>, i: usize, a: &'v Node<'v>, b: &'v Node<'v>) -> bool {
+        Walk { opts: self.opts, out: None, found: 0 }.child(path, PathSeg::Index(i), a, b)
     }
 
-    /// Multiset comparison. Exactly equal elements are paired first through a
-    /// hash (linear, the common case); only the rest are searched pairwise,
-    /// where tolerance and ignored fields apply.
-    fn set<'v>(&mut self, path: &mut Vec<PathSeg<'v>>, xa: &'v [Value], xb: &'v [Value]) -> bool {
-        let mut buckets: HashMap<u64, Vec<usize>> = HashMap::with_capacity(xb.len());
-        // Reversed, so popping a bucket yields the lowest index first.
-        for (j, vb) in xb.iter().enumerate().rev() {
-            buckets.entry(hash_of(vb)).or_default().push(j);
-        }
+    /// Multiset comparison: elements equal at the same position are paired
+    /// first (the common, unchanged case), then exactly equal ones through a
+    /// hash, and only the rest pairwise, where tolerance and ignored fields apply.
+    fn set<'v>(&mut self, path: &mut Vec<PathSeg<'v>>, xa: &'v [Node<'v>], xb: &'v [Node<'v>]) -> bool {
         let mut taken = vec![false; xb.len()];
         let mut rest_a = Vec::new();
         for (i, va) in xa.iter().enumerate() {
-            let bucket = buckets.get_mut(&hash_of(va));
-            match bucket.as_ref().and_then(|c| c.last().copied()) {
-                Some(j) if self.element_equal(path, i, va, &xb[j]) => {
-                    bucket.and_then(|c| c.pop());
-                    taken[j] = true;
-                }
+            match xb.get(i) {
+                Some(vb) if self.element_equal(path, i, va, vb) => taken[i] = true,
                 _ => rest_a.push(i),
             }
+        }
+        if rest_a.len() > SET_HASH_FROM {
+            let mut buckets: HashMap<u64, Vec<usize>> = HashMap::new();
+            // Reversed, so popping a bucket yields the lowest index first.
+            for j in (0..xb.len()).rev().filter(|j| !taken[*j]) {
+                buckets.entry(hash_of(&xb[j])).or_default().push(j);
+            }
+            rest_a.retain(|&i| {
+                let bucket = buckets.get_mut(&hash_of(&xa[i]));
+                match bucket.as_ref().and_then(|c| c.last().copied()) {
+                    Some(j) if self.element_equal(path, i, &xa[i], &xb[j]) => {
+                        bucket.and_then(|c| c.pop());
+                        taken[j] = true;
+                        false
+                    }
+                    _ => true,
+                }
+            });
         }
         let mut rest_b: Vec<usize> = (0..xb.len()).filter(|j| !taken[*j]).collect();
         if rest_a.len().saturating_mul(rest_b.len()) <= MAX_SET_PAIRS {
@@ -159,47 +181,17 @@ impl Walk<'_> {
     }
 }
 
-fn numbers_equal(x: &Number, y: &Number, tolerance: Option<f64>) -> bool {
-    let int = |n: &Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
-    let (fx, fy) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
-    match (tolerance, int(x), int(y)) {
+fn numbers_equal(x: Num, y: Num, tolerance: Option<f64>) -> bool {
+    let (fx, fy) = (x.as_f64(), y.as_f64());
+    match (tolerance, x.as_int(), y.as_int()) {
         (None, Some(ix), Some(iy)) => ix == iy,
         (None, _, _) => fx == fy,
         (Some(tol), _, _) => (fx - fy).abs() <= tol * fx.abs().max(fy.abs()).max(1.0),
     }
 }
 
-/// A hash equal for exactly equal values, whatever the key order of objects
-/// and however a number is written (`1` and `1.0`).
-fn hash_of(v: &Value) -> u64 {
+fn hash_of(v: &Node<'_>) -> u64 {
     let mut h = DefaultHasher::new();
-    feed(v, &mut h);
+    v.feed(&mut h);
     h.finish()
-}
-
-fn feed(v: &Value, h: &mut DefaultHasher) {
-    match v {
-        Value::Null => h.write_u8(0),
-        Value::Bool(b) => (1u8, *b).hash(h),
-        Value::Number(n) => {
-            // `+ 0.0` folds -0.0 into 0.0, which compares equal to it.
-            let f = n.as_f64().unwrap_or(f64::NAN) + 0.0;
-            (2u8, f.to_bits()).hash(h);
-        }
-        Value::String(s) => (3u8, s).hash(h),
-        Value::Array(xs) => {
-            (4u8, xs.len()).hash(h);
-            xs.iter().for_each(|x| feed(x, h));
-        }
-        Value::Object(m) => {
-            // Order-independent: a sum of per-entry hashes.
-            let sum = m.iter().fold(0u64, |acc, (k, x)| {
-                let mut eh = DefaultHasher::new();
-                k.hash(&mut eh);
-                feed(x, &mut eh);
-                acc.wrapping_add(eh.finish())
-            });
-            (5u8, m.len(), sum).hash(h);
-        }
-    }
 }

@@ -8,6 +8,7 @@
 pub mod answer;
 pub mod diff;
 pub mod json;
+pub mod json_tree;
 pub mod noise;
 pub mod pattern;
 pub mod store;

@@ -130,6 +130,17 @@ fn a_large_reordered_set_matches_in_linear_time() {
     let a: Vec<Value> = (0..20_000).map(|i| json!({"id": i})).collect();
     let b: Vec<Value> = a.iter().rev().cloned().collect();
     assert_eq!(json_diff(Value::Array(a), Value::Array(b), &o), []);
+    // Not exactly equal, so found by the pairwise search after hashing missed them.
+    let o = opts(&[], &["$"], Some(0.001));
+    let a: Vec<Value> = (0..30).map(|i| json!(f64::from(i) * 10.0)).collect();
+    let b: Vec<Value> = (0..30).rev().map(|i| json!(f64::from(i) * 10.0 + 0.0001)).collect();
+    assert_eq!(json_diff(Value::Array(a), Value::Array(b.clone()), &o), []);
+    let mut c = b;
+    c[0] = json!(1e9);
+    assert_eq!(
+        json_diff(Value::Array(c.clone()), Value::Array(c[1..].to_vec()), &o),
+        [fd("$[*]", json!(1e9), Value::Null)]
+    );
 }
 
 #[test]

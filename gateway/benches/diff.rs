@@ -3,7 +3,9 @@
 //! Target: well under 1 ms.
 
 use bytes::Bytes;
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
 
 use gateway::shadow::{diff, Answer, DiffOptions, FieldPattern};

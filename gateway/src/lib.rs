@@ -20,5 +20,6 @@ pub mod server;
 pub mod shadow;
 pub mod snapshot;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 pub mod watch;

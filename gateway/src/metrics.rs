@@ -29,7 +29,15 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     fallbacks: IntCounterVec,
     pub degrade_level: IntGauge,
+    shadow_requests: IntCounterVec,
+    shadow_duration: HistogramVec,
+    /// Diff records dropped because the store's write queue was full.
+    pub shadow_store_dropped: IntCounter,
 }
+
+/// Outcomes of a shadowed request, the `outcome` label of `gateway_shadow_requests_total`.
+pub const SHADOW_OUTCOMES: [&str; 8] =
+    ["identical", "different", "noise-only", "error", "timeout", "dropped", "skipped_body_too_large", "skipped"];
 
 const BLOCK_SOURCES: [&str; 3] = ["config", "file", "api"];
 
@@ -114,11 +122,30 @@ impl Metrics {
             &["route", "cause"],
         ));
         let degrade_level = must(IntGauge::new("gateway_degrade_level", "The degrade level in force"));
+        let shadow_requests = must(IntCounterVec::new(
+            Opts::new("gateway_shadow_requests_total", "Shadowed requests by route and outcome"),
+            &["route", "outcome"],
+        ));
+        let shadow_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_shadow_duration_seconds",
+                "Latency of shadow answers, by route and the version shadowed",
+            )
+            .buckets(must(exponential_buckets(0.0001, 1.5, 30))),
+            &["route", "version"],
+        ));
+        let shadow_store_dropped = must(IntCounter::new(
+            "gateway_shadow_store_dropped_total",
+            "Diff records dropped because the store's write queue was full",
+        ));
         for c in [
             Box::new(blocked_vec) as Box<dyn prometheus::core::Collector>,
             Box::new(rate_limited.clone()),
             Box::new(fallbacks.clone()),
             Box::new(degrade_level.clone()),
+            Box::new(shadow_requests.clone()),
+            Box::new(shadow_duration.clone()),
+            Box::new(shadow_store_dropped.clone()),
             Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(upstream_errors.clone()),
@@ -149,6 +176,9 @@ impl Metrics {
             rate_limited,
             fallbacks,
             degrade_level,
+            shadow_requests,
+            shadow_duration,
+            shadow_store_dropped,
         }
     }
 
@@ -158,7 +188,7 @@ impl Metrics {
         self.blocked[i * 2 + usize::from(dry_run)].inc();
     }
 
-    pub fn route_metrics(&self, route: &str, canary_percent: f64) -> RouteMetrics {
+    pub fn route_metrics(&self, route: &str, canary_percent: f64, shadowed: bool) -> RouteMetrics {
         self.canary_percent.with_label_values(&[route]).set(canary_percent);
         let version = |v: &str| VersionMetrics {
             classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| self.requests.with_label_values(&[route, v, c])),
@@ -169,6 +199,13 @@ impl Metrics {
             canary: version("canary"),
             rate_limited: ["ip", "user", "route"].map(|k| self.rate_limited.with_label_values(&[route, k])),
             fallbacks: FallbackCause::ALL.map(|c| self.fallbacks.with_label_values(&[route, c.as_str()])),
+            shadow: shadowed.then(|| {
+                std::sync::Arc::new(ShadowMetrics {
+                    outcomes: SHADOW_OUTCOMES.map(|o| self.shadow_requests.with_label_values(&[route, o])),
+                    stable: self.shadow_duration.with_label_values(&[route, "stable"]),
+                    canary: self.shadow_duration.with_label_values(&[route, "canary"]),
+                })
+            }),
         }
     }
 
@@ -224,6 +261,31 @@ pub struct RouteMetrics {
     pub rate_limited: [IntCounter; 3],
     /// Fallback pages by cause, in the order of [`FallbackCause::ALL`].
     pub fallbacks: [IntCounter; 5],
+    /// Present for routes with `[routes.shadow]`; shared with running shadows.
+    pub shadow: Option<std::sync::Arc<ShadowMetrics>>,
+}
+
+/// Pre-bound shadow counters of one route.
+pub struct ShadowMetrics {
+    /// In the order of [`SHADOW_OUTCOMES`].
+    outcomes: [IntCounter; 8],
+    stable: Histogram,
+    canary: Histogram,
+}
+
+impl ShadowMetrics {
+    pub fn outcome(&self, outcome: &str) {
+        if let Some(i) = SHADOW_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.outcomes[i].inc();
+        }
+    }
+
+    pub fn latency(&self, version: Version, seconds: f64) {
+        match version {
+            Version::Stable => self.stable.observe(seconds),
+            Version::Canary => self.canary.observe(seconds),
+        }
+    }
 }
 
 impl RouteMetrics {

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use crate::config::{self, GatewayConfig, LoadedConfig};
 use crate::metrics::Metrics;
 use crate::runtime::RuntimeState;
+use crate::shadow::engine::ShadowEngine;
 use crate::snapshot::{BuildDeps, Snapshot, SnapshotHandle};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,7 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// Blocks and degrade level entered at run time; opened once at start.
     pub runtime: Arc<RuntimeState>,
+    pub shadow: Arc<ShadowEngine>,
     status: Mutex<ReloadStatus>,
     /// The settings the process was started with (listeners cannot move at run time).
     started_with: GatewayConfig,
@@ -58,7 +60,11 @@ pub struct Reloader {
 
 impl Reloader {
     /// Load the initial config; errors here stop the process before it listens.
-    pub fn start(path: &Path, metrics: Arc<Metrics>) -> Result<Arc<Self>, Vec<config::ConfigError>> {
+    pub fn start(
+        path: &Path,
+        metrics: Arc<Metrics>,
+        shadow: Arc<ShadowEngine>,
+    ) -> Result<Arc<Self>, Vec<config::ConfigError>> {
         let loaded = config::load_file(path)?;
         for w in &loaded.warnings {
             tracing::warn!("{w}");
@@ -66,7 +72,7 @@ impl Reloader {
         let runtime = RuntimeState::open(&loaded.config.state_path).map_err(|message| {
             vec![config::ConfigError { file: path.to_path_buf(), line: 0, key: "state.path".into(), message }]
         })?;
-        let deps = BuildDeps::new(Arc::clone(&metrics));
+        let deps = BuildDeps::new(Arc::clone(&metrics), Arc::clone(&shadow));
         let started_with = loaded.config.clone();
         let snapshot = Snapshot::build(loaded, 1, &deps)?;
         metrics.config_generation.set(1);
@@ -77,6 +83,7 @@ impl Reloader {
             deps,
             metrics,
             runtime: Arc::new(runtime),
+            shadow,
             status: Mutex::new(ReloadStatus::default()),
             started_with,
             reload_lock: Mutex::new(None),

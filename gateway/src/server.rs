@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::connections::CountConnections;
 use crate::proxy::GatewayProxy;
 use crate::reload::Reloader;
+use crate::shadow::engine::ShadowEngine;
 use crate::{upstream, watch};
 
 /// How `gateway run` was asked to start.
@@ -38,7 +39,8 @@ pub fn build(
     extra: Vec<Box<dyn ServiceTrait>>,
 ) -> Result<(Server, Arc<Reloader>), Vec<ConfigError>> {
     let metrics = Arc::new(Metrics::new());
-    let reloader = Reloader::start(config_path, Arc::clone(&metrics))?;
+    let shadow = Arc::new(ShadowEngine::new(Arc::clone(&metrics)));
+    let reloader = Reloader::start(config_path, Arc::clone(&metrics), shadow)?;
     let cfg = reloader.snapshots.load().config.clone();
     crate::logging::init(cfg.server.access_log);
 
@@ -59,7 +61,11 @@ pub fn build(
 
     let proxy_app = pingora_proxy::http_proxy(
         &server.configuration,
-        GatewayProxy { snapshots: Arc::clone(&reloader.snapshots), runtime: Arc::clone(&reloader.runtime) },
+        GatewayProxy {
+            snapshots: Arc::clone(&reloader.snapshots),
+            runtime: Arc::clone(&reloader.runtime),
+            shadow: Arc::clone(&reloader.shadow),
+        },
     );
     let counted = CountConnections { inner: Arc::new(proxy_app), open: metrics.downstream_connections.clone() };
     let mut proxy = Service::new("gateway".to_string(), counted);
@@ -138,6 +144,8 @@ struct ControlPlane {
 #[async_trait]
 impl BackgroundService for ControlPlane {
     async fn start(&self, shutdown: ShutdownWatch) {
+        // Shadows run here, on the control plane's own threads, never on the proxy's.
+        self.reloader.shadow.set_runtime(tokio::runtime::Handle::current());
         let snapshots = Arc::clone(&self.reloader.snapshots);
         tokio::join!(
             sweep_expired_blocks(Arc::clone(&self.reloader.runtime), shutdown.clone()),

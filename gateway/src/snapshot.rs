@@ -17,6 +17,7 @@ use crate::edge::limits::{LimiterBook, ScopeLimits};
 use crate::edge::static_lists::ListCache;
 use crate::metrics::{Metrics, RouteMetrics, VersionMetrics};
 use crate::routing::{CompiledRoute, Router, Version};
+use crate::shadow::engine::ShadowEngine;
 use crate::upstream::{HealthBook, Pool};
 
 pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
@@ -29,11 +30,13 @@ pub struct BuildDeps {
     pub limiters: LimiterBook,
     pub lists: ListCache,
     pub metrics: Arc<Metrics>,
+    /// Opened (its store) when a config first shadows a route.
+    pub shadow: Option<Arc<ShadowEngine>>,
 }
 
 impl BuildDeps {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics, ..Default::default() }
+    pub fn new(metrics: Arc<Metrics>, shadow: Arc<ShadowEngine>) -> Self {
+        Self { metrics, shadow: Some(shadow), ..Default::default() }
     }
 
     /// Forget state that no live snapshot uses (called after a swap).
@@ -70,12 +73,21 @@ impl Snapshot {
     /// read here, so a malformed line rejects the whole config.
     pub fn build(loaded: LoadedConfig, generation: u64, deps: &BuildDeps) -> Result<Self, Vec<ConfigError>> {
         let static_blacklist = deps.lists.build(&loaded.config.blacklist)?;
+        if let (true, Some(engine)) = (loaded.config.routes.iter().any(|r| r.shadow.is_some()), &deps.shadow) {
+            engine.ensure_store(&loaded.config.shadow_store).map_err(|message| {
+                vec![ConfigError { file: loaded.config.source.clone(), line: 0, key: "shadow.store".into(), message }]
+            })?;
+        }
         let (book, metrics) = (&deps.health, Arc::clone(&deps.metrics));
         let config = loaded.config;
         let pools: HashMap<String, Arc<Pool>> =
             config.upstreams.values().map(|spec| (spec.name.clone(), Arc::new(Pool::new(spec, book)))).collect();
         let router = Router::new(&config.routes);
-        let route_metrics = config.routes.iter().map(|r| metrics.route_metrics(&r.name, r.canary_percent())).collect();
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| metrics.route_metrics(&r.name, r.canary_percent(), r.shadow.is_some()))
+            .collect();
         for pool in pools.values() {
             for b in &pool.backends {
                 metrics.set_backend_health(&pool.name, b.addr, b.health.is_healthy());

@@ -19,6 +19,7 @@ pub struct ServerFile {
     pub version_header: Option<Sp<String>>,
     /// "text" (default), "json" or "off".
     pub access_log: Option<Sp<String>>,
+    pub tls: Option<Sp<TlsFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +43,11 @@ pub struct UpstreamFile {
     pub health_check: Option<Sp<HealthCheckFile>>,
     pub connect_timeout: Option<Sp<String>>,
     pub read_timeout: Option<Sp<String>>,
+    /// Connect to the backends with TLS; `sni`, `verify` and `ca_file` refine it.
+    pub tls: Option<Sp<bool>>,
+    pub sni: Option<Sp<String>>,
+    pub verify: Option<Sp<bool>>,
+    pub ca_file: Option<Sp<String>>,
 }
 
 /// `"127.0.0.1:9001"` or `{ addr = "127.0.0.1:9003", weight = 2 }`.
@@ -94,6 +100,43 @@ pub struct RouteFile {
     pub fallback: Option<FallbackFile>,
     /// Serve the fallback page, without contacting the upstream, from this degrade level on.
     pub degrade_at: Option<Sp<i64>>,
+    pub shadow: Option<Sp<ShadowFile>>,
+    /// Answer plain-HTTP requests with 308 to the same URL on the TLS listener.
+    pub https_redirect: Option<Sp<bool>>,
+}
+
+/// `[routes.shadow]`: mirror this route's requests to the other version and compare.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowFile {
+    pub percent: Option<f64>,
+    pub methods: Option<Vec<String>>,
+    pub max_body: Option<String>,
+    pub timeout: Option<String>,
+    pub max_in_flight: Option<i64>,
+    #[serde(default)]
+    pub ignore_headers: Vec<String>,
+    #[serde(default)]
+    pub ignore_fields: Vec<String>,
+    pub noise_check: Option<f64>,
+    /// `"x-shadow: 1"`: the header that marks a shadow request for backends.
+    pub marker: Option<String>,
+    pub numeric_tolerance: Option<f64>,
+    #[serde(default)]
+    pub array_sets: Vec<String>,
+    pub max_compare_body: Option<String>,
+}
+
+/// `[shadow]`: where diff records go and how long they stay.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowStoreFile {
+    pub store: Option<Sp<String>>,
+    pub max_age: Option<Sp<String>>,
+    pub max_records: Option<Sp<i64>>,
+    pub queue: Option<Sp<i64>>,
+    pub max_stored_body: Option<Sp<String>>,
+    pub redact_headers: Option<Vec<String>>,
 }
 
 /// `[blacklist]`: addresses and ranges that get 403 before routing.
@@ -154,4 +197,26 @@ pub struct FallbackFile {
     pub on: Option<Vec<Sp<String>>>,
     #[serde(default)]
     pub canary_failover: bool,
+}
+
+/// `[server.tls]`: the TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    #[serde(default)]
+    pub listen: Vec<Sp<String>>,
+    #[serde(default)]
+    pub certs: Vec<Sp<CertFile>>,
+    /// Offer HTTP/2 by ALPN alongside HTTP/1.1 (default false).
+    pub http2: Option<bool>,
+}
+
+/// `{ cert = "shop.pem", key = "shop.key", default = true }`, relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub default: bool,
 }

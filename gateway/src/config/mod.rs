@@ -6,6 +6,8 @@ pub mod file;
 pub mod model;
 pub mod validate;
 mod validate_edge;
+mod validate_shadow;
+mod validate_tls;
 pub mod values;
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub struct GatewayConfig {
     /// The degrade level set in the file; a run-time override may replace it.
     pub degrade_level: u8,
     pub rate_limit: RateLimitSpec,
+    pub shadow_store: ShadowStoreSpec,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -140,6 +141,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub version_header: Option<HeaderName>,
     pub access_log: AccessLogFormat,
+    /// `[server.tls]`: the TLS listener and its certificates.
+    pub tls: Option<crate::tls::TlsListenerSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +185,8 @@ pub struct UpstreamSpec {
     pub health_check: Option<HealthCheckSpec>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// `tls = true`: connect to the backends with TLS.
+    pub tls: Option<crate::tls::UpstreamTlsSpec>,
 }
 
 /// Where a route looks for the user ID, in order; the first one present wins.
@@ -219,6 +224,35 @@ pub struct RouteSpec {
     pub rate_limit: RateLimitSpec,
     pub fallback: Option<FallbackSpec>,
     pub degrade_at: Option<u8>,
+    pub shadow: Option<std::sync::Arc<ShadowSpec>>,
+    /// Plain-HTTP requests get 308 to the TLS listener.
+    pub https_redirect: bool,
+}
+
+/// How one route's requests are mirrored to the other version and compared.
+#[derive(Debug, Clone)]
+pub struct ShadowSpec {
+    /// Share of eligible requests mirrored, out of 10,000.
+    pub basis_points: u32,
+    pub methods: Vec<http::Method>,
+    /// Requests with larger bodies are not mirrored (counted as skipped).
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    /// Share of shadowed requests also sent again to the primary's own version (0.0..=1.0).
+    pub noise_check: f64,
+    pub marker: (HeaderName, http::HeaderValue),
+    pub diff: crate::shadow::DiffOptions,
+}
+
+/// `[shadow]`: the diff store.
+#[derive(Debug, Clone)]
+pub struct ShadowStoreSpec {
+    pub path: PathBuf,
+    pub retention: crate::shadow::Retention,
+    pub queue: usize,
+    pub max_stored_body: usize,
+    pub redact_headers: Vec<String>,
 }
 
 impl RouteSpec {

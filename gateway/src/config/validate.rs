@@ -18,6 +18,7 @@ use super::error::{ConfigError, ConfigWarning, Diagnostics};
 use super::file::*;
 use super::model::*;
 use super::validate_edge;
+use super::validate_shadow;
 use super::values;
 
 /// A config that passed validation, with what `gateway check` should still mention.
@@ -29,7 +30,7 @@ pub struct LoadedConfig {
     pub hash: String,
 }
 
-const SECTIONS: &str = "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state";
+const SECTIONS: &str = "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow";
 
 /// Read and validate a config file.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, Vec<ConfigError>> {
@@ -73,6 +74,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     let mut state = StateSectionFile::default();
     let mut degrade = DegradeFile::default();
     let mut rate_limit = RateLimitFile::default();
+    let mut shadow_store = ShadowStoreFile::default();
 
     for (key, value) in root.into_inner() {
         let key_span = key.span();
@@ -84,6 +86,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
             "state" => state = section(&mut d, "state", value).unwrap_or_default(),
             "degrade" => degrade = section(&mut d, "degrade", value).unwrap_or_default(),
             "rate_limit" => rate_limit = section(&mut d, "rate_limit", value).unwrap_or_default(),
+            "shadow" => shadow_store = section(&mut d, "shadow", value).unwrap_or_default(),
             "upstreams" => {
                 let span = value.span();
                 match value.into_inner() {
@@ -127,6 +130,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     let state_path = validate_edge::state_path(&d, &state);
     let degrade_level = validate_edge::degrade_level(&mut d, &degrade);
     let rate_limit = validate_edge::rate_limit(&mut d, "rate_limit", &rate_limit);
+    let shadow_store = validate_shadow::store(&mut d, &shadow_store);
     if routes.is_empty() && d.errors.is_empty() {
         // Also what a half-written or truncated file looks like: never serve it.
         d.error(None, "routes", "the config defines no [[routes]]; every request would get a 404");
@@ -149,6 +153,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
             state_path,
             degrade_level,
             rate_limit,
+            shadow_store,
         },
         warnings: d.warnings,
         hash,
@@ -504,6 +509,14 @@ fn validate_routes(
             .unwrap_or_default();
         let fallback = f.fallback.as_ref().and_then(|fb| validate_edge::fallback(d, &format!("{key}.fallback"), fb));
         let degrade_at = validate_edge::degrade_at(d, &format!("{key}.degrade_at"), &f.degrade_at);
+        let shadow = f.shadow.as_ref().and_then(|sh| validate_shadow::route_shadow(d, &format!("{key}.shadow"), sh));
+        if let (Some(sh), None) = (&f.shadow, &f.canary) {
+            d.error(
+                Some(sh.span()),
+                format!("{key}.shadow"),
+                "shadowing compares stable with canary; the route names no canary",
+            );
+        }
         if let (Some(at), None) = (&f.degrade_at, &f.fallback) {
             d.error(
                 Some(at.span()),
@@ -526,6 +539,7 @@ fn validate_routes(
             rate_limit,
             fallback,
             degrade_at,
+            shadow,
         });
     }
     out

@@ -143,3 +143,37 @@ mod rate_tests {
         assert!(rate("10/fortnight").is_err());
     }
 }
+
+/// `"1MiB"`, `"64KiB"`, `"10MB"`, `"512"` (bytes).
+pub fn size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{text:?} is not a size like \"1MiB\" or \"64KiB\""))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => return Err(format!("{text:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("1MiB"), Ok(1 << 20));
+        assert_eq!(size("64KiB"), Ok(65536));
+        assert_eq!(size("10MB"), Ok(10_000_000));
+        assert_eq!(size("512"), Ok(512));
+        assert!(size("lots").is_err());
+        assert!(size("1PB").is_err());
+    }
+}

@@ -128,9 +128,14 @@ pub struct StaticBlacklist {
 impl StaticBlacklist {
     /// Build on the reload thread; a later entry for the same CIDR replaces an earlier one.
     pub fn build(entries: Vec<BlockEntry>) -> Self {
-        let entries_len = entries.len();
-        let set = IpSet::build(entries.into_iter().map(|e| (e.cidr, Arc::new(e))));
-        StaticBlacklist { set, entries: entries_len }
+        Self::from_shared(entries.into_iter().map(Arc::new))
+    }
+
+    /// Like `build`, for entries already shared (e.g. a parsed file cached
+    /// between reloads): a rebuild then copies pointers, not a million entries.
+    pub fn from_shared(entries: impl IntoIterator<Item = Arc<BlockEntry>>) -> Self {
+        let set = IpSet::build(entries.into_iter().map(|e| (e.cidr, e)));
+        StaticBlacklist { entries: set.len(), set }
     }
 
     /// The most specific block covering `ip`; runs per request.

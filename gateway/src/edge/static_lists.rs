@@ -17,7 +17,7 @@ use super::blacklist::{parse_list_file, BlockEntry, BlockSource, StaticBlacklist
 type FileStamp = (u64, Option<SystemTime>);
 
 /// A parsed list file and the stamp it was parsed at.
-type ParsedFile = (FileStamp, Arc<Vec<BlockEntry>>);
+type ParsedFile = (FileStamp, Arc<Vec<Arc<BlockEntry>>>);
 
 /// The inputs of the last built set (file stamps, config CIDRs), and the set.
 struct LastBuilt {
@@ -56,30 +56,23 @@ impl ListCache {
                 return Ok(Arc::clone(&last.set));
             }
         }
-        let total = spec.cidrs.len() + file_entries.iter().map(|f| f.len()).sum::<usize>();
-        let mut entries = Vec::with_capacity(total);
-        entries.extend(spec.cidrs.iter().map(|&cidr| BlockEntry {
-            cidr,
-            source: BlockSource::Config,
-            reason: None,
-            added_at: None,
-            expires_at: None,
-        }));
-        for f in &file_entries {
-            entries.extend(f.iter().cloned());
-        }
-        let set = Arc::new(StaticBlacklist::build(entries));
+        let config_entries = spec.cidrs.iter().map(|&cidr| {
+            Arc::new(BlockEntry { cidr, source: BlockSource::Config, reason: None, added_at: None, expires_at: None })
+        });
+        let file_entries = file_entries.iter().flat_map(|f| f.iter().cloned());
+        let set = Arc::new(StaticBlacklist::from_shared(config_entries.chain(file_entries)));
         *built = Some(LastBuilt { stamps, cidrs: spec.cidrs.clone(), set: Arc::clone(&set) });
         Ok(set)
     }
 
-    fn file(&self, path: &PathBuf, key: &str, stamp: FileStamp) -> Result<Arc<Vec<BlockEntry>>, Vec<ConfigError>> {
+    fn file(&self, path: &PathBuf, key: &str, stamp: FileStamp) -> Result<Arc<Vec<Arc<BlockEntry>>>, Vec<ConfigError>> {
         if let Some((s, entries)) = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
             if *s == stamp {
                 return Ok(Arc::clone(entries));
             }
         }
-        let entries = Arc::new(parse_list_file(path, key)?);
+        // Shared entries: a rebuilt set points at the same parsed lines, no copies.
+        let entries = Arc::new(parse_list_file(path, key)?.into_iter().map(Arc::new).collect::<Vec<_>>());
         self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone(), (stamp, Arc::clone(&entries)));
         Ok(entries)
     }

@@ -19,6 +19,8 @@ pub struct RequestCtx {
     pub client_ip: Option<IpAddr>,
     pub routed: Option<Routed>,
     pub upstream: UpstreamState,
+    /// Present when this request is mirrored to the other version.
+    pub shadow: Option<super::shadow_capture::ShadowCapture>,
     _in_flight: InFlight,
 }
 
@@ -51,6 +53,7 @@ impl RequestCtx {
             client_ip: None,
             routed: None,
             upstream: UpstreamState::default(),
+            shadow: None,
             _in_flight: in_flight,
         }
     }

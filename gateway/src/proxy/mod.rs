@@ -15,6 +15,7 @@ pub mod connections;
 pub mod ctx;
 pub mod phases;
 pub mod respond;
+pub mod shadow_capture;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::fallback;
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::Version;
 use crate::runtime::RuntimeState;
+use crate::shadow::engine::ShadowEngine;
 use crate::snapshot::SnapshotHandle;
 
 pub use ctx::RequestCtx;
@@ -48,6 +50,7 @@ const MAX_ATTEMPTS: usize = 2;
 pub struct GatewayProxy {
     pub snapshots: SnapshotHandle,
     pub runtime: Arc<RuntimeState>,
+    pub shadow: Arc<ShadowEngine>,
 }
 
 #[async_trait]
@@ -75,6 +78,10 @@ impl ProxyHttp for GatewayProxy {
         let local = phases::check_degrade(&snapshot, &self.runtime, &routed)
             .map(|page| (page, Some(FallbackCause::Degraded)))
             .or_else(|| phases::check_rate_limits(&snapshot, &routed, ip).map(|page| (page, None)));
+        if local.is_none() {
+            let method = &session.req_header().method;
+            ctx.shadow = shadow_capture::start(&self.shadow, &snapshot, &routed, method, &ctx.request_id);
+        }
         ctx.routed = Some(routed);
         match local {
             Some((page, cause)) => {
@@ -83,6 +90,19 @@ impl ProxyHttp for GatewayProxy {
             }
             None => Ok(false),
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(capture) = ctx.shadow.as_mut() {
+            capture.request_body(body);
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -161,6 +181,9 @@ impl ProxyHttp for GatewayProxy {
         req.insert_header("x-forwarded-for", xff)?;
         req.insert_header("x-forwarded-proto", "http")?;
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(capture) = ctx.shadow.as_mut() {
+            capture.request_sent(req);
+        }
         Ok(())
     }
 
@@ -170,6 +193,9 @@ impl ProxyHttp for GatewayProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(capture) = ctx.shadow.as_mut() {
+            capture.response_header(resp);
+        }
         if resp.status.is_server_error() {
             if let Some(routed) = &ctx.routed {
                 ctx.snapshot.metrics.upstream_error(&routed.pool.name, UpstreamErrorKind::Status5xx);
@@ -212,6 +238,9 @@ impl ProxyHttp for GatewayProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(capture) = ctx.shadow.as_mut() {
+            capture.response_body(body, end_of_stream);
+        }
         if let Some(page) = self.replacement(ctx) {
             *body = end_of_stream.then(|| page.body.clone());
         }
@@ -273,6 +302,9 @@ impl ProxyHttp for GatewayProxy {
             }
         }
         access_log::write(session, ctx, status, elapsed, e);
+        if let (Some(capture), Some(routed)) = (ctx.shadow.take(), &ctx.routed) {
+            capture.finish(&self.shadow, &ctx.snapshot, routed, e.is_some());
+        }
     }
 }
 

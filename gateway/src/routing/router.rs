@@ -112,6 +112,7 @@ mod tests {
             rate_limit: Default::default(),
             fallback: None,
             degrade_at: None,
+            shadow: None,
         }
     }
 

@@ -23,6 +23,7 @@ fn route(percent_bp: u32, salt: &str) -> RouteSpec {
         rate_limit: Default::default(),
         fallback: None,
         degrade_at: None,
+        shadow: None,
     }
 }
 

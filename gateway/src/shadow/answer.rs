@@ -32,7 +32,8 @@ impl Answer {
 /// config is loaded, read for every shadowed request.
 #[derive(Debug, Clone)]
 pub struct DiffOptions {
-    /// Lower-case header names never compared (`ignore_headers`).
+    /// Lower-case header names not compared (`ignore_headers`), besides
+    /// [`HOP_BY_HOP_HEADERS`], which never are.
     pub ignore_headers: HashSet<String>,
     /// JSON fields skipped with their subtrees (`ignore_fields`).
     pub ignore_fields: Vec<FieldPattern>,
@@ -46,12 +47,16 @@ pub struct DiffOptions {
     pub max_compare_body: usize,
 }
 
-/// Headers ignored unless the route lists its own: `date` changes every
-/// second, the others describe the connection rather than the answer.
-pub const DEFAULT_IGNORE_HEADERS: [&str; 4] = ["date", "connection", "keep-alive", "transfer-encoding"];
+/// Headers ignored unless the route lists its own: `date` changes every second.
+pub const DEFAULT_IGNORE_HEADERS: [&str; 1] = ["date"];
 
-/// 1 MiB: parsing and walking two such JSON bodies takes tens of
-/// milliseconds, still off the request path; beyond that, hashing is enough.
+/// Never compared, whatever the options: they describe the connection
+/// (framing may legitimately differ between versions), not the answer.
+pub const HOP_BY_HOP_HEADERS: [&str; 6] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"];
+
+/// 1 MiB: parsing and walking two such JSON bodies takes several
+/// milliseconds off the request path; beyond that, a hash is enough.
 pub const DEFAULT_MAX_COMPARE_BODY: usize = 1 << 20;
 
 impl Default for DiffOptions {

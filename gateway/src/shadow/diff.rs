@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::answer::{Answer, DiffOptions, FieldDiff};
+use super::answer::{Answer, DiffOptions, FieldDiff, HOP_BY_HOP_HEADERS};
 use super::json::json_diff;
 use super::json_tree;
 
@@ -37,7 +37,7 @@ fn header_map<'a>(answer: &'a Answer, opts: &DiffOptions) -> BTreeMap<String, Ve
     let mut map: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (name, value) in &answer.headers {
         let name = name.to_ascii_lowercase();
-        if !opts.ignore_headers.contains(&name) {
+        if !opts.ignore_headers.contains(&name) && !HOP_BY_HOP_HEADERS.contains(&name.as_str()) {
             map.entry(name).or_default().push(value);
         }
     }

@@ -3,12 +3,15 @@
 //!
 //! Pure comparison first (`diff`, no I/O, unit-tested and benchmarked), then
 //! bookkeeping (`noise`, in memory), then persistence (`store`, SQLite on a
-//! background thread). The mirroring that captures answers lives in the proxy.
+//! background thread). `mirror` and `engine` capture the answers, send the
+//! shadow requests off the request path and tie the three together.
 
 pub mod answer;
 pub mod diff;
+pub mod engine;
 pub mod json;
 pub mod json_tree;
+pub mod mirror;
 pub mod noise;
 pub mod pattern;
 pub mod store;

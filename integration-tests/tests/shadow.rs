@@ -1,0 +1,314 @@
+//! QA's shadow traffic, end to end: real backends that differ on purpose,
+//! the gateway mirroring and comparing, records read back from the store.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use axum::routing::any;
+use axum::Router;
+use gateway::shadow::{DiffStore, Retention};
+use integration_tests::{http_client, temp_dir, Gateway};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// A JSON backend whose answers QA can predict: `$.items[2].price` is
+/// `price`, `$.ts` is random when `random_ts`, and shadow requests (marked
+/// `x-shadow: 1`) can be slowed down.
+#[derive(Clone)]
+struct Shop {
+    price: u32,
+    random_ts: bool,
+    shadow_delay: Duration,
+    seen: Arc<Mutex<Vec<(String, HeaderMap, Vec<u8>)>>>,
+    shadow_done: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Shop {
+    fn new(price: u32) -> Self {
+        Shop {
+            price,
+            random_ts: false,
+            shadow_delay: Duration::ZERO,
+            seen: Arc::default(),
+            shadow_done: Arc::default(),
+            hits: Arc::default(),
+        }
+    }
+
+    async fn start(self) -> (SocketAddr, Shop) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shop = self.clone();
+        let app = Router::new().fallback(any(move |method: axum::http::Method, headers: HeaderMap, body: Bytes| {
+            let shop = shop.clone();
+            async move {
+                shop.hits.fetch_add(1, Ordering::SeqCst);
+                shop.seen.lock().expect("lock").push((method.to_string(), headers.clone(), body.to_vec()));
+                let shadow = headers.get("x-shadow").is_some();
+                if shadow && !shop.shadow_delay.is_zero() {
+                    tokio::time::sleep(shop.shadow_delay).await;
+                    shop.shadow_done.store(true, Ordering::SeqCst);
+                }
+                let ts: u64 = if shop.random_ts { rand_u64() } else { 0 };
+                let body = json!({
+                    "items": [{"id": 1, "price": 5}, {"id": 2, "price": 7}, {"id": 3, "price": shop.price}],
+                    "ts": ts,
+                    "meta": {"currency": "EUR"},
+                });
+                axum::Json(body)
+            }
+        }));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (addr, self)
+    }
+
+    fn shadow_requests(&self) -> Vec<(String, HeaderMap, Vec<u8>)> {
+        self.seen.lock().expect("lock").iter().filter(|(_, h, _)| h.get("x-shadow").is_some()).cloned().collect()
+    }
+}
+
+fn rand_u64() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t >> 64) as u64
+}
+
+fn config(stable: SocketAddr, canary: SocketAddr, shadow: &str, store: &std::path::Path) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+threads = 2
+[admin]
+listen = "{{admin}}"
+[shadow]
+store = "{store}"
+max_stored_body = "4KiB"
+[upstreams.v1]
+backends = ["{stable}"]
+[upstreams.v2]
+backends = ["{canary}"]
+[[routes]]
+name = "cart"
+path_prefix = "/cart"
+stable = "v1"
+canary = "v2"
+canary_percent = 0
+[routes.shadow]
+{shadow}
+"#,
+        store = store.display()
+    )
+}
+
+async fn records(store_path: &std::path::Path, at_least: usize) -> Vec<gateway::shadow::DiffRecord> {
+    let store = DiffStore::open(store_path, Retention::default()).expect("open store");
+    for _ in 0..200 {
+        let headers = store.list(Some("cart"), None, None, 10_000).expect("list");
+        if headers.len() >= at_least {
+            return headers.iter().filter_map(|h| store.get(h.id).ok().flatten()).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {at_least} diff records were stored");
+}
+
+async fn get(gateway: &Gateway, user: &str) -> u16 {
+    http_client().get(gateway.url("/cart/items")).header("x-user-id", user).send().await.expect("get").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_differing_field_is_recorded_at_exactly_its_path_with_both_values() {
+    let (stable, _) = Shop::new(10).start().await;
+    let (canary, canary_shop) = Shop::new(12).start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let gateway = Gateway::start(&config(stable, canary, "percent = 100.0", &store)).await;
+    for i in 0..10 {
+        assert_eq!(get(&gateway, &format!("u{i}")).await, 200);
+    }
+    let recs = records(&store, 10).await;
+    for r in &recs {
+        assert_eq!(r.outcome, "different", "{r:?}");
+        assert_eq!(r.primary, "stable");
+        let paths: Vec<&str> = r.diffs.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(paths, ["$.items[2].price"], "only the price differs");
+        assert_eq!((r.diffs[0].stable.clone(), r.diffs[0].canary.clone()), (json!(10), json!(12)));
+    }
+    // The shadow carried the marker and the client's request id.
+    let shadowed = canary_shop.shadow_requests();
+    assert_eq!(shadowed.len(), 10);
+    assert!(shadowed.iter().all(|(_, h, _)| h.get("x-request-id").is_some()));
+    let ids: Vec<&str> = recs.iter().map(|r| r.request_id.as_str()).collect();
+    let sent: Vec<String> = shadowed
+        .iter()
+        .filter_map(|(_, h, _)| h.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string))
+        .collect();
+    assert!(ids.iter().all(|id| sent.iter().any(|s| s == id)), "records carry the same request ids");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_timestamp_in_both_versions_is_noise_and_the_price_is_real() {
+    let (stable, _) = Shop { random_ts: true, ..Shop::new(10) }.start().await;
+    let (canary, _) = Shop { random_ts: true, ..Shop::new(12) }.start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let gateway = Gateway::start(&config(stable, canary, "percent = 100.0\nnoise_check = 1.0", &store)).await;
+    for i in 0..40 {
+        assert_eq!(get(&gateway, &format!("u{i}")).await, 200);
+        // One at a time, so each comparison sees the classification of the ones before.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let recs = records(&store, 40).await;
+    let last = recs.iter().max_by_key(|r| r.id).expect("records");
+    let ts = last.diffs.iter().find(|d| d.path == "$.ts").expect("$.ts differs");
+    let price = last.diffs.iter().find(|d| d.path == "$.items[2].price").expect("price differs");
+    assert!(ts.noise, "$.ts differs between two answers of the same version too: noise");
+    assert!(!price.noise, "the price differs only across versions: a real difference");
+    assert_eq!(last.outcome, "different");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_is_mirrored_only_when_listed_and_then_byte_for_byte() {
+    let (stable, _) = Shop::new(10).start().await;
+    let (canary, canary_shop) = Shop::new(10).start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let body: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+
+    let gateway = Gateway::start(&config(stable, canary, "percent = 100.0", &store)).await;
+    let resp = http_client().post(gateway.url("/cart/order")).body(body.clone()).send().await.expect("post");
+    assert_eq!(resp.status(), 200);
+    drop(gateway);
+    assert!(canary_shop.shadow_requests().is_empty(), "POST is not mirrored by default");
+
+    let listed = "percent = 100.0\nmethods = [\"GET\", \"POST\"]\nmax_body = \"2MiB\"";
+    let gateway = Gateway::start(&config(stable, canary, listed, &store)).await;
+    let resp = http_client().post(gateway.url("/cart/order")).body(body.clone()).send().await.expect("post");
+    assert_eq!(resp.status(), 200);
+    gateway
+        .eventually("the POST is mirrored", Duration::from_secs(10), || async {
+            !canary_shop.shadow_requests().is_empty()
+        })
+        .await;
+    let (method, headers, got) = canary_shop.shadow_requests().pop().expect("mirrored");
+    assert_eq!(method, "POST");
+    assert_eq!(headers.get("x-shadow").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(
+        hex::encode(Sha256::digest(&got)),
+        hex::encode(Sha256::digest(&body)),
+        "the exact bytes the client sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_body_is_not_mirrored_and_is_counted() {
+    let (stable, _) = Shop::new(10).start().await;
+    let (canary, canary_shop) = Shop::new(10).start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let listed = "methods = [\"POST\"]\nmax_body = \"1KiB\"";
+    let gateway = Gateway::start(&config(stable, canary, listed, &store)).await;
+    let resp = http_client().post(gateway.url("/cart/order")).body(vec![b'x'; 4096]).send().await.expect("post");
+    assert_eq!(resp.status(), 200, "the client is served normally");
+    let metrics = || async {
+        gateway.admin_request(reqwest::Method::GET, "/metrics").send().await.expect("m").text().await.expect("t")
+    };
+    gateway
+        .eventually("skipped_body_too_large is counted", Duration::from_secs(5), || async {
+            metrics()
+                .await
+                .contains("gateway_shadow_requests_total{outcome=\"skipped_body_too_large\",route=\"cart\"} 1")
+        })
+        .await;
+    assert!(canary_shop.shadow_requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_shadow_does_not_delay_the_client() {
+    let (stable, _) = Shop::new(10).start().await;
+    let (canary, canary_shop) = Shop { shadow_delay: Duration::from_secs(2), ..Shop::new(10) }.start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let gateway = Gateway::start(&config(stable, canary, "percent = 100.0\ntimeout = \"5s\"", &store)).await;
+    assert_eq!(get(&gateway, "u1").await, 200);
+    // The client has its answer; the shadow backend is still sleeping on its copy.
+    assert!(!canary_shop.shadow_done.load(Ordering::SeqCst), "the client waited for the shadow");
+    gateway
+        .eventually("the shadow completes later", Duration::from_secs(10), || async {
+            canary_shop.shadow_done.load(Ordering::SeqCst)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_in_flight_shadows_are_dropped_and_counted() {
+    let (stable, _) = Shop::new(10).start().await;
+    let (canary, canary_shop) = Shop { shadow_delay: Duration::from_secs(3), ..Shop::new(10) }.start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let gateway =
+        Gateway::start(&config(stable, canary, "percent = 100.0\ntimeout = \"10s\"\nmax_in_flight = 2", &store)).await;
+    for i in 0..10 {
+        assert_eq!(get(&gateway, &format!("u{i}")).await, 200);
+    }
+    let text =
+        gateway.admin_request(reqwest::Method::GET, "/metrics").send().await.expect("m").text().await.expect("t");
+    let dropped: u64 = text
+        .lines()
+        .find(|l| l.starts_with("gateway_shadow_requests_total{outcome=\"dropped\",route=\"cart\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("dropped counter");
+    let started = canary_shop.hits.load(Ordering::SeqCst) as u64;
+    assert!(dropped >= 1, "some shadows were dropped");
+    assert!(started <= 10 - dropped, "dropped shadows never reached the backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_survive_a_restart_retention_holds_and_secrets_are_redacted() {
+    let (stable, _) = Shop::new(10).start().await;
+    let (canary, _) = Shop::new(12).start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let text = config(stable, canary, "percent = 100.0", &store)
+        .replace("max_stored_body", "max_records = 5\nmax_stored_body");
+    let gateway = Gateway::start(&text).await;
+    for i in 0..12 {
+        let resp = http_client()
+            .get(gateway.url("/cart/items"))
+            .header("x-user-id", format!("u{i}"))
+            .header("authorization", "Bearer secret-token")
+            .header("cookie", "session=abc123")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), 200);
+    }
+    let recs = records(&store, 5).await;
+    drop(gateway);
+    for r in &recs {
+        let auth = r.request_headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.as_str());
+        let cookie = r.request_headers.iter().find(|(k, _)| k == "cookie").map(|(_, v)| v.as_str());
+        assert_eq!((auth, cookie), (Some("[redacted]"), Some("[redacted]")));
+        assert!(!serde_json::to_string(r).expect("json").contains("secret-token"));
+    }
+    // Retention: at most the newest 5 are kept (applied by the writer).
+    let again = Gateway::start(&text).await;
+    let store_read = DiffStore::open(&store, Retention::default()).expect("open");
+    again
+        .eventually("retention trims to 5", Duration::from_secs(10), || async {
+            store_read.list(Some("cart"), None, None, 100).map(|l| l.len()).unwrap_or(0) <= 5
+        })
+        .await;
+    let kept = store_read.list(Some("cart"), None, None, 100).expect("list");
+    assert!(!kept.is_empty(), "records survived the restart");
+}

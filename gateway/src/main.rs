@@ -225,6 +225,16 @@ fn summary(loaded: &config::LoadedConfig) -> String {
         };
         s.push_str(&format!("  {:<16} {}{hc}\n", u.name, backends.join(", ")));
     }
+    let bl = &c.blacklist;
+    s.push_str(&format!(
+        "blacklist: {} cidr(s), {} file(s){}{}; state file {}; degrade level {}\n",
+        bl.cidrs.len(),
+        bl.files.len(),
+        if bl.dry_run { ", DRY RUN" } else { "" },
+        if bl.at_accept { ", dropped at accept" } else { "" },
+        c.state_path.display(),
+        c.degrade_level
+    ));
     s.push_str("routes:\n");
     for r in &c.routes {
         let hosts = if r.hosts.is_empty() { "*".to_string() } else { r.hosts.join(",") };
@@ -233,6 +243,31 @@ fn summary(loaded: &config::LoadedConfig) -> String {
             None => "no canary".to_string(),
         };
         s.push_str(&format!("  {:<12} {hosts}{}  stable {}  {canary}\n", r.name, r.path_prefix, r.stable));
+        let mut extras = Vec::new();
+        if !r.rate_limit.is_empty() {
+            let fmt = |name: &str, l: &Option<gateway::config::LimitSpec>| {
+                l.map(|l| format!("{name} {}/{:?} burst {}", l.rate, l.per, l.burst))
+            };
+            let limits: Vec<String> = [fmt("ip", &r.rate_limit.per_ip), fmt("user", &r.rate_limit.per_user), fmt("route", &r.rate_limit.per_route)]
+                .into_iter()
+                .flatten()
+                .collect();
+            extras.push(format!("limits [{}]", limits.join(", ")));
+        }
+        if let Some(f) = &r.fallback {
+            let on: Vec<&str> = f.on.iter().map(|c| c.as_str()).collect();
+            extras.push(format!("fallback {} on [{}]{}", f.page.status, on.join(", "), if f.canary_failover { " +canary failover" } else { "" }));
+        }
+        if let Some(at) = r.degrade_at {
+            extras.push(format!("degrade_at {at}"));
+        }
+        if let Some(sh) = &r.shadow {
+            let methods: Vec<&str> = sh.methods.iter().map(|m| m.as_str()).collect();
+            extras.push(format!("shadow {:.2}% [{}] noise_check {}", f64::from(sh.basis_points) / 100.0, methods.join(","), sh.noise_check));
+        }
+        if !extras.is_empty() {
+            s.push_str(&format!("               {}\n", extras.join("; ")));
+        }
         let mut users: Vec<&String> = r.whitelist_users.iter().collect();
         users.sort();
         if !users.is_empty() || !r.whitelist_ips.is_empty() {

@@ -6,3 +6,4 @@ pub mod ipset;
 pub mod limits;
 pub mod rate_limit;
 pub mod static_lists;
+pub mod accept_filter;

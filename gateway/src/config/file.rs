@@ -151,6 +151,10 @@ pub struct BlacklistFile {
     /// Log and count would-be blocks without blocking.
     #[serde(default)]
     pub dry_run: bool,
+    /// Close a directly connected blocked client's TCP connection at accept
+    /// (cheapest under attack) instead of answering the 403 page.
+    #[serde(default)]
+    pub at_accept: bool,
     /// An HTML page for blocked clients, relative to the config file.
     pub page: Option<Sp<String>>,
     pub status: Option<Sp<i64>>,

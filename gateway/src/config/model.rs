@@ -35,6 +35,7 @@ pub struct BlacklistSpec {
     /// (path, key) of each list file; the files are read when the snapshot is built.
     pub files: Vec<(PathBuf, String)>,
     pub dry_run: bool,
+    pub at_accept: bool,
     pub page: StaticPage,
 }
 

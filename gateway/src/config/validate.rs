@@ -19,6 +19,7 @@ use super::file::*;
 use super::model::*;
 use super::validate_edge;
 use super::validate_shadow;
+use super::validate_tls;
 use super::values;
 
 /// A config that passed validation, with what `gateway check` should still mention.
@@ -125,7 +126,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     let client_ip =
         ClientIpSettings { trusted_proxies: cidrs(&mut d, "client_ip.trusted_proxies", &client_ip.trusted_proxies) };
     let upstreams = validate_upstreams(&mut d, upstreams);
-    let routes = validate_routes(&mut d, routes, &upstreams);
+    let routes = validate_routes(&mut d, routes, &upstreams, server.tls.is_some());
     let blacklist = validate_edge::blacklist(&mut d, &blacklist);
     let state_path = validate_edge::state_path(&d, &state);
     let degrade_level = validate_edge::degrade_level(&mut d, &degrade);
@@ -269,7 +270,8 @@ fn validate_server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
             AccessLogFormat::Text
         }
     };
-    ServerSettings { listen, threads, shutdown_grace, version_header, access_log }
+    let tls = validate_tls::server_tls(d, f.tls.as_ref(), &listen);
+    ServerSettings { listen, threads, shutdown_grace, version_header, access_log, tls }
 }
 
 fn validate_admin(d: &mut Diagnostics, f: AdminFile) -> AdminSettings {
@@ -345,7 +347,8 @@ fn validate_upstreams(
         let connect_timeout =
             duration_or(d, &format!("{key}.connect_timeout"), &f.connect_timeout, Duration::from_secs(1));
         let read_timeout = duration_or(d, &format!("{key}.read_timeout"), &f.read_timeout, Duration::from_secs(30));
-        out.insert(name.clone(), UpstreamSpec { name, backends, health_check, connect_timeout, read_timeout });
+        let tls = validate_tls::upstream(d, &key, &f);
+        out.insert(name.clone(), UpstreamSpec { name, backends, health_check, connect_timeout, read_timeout, tls });
     }
     out
 }
@@ -407,6 +410,7 @@ fn validate_routes(
     d: &mut Diagnostics,
     files: Vec<(usize, RouteFile)>,
     upstreams: &BTreeMap<String, UpstreamSpec>,
+    has_tls: bool,
 ) -> Vec<RouteSpec> {
     let mut out = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -524,6 +528,7 @@ fn validate_routes(
                 "a degradable route needs a [routes.fallback] page to serve",
             );
         }
+        let https_redirect = validate_tls::https_redirect(d, &key, &f.https_redirect, has_tls);
         out.push(RouteSpec {
             name,
             path_prefix: prefix,
@@ -540,6 +545,7 @@ fn validate_routes(
             fallback,
             degrade_at,
             shadow,
+            https_redirect,
         });
     }
     out

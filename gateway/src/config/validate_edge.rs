@@ -42,7 +42,7 @@ pub fn blacklist(d: &mut Diagnostics, f: &BlacklistFile) -> BlacklistSpec {
     if let Some(s) = &f.status {
         page.status = status(d, "blacklist.status", s, 400..=499).unwrap_or(403);
     }
-    BlacklistSpec { cidrs, files, dry_run: f.dry_run, page }
+    BlacklistSpec { cidrs, files, dry_run: f.dry_run, at_accept: f.at_accept, page }
 }
 
 pub fn state_path(d: &Diagnostics, f: &StateSectionFile) -> PathBuf {

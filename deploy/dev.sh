@@ -14,6 +14,7 @@ setup() {
   command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
   command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing: ${need_apt[*]}"
     local sudo=""

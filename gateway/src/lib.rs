@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod diffs_cli;
 pub mod edge;
 pub mod explain;
 pub mod fallback;

@@ -99,6 +99,23 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Shadow diffs for QA: per route, which fields differ between stable and canary, how often, and which are noise.
+    Diffs {
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only records since then: a duration ago (1h, 30m) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print one record (its id, from the summary's EXAMPLE column) with both values per field.
+        #[arg(long, value_name = "ID")]
+        show: Option<i64>,
+        /// Print the admin API's JSON instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// How the ops commands find the running gateway.
@@ -139,6 +156,10 @@ fn main() -> ExitCode {
         },
         Command::Degrade { level, admin } => match admin_client(admin) {
             Ok(c) => ops_cli::degrade(&c, level),
+            Err(code) => code,
+        },
+        Command::Diffs { route, since, show, json, admin } => match admin_client(admin) {
+            Ok(c) => gateway::diffs_cli::run(&c, &gateway::diffs_cli::DiffsArgs { route, since, show, json }),
             Err(code) => code,
         },
         Command::Explain { config, path, user, ip, headers, host } => {

@@ -217,6 +217,12 @@ impl Metrics {
         }
     }
 
+    /// The value of `gateway_shadow_requests_total{route, outcome}`. Binds the
+    /// (zero) series when it does not exist yet, so ask only for shadowed routes.
+    pub fn shadow_count(&self, route: &str, outcome: &str) -> u64 {
+        self.shadow_requests.get_metric_with_label_values(&[route, outcome]).map_or(0, |c| c.get())
+    }
+
     pub fn forget_route(&self, route: &str) {
         let _ = self.canary_percent.remove_label_values(&[route]);
     }

@@ -50,6 +50,8 @@ pub struct Reloader {
     /// Blocks and degrade level entered at run time; opened once at start.
     pub runtime: Arc<RuntimeState>,
     pub shadow: Arc<ShadowEngine>,
+    /// The TLS listener's certificates; each applied reload installs its own.
+    pub tls: Arc<crate::tls::CertResolver>,
     status: Mutex<ReloadStatus>,
     /// The settings the process was started with (listeners cannot move at run time).
     started_with: GatewayConfig,
@@ -74,6 +76,7 @@ impl Reloader {
         })?;
         let deps = BuildDeps::new(Arc::clone(&metrics), Arc::clone(&shadow));
         let started_with = loaded.config.clone();
+        let tls = crate::tls::CertResolver::new(&metrics.registry, loaded.config.server.tls.as_ref());
         let snapshot = Snapshot::build(loaded, 1, &deps)?;
         metrics.config_generation.set(1);
         metrics.degrade_level.set(i64::from(runtime.degrade_level(snapshot.config.degrade_level)));
@@ -84,6 +87,7 @@ impl Reloader {
             metrics,
             runtime: Arc::new(runtime),
             shadow,
+            tls,
             status: Mutex::new(ReloadStatus::default()),
             started_with,
             reload_lock: Mutex::new(None),
@@ -108,7 +112,11 @@ impl Reloader {
             Err(errors) => return self.reject(trigger, errors.iter().map(ToString::to_string).collect()),
         };
         let hash = config::text_hash(&text);
-        if only_if_changed && (hash == current.hash || last_rejected.as_deref() == Some(hash.as_str())) {
+        // A renewed certificate changes its files, not the config text.
+        let certs = crate::tls::files::files_fingerprint(&self.path, &text);
+        let unchanged = hash == current.hash && certs == crate::tls::files::loaded_fingerprint(&current.config);
+        let attempt = format!("{hash}/{certs}");
+        if only_if_changed && (unchanged || last_rejected.as_deref() == Some(attempt.as_str())) {
             return ReloadOutcome::Unchanged { generation: current.generation };
         }
         match config::parse(&self.path, &text).and_then(|loaded| self.apply(trigger, loaded, current.generation + 1)) {
@@ -117,7 +125,7 @@ impl Reloader {
                 outcome
             }
             Err(errors) => {
-                *last_rejected = Some(hash);
+                *last_rejected = Some(attempt);
                 self.reject(trigger, errors.iter().map(ToString::to_string).collect())
             }
         }
@@ -139,6 +147,7 @@ impl Reloader {
             Err(errors) => return Err(errors),
         };
         self.snapshots.store(Arc::clone(&snapshot));
+        self.tls.follow(snapshot.config.server.tls.as_ref());
         self.deps.retain_for(&snapshot);
         self.metrics.degrade_level.set(i64::from(self.runtime.degrade_level(snapshot.config.degrade_level)));
         forget_removed_series(&self.metrics, &old, &snapshot);
@@ -178,6 +187,9 @@ fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
     if started.server.threads != new.server.threads {
         out.push("server.threads".to_string());
     }
+    if started.server.read_buffer != new.server.read_buffer {
+        out.push("server.read_buffer".to_string());
+    }
     if started.server.shutdown_grace != new.server.shutdown_grace {
         out.push("server.shutdown_grace".to_string());
     }
@@ -187,6 +199,7 @@ fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
     if started.state_path != new.state_path {
         out.push("state.path".to_string());
     }
+    out.extend(crate::tls::restart_needed(started.server.tls.as_ref(), new.server.tls.as_ref()));
     out
 }
 

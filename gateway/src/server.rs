@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora_core::listeners::{ListenerConfig, L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -69,8 +70,18 @@ pub fn build(
     );
     let counted = CountConnections { inner: Arc::new(proxy_app), open: metrics.downstream_connections.clone() };
     let mut proxy = Service::new("gateway".to_string(), counted);
+    proxy.set_connection_filter(Arc::new(crate::edge::accept_filter::BlockAtAccept {
+        snapshots: Arc::clone(&reloader.snapshots),
+        runtime: Arc::clone(&reloader.runtime),
+    }));
+    let buffers = L4BufferSettings::new(cfg.server.read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &cfg.server.listen {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+    }
+    if let Some(tls) = &cfg.server.tls {
+        crate::tls::add_listeners(&mut proxy, tls, &reloader.tls).map_err(|message| {
+            vec![ConfigError { file: config_path.to_path_buf(), line: 0, key: "server.tls".into(), message }]
+        })?;
     }
 
     let ready = Arc::new(AtomicBool::new(false));

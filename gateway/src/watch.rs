@@ -36,6 +36,9 @@ pub async fn watch_config(reloader: Arc<Reloader>, mut shutdown: watch::Receiver
         tracing::error!(error = %e, dir = %dir.display(), "cannot watch the config directory; use SIGHUP or POST /api/reload");
         return;
     }
+    // Renewed certificates are noticed in their own directories too.
+    let mut cert_dirs = crate::tls::files::WatchedCertDirs::default();
+    cert_dirs.follow(&mut watcher, &reloader.snapshots.load().config, &dir);
     loop {
         tokio::select! {
             got = rx.recv() => if got.is_none() { return },
@@ -48,6 +51,7 @@ pub async fn watch_config(reloader: Arc<Reloader>, mut shutdown: watch::Receiver
         let outcome = tokio::task::spawn_blocking(move || r.reload("file-watch", true)).await;
         if let Ok(ReloadOutcome::Applied { generation, .. }) = outcome {
             tracing::debug!(generation, "reloaded after a file change");
+            cert_dirs.follow(&mut watcher, &reloader.snapshots.load().config, &dir);
         }
     }
 }

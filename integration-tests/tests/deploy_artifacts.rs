@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::cart_config;
+use common::cart_config_with;
 use integration_tests::{http_client, run_cli, temp_dir, Backend, Gateway};
 use serde_json::Value;
 
@@ -123,7 +123,9 @@ fn collect_exprs(value: &Value, out: &mut Vec<String>) {
 /// the text of `GET /metrics`.
 async fn metrics_after_traffic() -> String {
     let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
-    let config = cart_config(&[&v1], &[&v2], 50.0);
+    // Shadowing on, with the diff store in the gateway's temp dir, so the shadow series exist too.
+    let config = cart_config_with(&[&v1], &[&v2], 50.0, "[routes.shadow]\npercent = 100.0")
+        .replacen("[upstreams.cart-v1]", "[shadow]\nstore = \"{dir}/diffs.sqlite\"\n\n[upstreams.cart-v1]", 1);
     let gateway = Gateway::start(&config).await;
     let client = http_client();
     for user in 0..40 {
@@ -136,6 +138,13 @@ async fn metrics_after_traffic() -> String {
     }
     let (code, body) = gateway.reload().await;
     assert_eq!(code, 200, "POST /api/reload: {body}");
+    // Shadows finish off the request path; wait until they are counted.
+    gateway
+        .eventually("shadow outcomes are counted", std::time::Duration::from_secs(10), || async {
+            let text = gateway.admin_request(reqwest::Method::GET, "/metrics").send().await.expect("m").text().await.expect("t");
+            text.contains("gateway_shadow_duration_seconds_count")
+        })
+        .await;
     let resp = gateway.admin_request(reqwest::Method::GET, "/metrics").send().await.expect("GET /metrics");
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.expect("metrics body");

@@ -6,6 +6,7 @@
 //! `Authorization: Bearer <token>` (compared in constant time); without it,
 //! only loopback clients are served.
 
+mod diffs;
 mod edge;
 mod status;
 
@@ -76,6 +77,10 @@ impl ServeHttp for AdminApp {
                 Err(reply) => reply,
             },
             (&Method::DELETE, "/api/degrade") => edge::set_degrade(&self.reloader, None),
+            // QA's shadow diffs: /api/diffs[/summary|/{id}] and the /diffs pages (405 for other methods).
+            (_, p) if diffs::handles(p) => {
+                diffs::serve(Arc::clone(&self.reloader), method.clone(), path.clone(), query).await
+            }
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/api/status" | "/api/reload" | "/api/explain" | "/api/blacklist"

@@ -142,6 +142,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub version_header: Option<HeaderName>,
     pub access_log: AccessLogFormat,
+    /// Bytes of the per-connection read buffer.
+    pub read_buffer: usize,
     /// `[server.tls]`: the TLS listener and its certificates.
     pub tls: Option<crate::tls::TlsListenerSpec>,
 }

@@ -31,6 +31,11 @@ pub struct LoadedConfig {
     pub hash: String,
 }
 
+/// Pingora's default is 64 KiB per connection; 16 KiB still takes a typical
+/// request head in one read and costs a quarter of the memory per idle
+/// keep-alive connection (see benches/README.md, variant d).
+const DEFAULT_READ_BUFFER: usize = 16 * 1024;
+
 const SECTIONS: &str = "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow";
 
 /// Read and validate a config file.
@@ -271,7 +276,21 @@ fn validate_server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
         }
     };
     let tls = validate_tls::server_tls(d, f.tls.as_ref(), &listen);
-    ServerSettings { listen, threads, shutdown_grace, version_header, access_log, tls }
+    let read_buffer = match &f.read_buffer {
+        None => DEFAULT_READ_BUFFER,
+        Some(v) => match values::size(v.get_ref()) {
+            Ok(n) if (1024..=1 << 20).contains(&n) => n,
+            Ok(n) => {
+                d.error(Some(v.span()), "server.read_buffer", format!("{n} bytes is outside 1KiB..=1MiB"));
+                DEFAULT_READ_BUFFER
+            }
+            Err(e) => {
+                d.error(Some(v.span()), "server.read_buffer", e);
+                DEFAULT_READ_BUFFER
+            }
+        },
+    };
+    ServerSettings { listen, threads, shutdown_grace, version_header, access_log, read_buffer, tls }
 }
 
 fn validate_admin(d: &mut Diagnostics, f: AdminFile) -> AdminSettings {

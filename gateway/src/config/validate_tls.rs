@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use rustls::pki_types::pem::PemObject;
@@ -20,7 +20,7 @@ use super::error::Diagnostics;
 use super::file::*;
 use super::validate::resolve;
 use super::values;
-use crate::tls::certs::{load_pair, unix_now, PairFile};
+use crate::tls::certs::{date, load_pair, unix_now, PairFile};
 use crate::tls::{CertSet, TlsListenerSpec, UpstreamTlsSpec};
 
 /// `gateway check` warns about certificates that expire sooner than this.
@@ -39,9 +39,11 @@ pub fn server_tls(d: &mut Diagnostics, f: Option<&Sp<TlsFile>>, plain: &[SocketA
     for (i, a) in f.listen.iter().enumerate() {
         let key = format!("server.tls.listen[{i}]");
         match values::socket_addr(a.get_ref()) {
-            Ok(addr) if plain.contains(&addr) => {
-                d.error(Some(a.span()), key, format!("{addr} is also in server.listen; one port serves either TLS or plain HTTP"))
-            }
+            Ok(addr) if plain.contains(&addr) => d.error(
+                Some(a.span()),
+                key,
+                format!("{addr} is also in server.listen; one port serves either TLS or plain HTTP"),
+            ),
             Ok(addr) if listen.contains(&addr) => d.error(Some(a.span()), key, format!("{addr} is listed twice")),
             Ok(addr) => listen.push(addr),
             Err(e) => d.error(Some(a.span()), key, e),
@@ -72,15 +74,17 @@ pub fn server_tls(d: &mut Diagnostics, f: Option<&Sp<TlsFile>>, plain: &[SocketA
                     d.warn(
                         Some(c.span()),
                         format!("{key}.cert"),
-                        format!("{}: lists no DNS name (subjectAltName); it can only serve as the default", cert_path.display()),
+                        format!(
+                            "{}: lists no DNS name (subjectAltName); it can only serve as the default",
+                            cert_path.display()
+                        ),
                     );
                 }
                 if entry.not_after < now + EXPIRY_WARNING.as_secs() as i64 {
-                    let when = UNIX_EPOCH + Duration::from_secs(entry.not_after.max(0) as u64);
                     d.warn(
                         Some(c.span()),
                         format!("{key}.cert"),
-                        format!("{}: expires on {}; renew it", cert_path.display(), humantime::format_rfc3339_seconds(when)),
+                        format!("{}: expires on {}; renew it", cert_path.display(), date(entry.not_after)),
                     );
                 }
                 if cf.default && default.is_none() {
@@ -149,7 +153,11 @@ pub fn upstream(d: &mut Diagnostics, key: &str, f: &UpstreamFile) -> Option<Upst
         }
         ca_file = Some(path);
     }
-    Some(UpstreamTlsSpec { sni, verify, ca, ca_file })
+    let ca_key = ca.as_ref().map_or(0, |list: &Arc<[WrappedX509]>| {
+        let ders: Vec<u8> = list.iter().flat_map(|c| c.borrow_raw_cert().iter().copied()).collect();
+        xxhash_rust::xxh3::xxh3_64(&ders)
+    });
+    Some(UpstreamTlsSpec { sni, verify, ca, ca_file, ca_key })
 }
 
 /// The PEM certificates of a `ca_file`, each checked to be X.509.

@@ -75,8 +75,12 @@ impl ProxyHttp for GatewayProxy {
             RouteOutcome::Proxy(routed) => routed,
             RouteOutcome::Respond(resp) => return answer(session, ctx, &resp).await,
         };
-        let local = phases::check_degrade(&snapshot, &self.runtime, &routed)
-            .map(|page| (page, Some(FallbackCause::Degraded)))
+        let local = phases::check_https_redirect(&snapshot, &routed, session.req_header(), crate::tls::is_tls(session))
+            .map(|page| (page, None))
+            .or_else(|| {
+                phases::check_degrade(&snapshot, &self.runtime, &routed)
+                    .map(|page| (page, Some(FallbackCause::Degraded)))
+            })
             .or_else(|| phases::check_rate_limits(&snapshot, &routed, ip).map(|page| (page, None)));
         if local.is_none() {
             let method = &session.req_header().method;
@@ -121,7 +125,7 @@ impl ProxyHttp for GatewayProxy {
             ));
         };
         ctx.upstream.tried.push(backend.addr);
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = crate::tls::upstream_peer(backend.addr, pool.tls.as_ref());
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
@@ -179,7 +183,7 @@ impl ProxyHttp for GatewayProxy {
             _ => peer,
         };
         req.insert_header("x-forwarded-for", xff)?;
-        req.insert_header("x-forwarded-proto", "http")?;
+        req.insert_header("x-forwarded-proto", if crate::tls::is_tls(session) { "https" } else { "http" })?;
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(capture) = ctx.shadow.as_mut() {
             capture.request_sent(req);

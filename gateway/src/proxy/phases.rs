@@ -88,3 +88,24 @@ pub fn check_degrade(snapshot: &Snapshot, runtime: &RuntimeState, routed: &Route
     snapshot.route_metrics[routed.route_index].fallback(FallbackCause::Degraded);
     Some(page)
 }
+
+/// A plain-HTTP request on an `https_redirect` route: 308 to the same URL on
+/// the TLS listener (308 keeps the method and body). Requests that came over
+/// TLS, and routes without the flag, go on.
+pub fn check_https_redirect(
+    snapshot: &Snapshot,
+    routed: &Routed,
+    req: &RequestHeader,
+    tls: bool,
+) -> Option<LocalResponse> {
+    let route = &snapshot.router.routes()[routed.route_index].spec;
+    let listener = snapshot.config.server.tls.as_ref().filter(|_| route.https_redirect && !tls)?;
+    let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri.host());
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = host.and_then(|h| crate::tls::https_location(h, listener.redirect_port(), path));
+    Some(match location {
+        Some(url) => LocalResponse::page(308, "Permanent Redirect", "This address is served over HTTPS.")
+            .with_header("location", url),
+        None => LocalResponse::page(400, "Bad Request", "The Host header is missing or not a host name."),
+    })
+}

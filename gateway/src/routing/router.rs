@@ -113,6 +113,7 @@ mod tests {
             fallback: None,
             degrade_at: None,
             shadow: None,
+            https_redirect: false,
         }
     }
 

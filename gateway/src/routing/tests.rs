@@ -24,6 +24,7 @@ fn route(percent_bp: u32, salt: &str) -> RouteSpec {
         fallback: None,
         degrade_at: None,
         shadow: None,
+        https_redirect: false,
     }
 }
 

@@ -78,6 +78,12 @@ pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// Unix seconds as an RFC 3339 date, for messages.
+pub fn date(unix: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// SHA-256 (hex) of a certificate file's and a key file's bytes.
 pub fn pair_fingerprint(cert: &[u8], key: &[u8]) -> String {
     let mut h = Sha256::new();
@@ -107,10 +113,16 @@ pub fn load_pair(cert_path: &Path, key_path: &Path, now: i64) -> Result<CertEntr
         .map_err(|e| CertError::cert(cert_path, format!("the first certificate is not valid X.509: {e}")))?;
     let validity = leaf.validity();
     if validity.not_after.timestamp() < now {
-        return Err(CertError::cert(cert_path, format!("the certificate expired on {}", validity.not_after)));
+        return Err(CertError::cert(
+            cert_path,
+            format!("the certificate expired on {}", date(validity.not_after.timestamp())),
+        ));
     }
     if validity.not_before.timestamp() > now {
-        return Err(CertError::cert(cert_path, format!("the certificate is not valid before {}", validity.not_before)));
+        return Err(CertError::cert(
+            cert_path,
+            format!("the certificate is not valid before {}", date(validity.not_before.timestamp())),
+        ));
     }
     let names = dns_names(&leaf).map_err(|e| CertError::cert(cert_path, e))?;
     let serial = leaf.raw_serial_as_string();

@@ -54,6 +54,11 @@ pub struct UpstreamTlsSpec {
     /// The CAs from `ca_file`, trusted instead of the system roots.
     pub ca: Option<Arc<[WrappedX509]>>,
     pub ca_file: Option<PathBuf>,
+    /// Hash of the CA certificates (0 without `ca_file`). Pingora's keep-alive
+    /// pool keys connections by address, SNI and verify flags but not by CA,
+    /// so without it a pool could reuse a connection another pool verified
+    /// against a different CA.
+    pub ca_key: u64,
 }
 
 impl UpstreamTlsSpec {
@@ -80,6 +85,7 @@ pub fn upstream_peer(addr: SocketAddr, tls: Option<&UpstreamTlsSpec>) -> HttpPee
         Some(spec) => {
             let mut peer = HttpPeer::new(addr, true, spec.name_for(addr));
             spec.apply(&mut peer.options);
+            peer.group_key = spec.ca_key;
             peer
         }
     }
@@ -155,7 +161,9 @@ fn strip_port(host: &str) -> Option<&str> {
         }
         v6
     } else {
-        let name = host.split_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { "" });
+        let name = host
+            .split_once(':')
+            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { "" });
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
             return None;
         }

@@ -48,8 +48,9 @@ pub async fn run(snapshots: SnapshotHandle, mut shutdown: tokio::sync::watch::Re
                 let (spec, state, pool_name, addr) =
                     (spec.clone(), backend.health.clone(), pool.name.clone(), backend.addr);
                 let metrics = snapshot.metrics.clone();
+                let tls = pool.tls.clone();
                 tokio::spawn(async move {
-                    let ok = probe(&spec, addr).await;
+                    let ok = probe(&spec, addr, tls.as_ref()).await;
                     report(&pool_name, addr, ok, &spec, &state);
                     metrics.set_backend_health(&pool_name, addr, state.is_healthy());
                 });
@@ -67,19 +68,27 @@ fn report(pool: &str, addr: SocketAddr, ok: bool, spec: &HealthCheckSpec, state:
     }
 }
 
-/// One probe; `true` when the backend answered as required.
-pub async fn probe(spec: &HealthCheckSpec, addr: SocketAddr) -> bool {
+/// One probe; `true` when the backend answered as required. A TLS pool's
+/// backends are probed over TLS, verified like proxied connections.
+pub async fn probe(spec: &HealthCheckSpec, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTlsSpec>) -> bool {
     let Ok(target) = LbBackend::new(&addr.to_string()) else {
         return false;
     };
     let check: Box<dyn HealthCheck + Send + Sync> = match &spec.probe {
         HealthProbe::Tcp => {
-            let mut check = TcpHealthCheck::new();
+            let mut check = tls.map_or_else(TcpHealthCheck::new, |t| TcpHealthCheck::new_tls(&t.name_for(addr)));
+            if let Some(t) = tls {
+                t.apply(&mut check.peer_template.options);
+            }
             check.peer_template.options.connection_timeout = Some(spec.timeout);
             check
         }
         HealthProbe::Http { path } => {
-            let mut check = HttpHealthCheck::new(&addr.ip().to_string(), false);
+            let host = tls.map_or_else(|| addr.ip().to_string(), |t| t.name_for(addr));
+            let mut check = HttpHealthCheck::new(&host, tls.is_some());
+            if let Some(t) = tls {
+                t.apply(&mut check.peer_template.options);
+            }
             let Ok(uri) = path.parse::<http::Uri>() else {
                 return false;
             };

@@ -67,6 +67,8 @@ pub struct Pool {
     pub health_check: Option<HealthCheckSpec>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// `tls = true`: how to connect to the backends with TLS.
+    pub tls: Option<crate::tls::UpstreamTlsSpec>,
     /// Smooth weighted round-robin order: weights 1 and 2 give `[b, a, b]`,
     /// spreading a heavy backend's turns instead of bunching them.
     schedule: Vec<usize>,
@@ -91,6 +93,7 @@ impl Pool {
             health_check: spec.health_check.clone(),
             connect_timeout: spec.connect_timeout,
             read_timeout: spec.read_timeout,
+            tls: spec.tls.clone(),
             schedule,
             cursor: AtomicUsize::new(0),
         }
@@ -171,6 +174,7 @@ mod tests {
             health_check: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 

@@ -12,6 +12,12 @@ use gateway::ops_cli;
 use gateway::routing::Router;
 use gateway::server::{self, RunOptions};
 
+/// The allocator is a build choice (`--features mimalloc`), measured with the
+/// load harness; see benches/README.md.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONFIG: &str = "config/gateway.toml";
 
 #[derive(Parser)]
@@ -269,22 +275,36 @@ fn summary(loaded: &config::LoadedConfig) -> String {
             let fmt = |name: &str, l: &Option<gateway::config::LimitSpec>| {
                 l.map(|l| format!("{name} {}/{:?} burst {}", l.rate, l.per, l.burst))
             };
-            let limits: Vec<String> = [fmt("ip", &r.rate_limit.per_ip), fmt("user", &r.rate_limit.per_user), fmt("route", &r.rate_limit.per_route)]
-                .into_iter()
-                .flatten()
-                .collect();
+            let limits: Vec<String> = [
+                fmt("ip", &r.rate_limit.per_ip),
+                fmt("user", &r.rate_limit.per_user),
+                fmt("route", &r.rate_limit.per_route),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             extras.push(format!("limits [{}]", limits.join(", ")));
         }
         if let Some(f) = &r.fallback {
             let on: Vec<&str> = f.on.iter().map(|c| c.as_str()).collect();
-            extras.push(format!("fallback {} on [{}]{}", f.page.status, on.join(", "), if f.canary_failover { " +canary failover" } else { "" }));
+            extras.push(format!(
+                "fallback {} on [{}]{}",
+                f.page.status,
+                on.join(", "),
+                if f.canary_failover { " +canary failover" } else { "" }
+            ));
         }
         if let Some(at) = r.degrade_at {
             extras.push(format!("degrade_at {at}"));
         }
         if let Some(sh) = &r.shadow {
             let methods: Vec<&str> = sh.methods.iter().map(|m| m.as_str()).collect();
-            extras.push(format!("shadow {:.2}% [{}] noise_check {}", f64::from(sh.basis_points) / 100.0, methods.join(","), sh.noise_check));
+            extras.push(format!(
+                "shadow {:.2}% [{}] noise_check {}",
+                f64::from(sh.basis_points) / 100.0,
+                methods.join(","),
+                sh.noise_check
+            ));
         }
         if !extras.is_empty() {
             s.push_str(&format!("               {}\n", extras.join("; ")));

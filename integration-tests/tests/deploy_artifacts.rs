@@ -124,8 +124,11 @@ fn collect_exprs(value: &Value, out: &mut Vec<String>) {
 async fn metrics_after_traffic() -> String {
     let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
     // Shadowing on, with the diff store in the gateway's temp dir, so the shadow series exist too.
-    let config = cart_config_with(&[&v1], &[&v2], 50.0, "[routes.shadow]\npercent = 100.0")
-        .replacen("[upstreams.cart-v1]", "[shadow]\nstore = \"{dir}/diffs.sqlite\"\n\n[upstreams.cart-v1]", 1);
+    let config = cart_config_with(&[&v1], &[&v2], 50.0, "[routes.shadow]\npercent = 100.0").replacen(
+        "[upstreams.cart-v1]",
+        "[shadow]\nstore = \"{dir}/diffs.sqlite\"\n\n[upstreams.cart-v1]",
+        1,
+    );
     let gateway = Gateway::start(&config).await;
     let client = http_client();
     for user in 0..40 {
@@ -141,7 +144,14 @@ async fn metrics_after_traffic() -> String {
     // Shadows finish off the request path; wait until they are counted.
     gateway
         .eventually("shadow outcomes are counted", std::time::Duration::from_secs(10), || async {
-            let text = gateway.admin_request(reqwest::Method::GET, "/metrics").send().await.expect("m").text().await.expect("t");
+            let text = gateway
+                .admin_request(reqwest::Method::GET, "/metrics")
+                .send()
+                .await
+                .expect("m")
+                .text()
+                .await
+                .expect("t");
             text.contains("gateway_shadow_duration_seconds_count")
         })
         .await;

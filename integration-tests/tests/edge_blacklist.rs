@@ -179,10 +179,8 @@ async fn a_million_line_list_loads_while_the_gateway_keeps_answering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_at_accept_a_blocked_peer_is_dropped_before_http() {
     let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
-    let config = with_sections(
-        cart_config(&[&v1], &[&v2], 0.0),
-        "[blacklist]\ncidrs = [\"127.0.0.1\"]\nat_accept = true",
-    );
+    let config =
+        with_sections(cart_config(&[&v1], &[&v2], 0.0), "[blacklist]\ncidrs = [\"127.0.0.1\"]\nat_accept = true");
     let gateway = Gateway::start(&config).await;
     let result = http_client().get(gateway.url("/cart/x")).send().await;
     assert!(result.is_err(), "the connection is closed at accept, no HTTP answer: {result:?}");

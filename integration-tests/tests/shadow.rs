@@ -17,6 +17,9 @@ use integration_tests::{http_client, temp_dir, Gateway};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+/// One request as the backend saw it: method, headers, body.
+type Seen = (String, HeaderMap, Vec<u8>);
+
 /// A JSON backend whose answers QA can predict: `$.items[2].price` is
 /// `price`, `$.ts` is random when `random_ts`, and shadow requests (marked
 /// `x-shadow: 1`) can be slowed down.
@@ -25,7 +28,7 @@ struct Shop {
     price: u32,
     random_ts: bool,
     shadow_delay: Duration,
-    seen: Arc<Mutex<Vec<(String, HeaderMap, Vec<u8>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     shadow_done: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
 }
@@ -71,7 +74,7 @@ impl Shop {
         (addr, self)
     }
 
-    fn shadow_requests(&self) -> Vec<(String, HeaderMap, Vec<u8>)> {
+    fn shadow_requests(&self) -> Vec<Seen> {
         self.seen.lock().expect("lock").iter().filter(|(_, h, _)| h.get("x-shadow").is_some()).cloned().collect()
     }
 }

@@ -37,7 +37,8 @@ impl ConnectionFilter for BlockAtAccept {
         let snapshot = self.snapshots.load();
         let ip = addr.ip();
         let spec = &snapshot.config.blacklist;
-        if !spec.at_accept || spec.dry_run || snapshot.config.client_ip.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+        if !spec.at_accept || spec.dry_run || snapshot.config.client_ip.trusted_proxies.iter().any(|n| n.contains(&ip))
+        {
             return true;
         }
         let source = match self.runtime.blacklist.lookup(ip) {

@@ -19,8 +19,7 @@ pub struct ServerFile {
     pub version_header: Option<Sp<String>>,
     /// "text" (default), "json" or "off".
     pub access_log: Option<Sp<String>>,
-    /// Per-connection read buffer: "16KiB". Smaller saves memory per idle
-    /// keep-alive connection; larger reads big request bodies in fewer calls.
+    /// Per-connection read buffer, e.g. "64KiB" (Pingora's default).
     pub read_buffer: Option<Sp<String>>,
     pub tls: Option<Sp<TlsFile>>,
 }

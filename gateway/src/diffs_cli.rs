@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::ops_cli::AdminClient;
+use crate::ops_cli::{self, AdminClient};
 
 /// What `gateway diffs` was asked for.
 pub struct DiffsArgs {
@@ -32,28 +32,16 @@ pub fn run(client: &AdminClient, args: &DiffsArgs) -> ExitCode {
             format!("/api/diffs/summary{query}")
         }
     };
-    match client.call("GET", &path, None) {
-        Ok((status, body)) if (200..300).contains(&status) => {
-            let text = if args.json {
-                serde_json::to_string_pretty(&body).unwrap_or_default()
-            } else if args.show.is_some() {
-                format_record(&body)
-            } else {
-                format_summary(&body, args.since.as_deref())
-            };
-            println!("{}", text.trim_end());
-            ExitCode::SUCCESS
-        }
-        Ok((status, body)) => {
-            let msg = body.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| body.to_string());
-            eprintln!("error ({status}): {msg}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    ops_cli::report(client.call("GET", &path, None), |body| {
+        let text = if args.json {
+            serde_json::to_string_pretty(body).unwrap_or_default()
+        } else if args.show.is_some() {
+            format_record(body)
+        } else {
+            format_summary(body, args.since.as_deref())
+        };
+        text.trim_end().to_string()
+    })
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

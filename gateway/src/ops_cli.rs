@@ -67,7 +67,7 @@ fn with_auth<B>(req: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::Re
 }
 
 /// Print the answer; exit 0 on 2xx, 1 otherwise.
-fn report(result: Result<(u16, Value), String>, ok: impl Fn(&Value) -> String) -> ExitCode {
+pub(crate) fn report(result: Result<(u16, Value), String>, ok: impl Fn(&Value) -> String) -> ExitCode {
     match result {
         Ok((status, body)) if (200..300).contains(&status) => {
             println!("{}", ok(&body));

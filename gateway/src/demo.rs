@@ -68,7 +68,7 @@ pub fn banner(config: &GatewayConfig) -> String {
     s.push_str("Try:\n");
     if let Some(route) = config.routes.first() {
         let p = &route.path_prefix;
-        s.push_str(&format!("  curl -s -H 'x-user-id: 42' http://{proxy}{p}/items        # a user's stable version\n"));
+        s.push_str(&format!("  curl -s -H 'x-user-id: 42' http://{proxy}{p}/items        # user 42's version (stable or canary, by bucket)\n"));
         if let Some(u) = route.whitelist_users.iter().next() {
             s.push_str(&format!(
                 "  curl -s -H 'x-user-id: {u}' http://{proxy}{p}/items      # a whitelisted tester: always canary\n"

@@ -50,6 +50,10 @@ pub struct Reloader {
     /// Blocks and degrade level entered at run time; opened once at start.
     pub runtime: Arc<RuntimeState>,
     pub shadow: Arc<ShadowEngine>,
+    /// Set by a SIGHUP that arrives before the reload task listens (see `server::build`).
+    pub early_hup: Arc<std::sync::atomic::AtomicBool>,
+    /// True once the control plane listens for SIGHUP and file changes; `/readyz` waits for it.
+    pub control_ready: std::sync::atomic::AtomicBool,
     /// The TLS listener's certificates; each applied reload installs its own.
     pub tls: Arc<crate::tls::CertResolver>,
     status: Mutex<ReloadStatus>,
@@ -87,6 +91,8 @@ impl Reloader {
             metrics,
             runtime: Arc::new(runtime),
             shadow,
+            early_hup: Arc::default(),
+            control_ready: Default::default(),
             tls,
             status: Mutex::new(ReloadStatus::default()),
             started_with,

@@ -43,6 +43,12 @@ pub fn build(
     let shadow = Arc::new(ShadowEngine::new(Arc::clone(&metrics)));
     let reloader = Reloader::start(config_path, Arc::clone(&metrics), shadow)?;
     let cfg = reloader.snapshots.load().config.clone();
+    // SIGHUP's default action is to terminate: catch it from now on, so a
+    // reload asked for before the control plane listens (e.g. right after a
+    // start by systemd) is remembered instead of killing the process.
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reloader.early_hup)) {
+        tracing::warn!(error = %e, "cannot install the early SIGHUP handler");
+    }
     crate::logging::init(cfg.server.access_log);
 
     let mut conf = ServerConf {

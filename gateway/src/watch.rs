@@ -64,6 +64,12 @@ pub async fn watch_sighup(reloader: Arc<Reloader>, mut shutdown: watch::Receiver
             return;
         }
     };
+    reloader.control_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    // A SIGHUP that came between start and now was caught by the early handler.
+    if reloader.early_hup.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        let r = Arc::clone(&reloader);
+        let _ = tokio::task::spawn_blocking(move || r.reload("sighup", false)).await;
+    }
     loop {
         tokio::select! {
             got = hup.recv() => if got.is_none() { return },

@@ -135,3 +135,32 @@ async fn a_pool_without_a_live_backend_answers_a_clear_error() {
     assert!(status == 502 || status == 503, "status {status}: {body}");
     assert!(body.as_str().unwrap_or("").contains("backend"), "{body}");
 }
+
+/// Sends raw bytes on a fresh connection and returns what came back (up to 4 KiB or close).
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(bytes).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n =
+        tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.expect("answer in time").unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let gateway = Gateway::start(&cart_config(&[&v1], &[&v2], 50.0)).await;
+    for garbage in [
+        &b"THIS IS NOT HTTP\r\n\r\n"[..],
+        b"GET /cart HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        b"GET /cart HTTP/1.1\r\nHost: x\r\nx-user-id: \xff\xfe\r\n\r\n",
+    ] {
+        let answer = raw_exchange(gateway.listen_addr(), garbage).await;
+        let status = answer.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok());
+        // Either a 4xx, or (for the non-UTF-8 user ID, which is valid HTTP) a normal answer as an anonymous user.
+        assert!(matches!(status, Some(400..=499) | Some(200)), "{answer:?}");
+    }
+    let (status, _, _) = get_json(&http_client(), &gateway.url("/cart"), &[]).await;
+    assert_eq!(status, 200, "still serving");
+}

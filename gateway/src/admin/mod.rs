@@ -50,7 +50,8 @@ impl ServeHttp for AdminApp {
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => {
-                if self.ready.load(Ordering::Relaxed) {
+                // Listening, and the reload triggers (SIGHUP, file watch) are armed.
+                if self.ready.load(Ordering::Relaxed) && self.reloader.control_ready.load(Ordering::Relaxed) {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -3,40 +3,23 @@
 //! the gateway mirroring every request with a noise check, then the admin
 //! API, the `gateway diffs` command and the HTML pages in a headless browser.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use axum::routing::any;
-use axum::Router;
+use common::shop::Shop;
 use integration_tests::{http_client, run_cli, temp_dir, Gateway};
 use serde_json::{json, Value};
 
 const REQUESTS: u64 = 40;
 const PRICE: &str = "$.items[2].price";
 
-/// A JSON shop answering every path: `$.items[2].price` is `price`, `$.ts` random.
+/// A JSON shop: `$.items[2].price` is `price`, `$.ts` random (18 digits) in every answer.
 async fn shop(price: u32) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = Router::new().fallback(any(move || async move {
-        axum::Json(json!({
-            "items": [{"id": 1, "price": 5}, {"id": 2, "price": 7}, {"id": 3, "price": price}],
-            // Always 18 digits, so the body length (content-length) never differs.
-            "ts": 100_000_000_000_000_000 + random() % 900_000_000_000_000_000,
-            "meta": {"currency": "EUR"},
-        }))
-    }));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
-}
-
-fn random() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t >> 64) as u64
+    Shop { random_ts: true, ..Shop::new(price) }.start().await.0
 }
 
 fn config(stable: SocketAddr, canary: SocketAddr) -> String {

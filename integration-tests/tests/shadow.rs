@@ -4,85 +4,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::HeaderMap;
-use axum::routing::any;
-use axum::Router;
+use common::shop::Shop;
 use gateway::shadow::{DiffStore, Retention};
 use integration_tests::{http_client, temp_dir, Gateway};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-
-/// One request as the backend saw it: method, headers, body.
-type Seen = (String, HeaderMap, Vec<u8>);
-
-/// A JSON backend whose answers QA can predict: `$.items[2].price` is
-/// `price`, `$.ts` is random when `random_ts`, and shadow requests (marked
-/// `x-shadow: 1`) can be slowed down.
-#[derive(Clone)]
-struct Shop {
-    price: u32,
-    random_ts: bool,
-    shadow_delay: Duration,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    shadow_done: Arc<AtomicBool>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Shop {
-    fn new(price: u32) -> Self {
-        Shop {
-            price,
-            random_ts: false,
-            shadow_delay: Duration::ZERO,
-            seen: Arc::default(),
-            shadow_done: Arc::default(),
-            hits: Arc::default(),
-        }
-    }
-
-    async fn start(self) -> (SocketAddr, Shop) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shop = self.clone();
-        let app = Router::new().fallback(any(move |method: axum::http::Method, headers: HeaderMap, body: Bytes| {
-            let shop = shop.clone();
-            async move {
-                shop.hits.fetch_add(1, Ordering::SeqCst);
-                shop.seen.lock().expect("lock").push((method.to_string(), headers.clone(), body.to_vec()));
-                let shadow = headers.get("x-shadow").is_some();
-                if shadow && !shop.shadow_delay.is_zero() {
-                    tokio::time::sleep(shop.shadow_delay).await;
-                    shop.shadow_done.store(true, Ordering::SeqCst);
-                }
-                let ts: u64 = if shop.random_ts { rand_u64() } else { 0 };
-                let body = json!({
-                    "items": [{"id": 1, "price": 5}, {"id": 2, "price": 7}, {"id": 3, "price": shop.price}],
-                    "ts": ts,
-                    "meta": {"currency": "EUR"},
-                });
-                axum::Json(body)
-            }
-        }));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (addr, self)
-    }
-
-    fn shadow_requests(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").iter().filter(|(_, h, _)| h.get("x-shadow").is_some()).cloned().collect()
-    }
-}
-
-fn rand_u64() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t >> 64) as u64
-}
 
 fn config(stable: SocketAddr, canary: SocketAddr, shadow: &str, store: &std::path::Path) -> String {
     format!(

@@ -2,6 +2,8 @@
 //! filled in by the harness with free loopback ports.
 #![allow(dead_code)]
 
+pub mod shop;
+
 use std::net::SocketAddr;
 
 use integration_tests::Backend;

@@ -120,8 +120,13 @@ impl Reloader {
         let hash = config::text_hash(&text);
         // A renewed certificate changes its files, not the config text.
         let certs = crate::tls::files::files_fingerprint(&self.path, &text);
-        let unchanged = hash == current.hash && certs == crate::tls::files::loaded_fingerprint(&current.config);
-        let attempt = format!("{hash}/{certs}");
+        // An edited block-list file changes its size or mtime, not the config text.
+        let unchanged = hash == current.hash
+            && certs == crate::tls::files::loaded_fingerprint(&current.config)
+            && self.deps.lists.is_current(&current.config.blacklist);
+        // What a rejected attempt is remembered by: text, certificate files, list files.
+        let lists = crate::edge::static_lists::fingerprint(&current.config.blacklist);
+        let attempt = format!("{hash}/{certs}/{lists}");
         if only_if_changed && (unchanged || last_rejected.as_deref() == Some(attempt.as_str())) {
             return ReloadOutcome::Unchanged { generation: current.generation };
         }

@@ -187,3 +187,19 @@ async fn with_at_accept_a_blocked_peer_is_dropped_before_http() {
     assert_eq!(v1.requests() + v2.requests(), 0);
     assert!(metrics(&gateway).await.contains("gateway_blocked_requests_total{dry_run=\"false\",source=\"config\"} 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_list_file_is_picked_up_without_touching_the_config() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let dir = temp_dir();
+    std::fs::write(dir.path().join("blacklist.txt"), "203.0.113.9 scraping\n").expect("write");
+    let config = with_sections(cart_config(&[&v1], &[&v2], 0.0), "[blacklist]\nfiles = [\"blacklist.txt\"]");
+    let gateway = Gateway::start_in(dir, "gateway.toml", &config).await;
+    assert_eq!(status_of(&gateway, &[]).await, 200);
+    // Ops append the client's address to the list file; the watcher reloads by itself.
+    let tmp = gateway.dir().join(".blacklist.txt.tmp");
+    std::fs::write(&tmp, "203.0.113.9 scraping\n127.0.0.1 the test client\n").expect("write");
+    std::fs::rename(&tmp, gateway.dir().join("blacklist.txt")).expect("rename");
+    gateway.wait_for_generation(2).await;
+    assert_eq!(status_of(&gateway, &[]).await, 403);
+}

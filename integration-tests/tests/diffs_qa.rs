@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::shop::Shop;
+use common::shop::{shadow_config, Shop};
 use integration_tests::{http_client, run_cli, temp_dir, Gateway};
 use serde_json::{json, Value};
 
@@ -23,30 +23,7 @@ async fn shop(price: u32) -> SocketAddr {
 }
 
 fn config(stable: SocketAddr, canary: SocketAddr) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-threads = 2
-[admin]
-listen = "{{admin}}"
-[shadow]
-store = "{{dir}}/diffs.sqlite"
-[upstreams.v1]
-backends = ["{stable}"]
-[upstreams.v2]
-backends = ["{canary}"]
-[[routes]]
-name = "cart"
-path_prefix = "/cart"
-stable = "v1"
-canary = "v2"
-canary_percent = 0
-[routes.shadow]
-percent = 100.0
-noise_check = 1.0
-"#
-    )
+    shadow_config(stable, canary, "{dir}/diffs.sqlite", "percent = 100.0\nnoise_check = 1.0")
 }
 
 async fn admin_json(gateway: &Gateway, path: &str) -> (u16, Value) {

@@ -7,38 +7,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::shop::Shop;
+use common::shop::{shadow_config, Shop};
 use gateway::shadow::{DiffStore, Retention};
 use integration_tests::{http_client, temp_dir, Gateway};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 fn config(stable: SocketAddr, canary: SocketAddr, shadow: &str, store: &std::path::Path) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-threads = 2
-[admin]
-listen = "{{admin}}"
-[shadow]
-store = "{store}"
-max_stored_body = "4KiB"
-[upstreams.v1]
-backends = ["{stable}"]
-[upstreams.v2]
-backends = ["{canary}"]
-[[routes]]
-name = "cart"
-path_prefix = "/cart"
-stable = "v1"
-canary = "v2"
-canary_percent = 0
-[routes.shadow]
-{shadow}
-"#,
-        store = store.display()
-    )
+    shadow_config(stable, canary, &store.display().to_string(), shadow)
 }
 
 async fn records(store_path: &std::path::Path, at_least: usize) -> Vec<gateway::shadow::DiffRecord> {

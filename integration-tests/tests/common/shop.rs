@@ -79,3 +79,33 @@ pub fn rand_u64() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t >> 64) as u64
 }
+
+/// A gateway config with one shadowed route `cart` (stable `v1`, canary `v2`,
+/// canary at 0%): `store` is the diff store's path, `shadow` the lines of
+/// `[routes.shadow]`. `{listen}`, `{admin}` and `{dir}` are left for the harness.
+pub fn shadow_config(stable: SocketAddr, canary: SocketAddr, store: &str, shadow: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+threads = 2
+[admin]
+listen = "{{admin}}"
+[shadow]
+store = "{store}"
+max_stored_body = "4KiB"
+[upstreams.v1]
+backends = ["{stable}"]
+[upstreams.v2]
+backends = ["{canary}"]
+[[routes]]
+name = "cart"
+path_prefix = "/cart"
+stable = "v1"
+canary = "v2"
+canary_percent = 0
+[routes.shadow]
+{shadow}
+"#
+    )
+}

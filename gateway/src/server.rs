@@ -18,7 +18,7 @@ use pingora_core::services::ServiceWithDependents as ServiceTrait;
 use crate::admin::AdminApp;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
-use crate::proxy::connections::CountConnections;
+use crate::proxy::connections::ConnectionLoop;
 use crate::proxy::GatewayProxy;
 use crate::reload::Reloader;
 use crate::shadow::engine::ShadowEngine;
@@ -74,8 +74,8 @@ pub fn build(
             shadow: Arc::clone(&reloader.shadow),
         },
     );
-    let counted = CountConnections { inner: Arc::new(proxy_app), open: metrics.downstream_connections.clone() };
-    let mut proxy = Service::new("gateway".to_string(), counted);
+    let connections = ConnectionLoop { inner: Arc::new(proxy_app), open: metrics.downstream_connections.clone() };
+    let mut proxy = Service::new("gateway".to_string(), connections);
     proxy.set_connection_filter(Arc::new(crate::edge::accept_filter::BlockAtAccept {
         snapshots: Arc::clone(&reloader.snapshots),
         runtime: Arc::clone(&reloader.runtime),
@@ -161,8 +161,6 @@ struct ControlPlane {
 #[async_trait]
 impl BackgroundService for ControlPlane {
     async fn start(&self, shutdown: ShutdownWatch) {
-        // Shadows run here, on the control plane's own threads, never on the proxy's.
-        self.reloader.shadow.set_runtime(tokio::runtime::Handle::current());
         let snapshots = Arc::clone(&self.reloader.snapshots);
         tokio::join!(
             sweep_expired_blocks(Arc::clone(&self.reloader.runtime), shutdown.clone()),

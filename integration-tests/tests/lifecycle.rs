@@ -26,6 +26,67 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     assert!(http_client().get(gateway.url("/cart")).send().await.is_err());
 }
 
+/// Reads one `Content-Length` response from a keep-alive connection.
+async fn read_one_response(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before a whole answer: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .expect("content-length");
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_serves_its_next_request_and_is_closed_on_sigterm() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let mut gateway = Gateway::start(&cart_config(&[&v1], &[&v2], 0.0)).await;
+    let mut conn = tokio::net::TcpStream::connect(gateway.listen_addr()).await.expect("connect");
+    let request = b"GET /cart HTTP/1.1\r\nHost: shop\r\nx-user-id: 7\r\n\r\n";
+
+    conn.write_all(request).await.expect("write");
+    assert!(read_one_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+    // Idle between requests, then a request whose first byte arrives alone:
+    // the gateway waits for that byte holding only the socket, and must
+    // still parse the whole request from it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.write_all(&request[..1]).await.expect("write first byte");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.write_all(&request[1..]).await.expect("write the rest");
+    let second = read_one_response(&mut conn).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(v1.requests(), 2, "both requests on the one connection reached the backend");
+    let metrics = http_client().get(gateway.admin_url("/metrics")).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    let open = metrics.lines().find(|l| l.starts_with("gateway_downstream_connections ")).expect("gauge");
+    assert!(open.ends_with(" 1") || open.ends_with(" 2"), "the idle connection is counted: {open}");
+
+    // SIGTERM with the connection idle: nothing is in flight, so the gateway
+    // exits at once and the client sees the connection closed, not hung.
+    gateway.signal(SIGTERM);
+    let exit = gateway.wait_exit(Duration::from_secs(9)).await.expect("exited");
+    assert!(exit.success(), "{exit:?}");
+    let mut rest = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut rest)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "the idle connection is closed: {n:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_metrics_are_served() {
     let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);

@@ -31,10 +31,12 @@ pub struct LoadedConfig {
     pub hash: String,
 }
 
-/// Pingora's own default. Measured: 16 KiB instead saved nothing per idle
-/// keep-alive connection (43.5 vs 44.2 KiB, benches/README.md variant d),
-/// because untouched buffer pages are never resident.
-const DEFAULT_READ_BUFFER: usize = 64 * 1024;
+/// Big enough for a request head with cookies in one read (nginx starts with
+/// 1 KiB). Pingora's 64 KiB is zeroed by calloc and stays with every idle
+/// keep-alive connection: measured 27.1 KiB per idle connection with 64 KiB,
+/// 16.7 with 4 KiB, 13.5 with 1 KiB (benches/README.md, variant d). Larger
+/// reads (bodies, TLS records) bypass this buffer, so it costs no syscalls.
+const DEFAULT_READ_BUFFER: usize = 4 * 1024;
 
 const SECTIONS: &str = "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow";
 

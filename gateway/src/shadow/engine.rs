@@ -1,7 +1,7 @@
 //! The shadow engine: owns what mirroring needs across requests — its own
-//! upstream connection pool, its own runtime, the in-flight limits, the
-//! noise tracker and the diff store — so that shadows never share the
-//! client path's connections or threads.
+//! upstream connection pool, its own low-priority runtime (`lane`), the
+//! in-flight limits, the noise tracker and the diff store — so that shadows
+//! never share the client path's connections, threads or CPU priority.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +24,7 @@ pub struct ShadowEngine {
     store: Mutex<Option<OpenStore>>,
     pub noise: NoiseTracker,
     pub(super) connector: Connector,
-    /// The runtime shadows run on: the control plane's, not the proxy's workers.
+    /// The shadow lane's runtime, started with the first shadowed config.
     runtime: OnceLock<tokio::runtime::Handle>,
     pub(super) metrics: Arc<Metrics>,
     in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
@@ -51,10 +51,13 @@ impl ShadowEngine {
         }
     }
 
-    /// Open the diff store if no store is open yet; runs when a config with a
-    /// shadowed route is loaded (off the request path). Its path is fixed
-    /// from then on, like the state file.
-    pub fn ensure_store(&self, spec: &ShadowStoreSpec) -> Result<(), String> {
+    /// Start the shadow lane and open the diff store if not done yet; runs
+    /// when a config with a shadowed route is loaded (off the request path).
+    /// The store's path is fixed from then on, like the state file.
+    pub fn ensure_started(&self, spec: &ShadowStoreSpec) -> Result<(), String> {
+        if self.runtime.get().is_none() {
+            let _ = self.runtime.set(super::lane::start()?);
+        }
         let mut open = self.store.lock().unwrap_or_else(|p| p.into_inner());
         if open.is_some() {
             return Ok(());
@@ -97,11 +100,6 @@ impl ShadowEngine {
         }
     }
 
-    /// Called once by the control-plane service from inside its runtime.
-    pub fn set_runtime(&self, handle: tokio::runtime::Handle) {
-        let _ = self.runtime.set(handle);
-    }
-
     /// Take a slot under `max`; `None` means the shadow must be dropped.
     pub fn reserve(&self, route: &str, max: usize) -> Option<Reservation> {
         let counter = {
@@ -115,8 +113,8 @@ impl ShadowEngine {
         Some(Reservation(counter))
     }
 
-    /// Run a shadow off the request path. Without a runtime yet (the very
-    /// first moments after start) the shadow is dropped and counted.
+    /// Run a shadow off the request path, on the shadow lane. Without a lane
+    /// (no shadowed config loaded yet) the shadow is dropped and counted.
     pub fn submit(self: &Arc<Self>, job: ShadowJob, reservation: Reservation) -> bool {
         match self.runtime.get() {
             Some(rt) => {

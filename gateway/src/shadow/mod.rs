@@ -11,6 +11,7 @@ pub mod diff;
 pub mod engine;
 pub mod json;
 pub mod json_tree;
+pub mod lane;
 pub mod mirror;
 pub mod noise;
 pub mod pattern;

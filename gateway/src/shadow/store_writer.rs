@@ -39,6 +39,8 @@ impl DiffStore {
         let thread_dropped = Arc::clone(&dropped);
         let conn = self.first_writer.lock().unwrap_or_else(PoisonError::into_inner).take();
         let spawned = std::thread::Builder::new().name("shadow-store".into()).spawn(move || {
+            // Storing diffs is shadow work too: it yields the CPU to real traffic.
+            super::lane::lower_priority_of_this_thread();
             let conn = match conn.map_or_else(|| connect(&store.path, true), Ok) {
                 Ok(c) => c,
                 Err(e) => {

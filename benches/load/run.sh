@@ -4,6 +4,7 @@
 # backends and the same wrk load. See benches/README.md.
 #
 #   benches/load/run.sh --variant a --duration 10 --rounds 3
+#   benches/load/run.sh --variant c --rate 5000    # open loop: fixed rate, no coordinated omission
 #
 # Everything it writes goes under one temp dir; everything it starts is
 # stopped on exit.
@@ -21,8 +22,12 @@ usage: benches/load/run.sh [options]
   --duration S       seconds of measured load per proxy per round (default 10; d measures no load)
   --rounds N         rounds; each round runs every proxy once, A B C A B C (default 3)
   --warmup S         seconds of unmeasured load before each measurement (default 2)
-  --connections N    wrk connections (default 64)
+  --connections N    wrk (or openloop) connections (default 64)
   --wrk-threads N    wrk threads (default: the number of load CPUs)
+  --rate R           open loop: R requests/s in total, from benches/openloop (built with the
+                     others; one thread) instead of wrk; latency counts from each request's
+                     due time, so it is free of coordinated omission. Pick R below every
+                     proxy's saturation. Default: none, closed-loop wrk. Variant d ignores it
   --proxies LIST     comma-separated subset of gateway,nginx,haproxy,bare-pingora
   --idle-conns N     variant d: idle connections per proxy (default 10000)
   --reload-ms MS     variant e: reload interval (default 100)
@@ -38,7 +43,7 @@ usage: benches/load/run.sh [options]
 EOF
 }
 
-VARIANT=a DURATION=10 ROUNDS=3 WARMUP=2 CONNS=64 WRK_THREADS="" PROXIES="" IDLE_CONNS=10000 RELOAD_MS=100
+VARIANT=a DURATION=10 ROUNDS=3 WARMUP=2 CONNS=64 WRK_THREADS="" PROXIES="" IDLE_CONNS=10000 RELOAD_MS=100 RATE=""
 BLACKLIST_N=100000 PROXY_CPUS="" LOAD_CPUS="" BASE_PORT=18000 BUILD=1 INSTALL=1 KEEP_TMP=0 ALLOW_MISMATCH=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -48,6 +53,7 @@ while [[ $# -gt 0 ]]; do
         --warmup) WARMUP="$2"; shift 2 ;;
         --connections) CONNS="$2"; shift 2 ;;
         --wrk-threads) WRK_THREADS="$2"; shift 2 ;;
+        --rate) RATE="$2"; shift 2 ;;
         --proxies) PROXIES="$2"; shift 2 ;;
         --idle-conns) IDLE_CONNS="$2"; shift 2 ;;
         --reload-ms) RELOAD_MS="$2"; shift 2 ;;
@@ -67,6 +73,18 @@ done
 for n in DURATION ROUNDS WARMUP CONNS IDLE_CONNS RELOAD_MS BLACKLIST_N BASE_PORT; do
     [[ "${!n}" =~ ^[0-9]+$ ]] || { echo "$n must be a whole number" >&2; exit 2; }
 done
+if [[ -n "$RATE" ]]; then
+    [[ "$RATE" =~ ^[0-9]+([.][0-9]+)?$ && "$RATE" =~ [1-9] ]] || { echo "--rate must be a positive number" >&2; exit 2; }
+    if [[ "$VARIANT" == d ]]; then
+        echo "variant d measures idle connections, not load: --rate ignored" >&2
+        RATE=""
+    fi
+fi
+if [[ -n "$RATE" ]]; then
+    LOADGEN="openloop" LOAD_DESC="open loop at $RATE req/s"
+else
+    LOADGEN="wrk" LOAD_DESC="closed-loop wrk"
+fi
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -129,7 +147,7 @@ WRK_THREADS=${WRK_THREADS:-$N_LOAD}
 need=()
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
 command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
+[[ -n "$RATE" ]] || command -v wrk >/dev/null || need+=(wrk)
 if ((${#need[@]})); then
     ((INSTALL)) || die "missing: ${need[*]} (drop --no-install, or apt-get install ${need[*]})"
     log "installing ${need[*]} from Debian's packages"
@@ -145,11 +163,16 @@ if ((BUILD)); then
     log "building release binaries (cargo build --release)"
     (cd "$ROOT" && cargo build --release -p gateway >&2)
     [[ " ${LIST[*]} " == *" bare-pingora "* ]] && (cd "$ROOT" && cargo build --release -p bare-pingora >&2)
+    [[ -n "$RATE" ]] && (cd "$ROOT" && cargo build --release -p openloop >&2)
 fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 GATEWAY_BIN="$TARGET_DIR/release/gateway"
 BARE_BIN="$TARGET_DIR/release/bare-pingora"
+OPENLOOP_BIN="$TARGET_DIR/release/openloop"
 [[ -x "$GATEWAY_BIN" ]] || die "$GATEWAY_BIN is missing: cargo build --release -p gateway"
+if [[ -n "$RATE" && ! -x "$OPENLOOP_BIN" ]]; then
+    die "$OPENLOOP_BIN is missing: cargo build --release -p openloop"
+fi
 if [[ " ${LIST[*]} " == *" bare-pingora "* && ! -x "$BARE_BIN" ]]; then
     die "$BARE_BIN is missing: cargo build --release -p bare-pingora"
 fi
@@ -298,15 +321,22 @@ stop_proxy() { # name pid
     stop_group "$2" "$sig"
     forget "$2"
 }
-wrk_run() { # name seconds outfile
-    BENCH_USERS=1000000 taskset -c "$LOAD_CPUS" wrk -t "$WRK_THREADS" -c "$CONNS" -d "${2}s" --timeout 2s \
-        -s "$HERE/bench.lua" "http://127.0.0.1:${PORT[$1]}/cart" >"$3" 2>&1 || true
-    grep -q '^BENCH_RESULT' "$3" || { cat "$3" >&2; die "wrk gave no result for $1"; }
+wrk_run() { # name seconds outfile: wrk, or openloop with --rate; both print one BENCH_RESULT line
+    if [[ -n "$RATE" ]]; then
+        taskset -c "$LOAD_CPUS" "$OPENLOOP_BIN" --url "http://127.0.0.1:${PORT[$1]}/cart" --rate "$RATE" \
+            --duration "$2" --connections "$CONNS" --timeout-ms 2000 --users 1000000 >"$3" 2>&1 || true
+        # The generator's own schedule slip: then the figures measure openloop, not the proxy.
+        grep '^openloop: WARNING' "$3" >&2 || true
+    else
+        BENCH_USERS=1000000 taskset -c "$LOAD_CPUS" wrk -t "$WRK_THREADS" -c "$CONNS" -d "${2}s" --timeout 2s \
+            -s "$HERE/bench.lua" "http://127.0.0.1:${PORT[$1]}/cart" >"$3" 2>&1 || true
+    fi
+    grep -q '^BENCH_RESULT' "$3" || { cat "$3" >&2; die "$LOADGEN gave no result for $1"; }
 }
 
 RESULTS="$TMP/results.txt"
 : >"$RESULTS"
-log "$TITLE; proxies: ${LIST[*]}; ${ROUNDS} round(s) x ${DURATION}s (+${WARMUP}s warm-up); proxy CPUs $PROXY_CPUS, load CPUs $LOAD_CPUS"
+log "$TITLE; proxies: ${LIST[*]}; $LOAD_DESC; ${ROUNDS} round(s) x ${DURATION}s (+${WARMUP}s warm-up); proxy CPUs $PROXY_CPUS, load CPUs $LOAD_CPUS"
 
 for round in $(seq "$ROUNDS"); do
     for p in "${LIST[@]}"; do
@@ -367,11 +397,15 @@ done
 
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); machine: $(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
-    echo "command: benches/load/run.sh --variant $VARIANT --duration $DURATION --rounds $ROUNDS --warmup $WARMUP --connections $CONNS"
-    echo "proxy CPUs: $PROXY_CPUS; wrk ($WRK_THREADS thread(s)), backends and helpers on CPUs: $LOAD_CPUS"
+    echo "command: benches/load/run.sh --variant $VARIANT --duration $DURATION --rounds $ROUNDS --warmup $WARMUP --connections $CONNS${RATE:+ --rate $RATE}"
+    if [[ -n "$RATE" ]]; then
+        echo "proxy CPUs: $PROXY_CPUS; openloop (1 thread, $RATE req/s), backends and helpers on CPUs: $LOAD_CPUS"
+    else
+        echo "proxy CPUs: $PROXY_CPUS; wrk ($WRK_THREADS thread(s)), backends and helpers on CPUs: $LOAD_CPUS"
+    fi
 } >&2
 "${PYB[@]}" report --results "$RESULTS" --variant "$VARIANT" \
-    --title "$TITLE — ${ROUNDS} round(s) x ${DURATION}s, ${CONNS} connections, medians over rounds"
+    --title "$TITLE — ${RATE:+open loop at $RATE req/s, }${ROUNDS} round(s) x ${DURATION}s, ${CONNS} connections, medians over rounds"
 if [[ "$VARIANT" == e ]]; then
     echo "(reloads: gateway POST /api/reload; nginx SIGHUP to the master, what nginx -s reload sends; haproxy 'reload' on the master socket)"
 fi

@@ -14,6 +14,7 @@ pub mod access_log;
 pub mod connections;
 pub mod ctx;
 pub mod phases;
+pub mod request_id;
 pub mod respond;
 pub mod shadow_capture;
 
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -177,14 +179,12 @@ impl ProxyHttp for GatewayProxy {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let peer = peer_ip(session).to_string();
-        let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {peer}"),
-            _ => peer,
-        };
+        // `req` is a copy of the client's request head, which already carries
+        // the X-Request-Id set in `request_filter`.
+        let xff = forwarded_for(req.headers.get("x-forwarded-for"), peer_ip(session));
+        let proto = HeaderValue::from_static(if crate::tls::is_tls(session) { "https" } else { "http" });
         req.insert_header("x-forwarded-for", xff)?;
-        req.insert_header("x-forwarded-proto", if crate::tls::is_tls(session) { "https" } else { "http" })?;
-        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        req.insert_header("x-forwarded-proto", proto)?;
         if let Some(capture) = ctx.shadow.as_mut() {
             capture.request_sent(req);
         }
@@ -230,7 +230,7 @@ impl ProxyHttp for GatewayProxy {
             *resp = header;
         }
         if let (Some(name), Some(routed)) = (&ctx.snapshot.config.server.version_header, &ctx.routed) {
-            resp.insert_header(name.clone(), routed.decision.version.as_str())?;
+            resp.insert_header(name.clone(), HeaderValue::from_static(routed.decision.version.as_str()))?;
         }
         Ok(())
     }
@@ -378,6 +378,20 @@ fn peer_ip(session: &Session) -> IpAddr {
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
+/// `X-Forwarded-For` for the upstream: the client's list with the peer
+/// appended, built in one allocation.
+fn forwarded_for(previous: Option<&HeaderValue>, peer: IpAddr) -> String {
+    use std::fmt::Write;
+    let previous = previous.and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    let mut xff = String::with_capacity(previous.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = previous {
+        xff.push_str(p);
+        xff.push_str(", ");
+    }
+    let _ = write!(xff, "{peer}");
+    xff
+}
+
 /// Keep the client's `X-Request-Id` when it sent a sane one; otherwise make one.
 fn ensure_request_id(req: &mut RequestHeader) -> String {
     let existing =
@@ -385,7 +399,7 @@ fn ensure_request_id(req: &mut RequestHeader) -> String {
     if let Some(id) = existing {
         return id.to_string();
     }
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = request_id::new_request_id();
     // A fresh hex id is always a valid header value.
     let _ = req.insert_header("x-request-id", id.as_str());
     id

@@ -23,8 +23,18 @@ const TICK: Duration = Duration::from_millis(100);
 
 type ProbeKey = (String, SocketAddr);
 
+/// A backend's probe, kept between rounds: building one loads the system's
+/// CA certificates (Pingora's connector), which cost more CPU than the probe.
+struct CachedCheck {
+    /// The spec and TLS settings it was built from, as text: rebuilt when a
+    /// reload changes them.
+    built_from: String,
+    check: Arc<dyn HealthCheck + Send + Sync>,
+}
+
 pub async fn run(snapshots: SnapshotHandle, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut next_due: HashMap<ProbeKey, Instant> = HashMap::new();
+    let mut checks: HashMap<ProbeKey, CachedCheck> = HashMap::new();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -45,18 +55,30 @@ pub async fn run(snapshots: SnapshotHandle, mut shutdown: tokio::sync::watch::Re
                     continue;
                 }
                 *due = now + spec.interval;
+                let built_from = format!("{spec:?} {:?}", pool.tls);
+                let key = (pool.name.clone(), backend.addr);
+                let check = match checks.get(&key) {
+                    Some(cached) if cached.built_from == built_from => Some(Arc::clone(&cached.check)),
+                    _ => build_check(spec, backend.addr, pool.tls.as_ref()).map(|check| {
+                        checks.insert(key, CachedCheck { built_from, check: Arc::clone(&check) });
+                        check
+                    }),
+                };
                 let (spec, state, pool_name, addr) =
                     (spec.clone(), backend.health.clone(), pool.name.clone(), backend.addr);
                 let metrics = snapshot.metrics.clone();
-                let tls = pool.tls.clone();
                 tokio::spawn(async move {
-                    let ok = probe(&spec, addr, tls.as_ref()).await;
+                    let ok = match check {
+                        Some(check) => probe(check.as_ref(), &spec, addr).await,
+                        None => false,
+                    };
                     report(&pool_name, addr, ok, &spec, &state);
                     metrics.set_backend_health(&pool_name, addr, state.is_healthy());
                 });
             }
         }
         next_due.retain(|k, _| live.contains(k));
+        checks.retain(|k, _| live.contains(k));
     }
 }
 
@@ -68,20 +90,31 @@ fn report(pool: &str, addr: SocketAddr, ok: bool, spec: &HealthCheckSpec, state:
     }
 }
 
-/// One probe; `true` when the backend answered as required. A TLS pool's
-/// backends are probed over TLS, verified like proxied connections.
-pub async fn probe(spec: &HealthCheckSpec, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTlsSpec>) -> bool {
+/// One probe; `true` when the backend answered as required.
+async fn probe(check: &(dyn HealthCheck + Send + Sync), spec: &HealthCheckSpec, addr: SocketAddr) -> bool {
     let Ok(target) = LbBackend::new(&addr.to_string()) else {
         return false;
     };
-    let check: Box<dyn HealthCheck + Send + Sync> = match &spec.probe {
+    // The probe's own timeouts bound each step; this one bounds the whole exchange.
+    matches!(tokio::time::timeout(spec.timeout * 2, check.check(&target)).await, Ok(Ok(())))
+}
+
+/// The probe for one backend; `None` when the spec cannot make one (an
+/// unparsable path, refused earlier by validation). A TLS pool's backends
+/// are probed over TLS, verified like proxied connections.
+fn build_check(
+    spec: &HealthCheckSpec,
+    addr: SocketAddr,
+    tls: Option<&crate::tls::UpstreamTlsSpec>,
+) -> Option<Arc<dyn HealthCheck + Send + Sync>> {
+    let check: Arc<dyn HealthCheck + Send + Sync> = match &spec.probe {
         HealthProbe::Tcp => {
             let mut check = tls.map_or_else(TcpHealthCheck::new, |t| TcpHealthCheck::new_tls(&t.name_for(addr)));
             if let Some(t) = tls {
                 t.apply(&mut check.peer_template.options);
             }
             check.peer_template.options.connection_timeout = Some(spec.timeout);
-            check
+            Arc::new(*check)
         }
         HealthProbe::Http { path } => {
             let host = tls.map_or_else(|| addr.ip().to_string(), |t| t.name_for(addr));
@@ -89,16 +122,13 @@ pub async fn probe(spec: &HealthCheckSpec, addr: SocketAddr, tls: Option<&crate:
             if let Some(t) = tls {
                 t.apply(&mut check.peer_template.options);
             }
-            let Ok(uri) = path.parse::<http::Uri>() else {
-                return false;
-            };
+            let uri = path.parse::<http::Uri>().ok()?;
             check.req.set_uri(uri);
             check.peer_template.options.connection_timeout = Some(spec.timeout);
             check.peer_template.options.read_timeout = Some(spec.timeout);
             check.peer_template.options.total_connection_timeout = Some(spec.timeout);
-            Box::new(check)
+            Arc::new(check)
         }
     };
-    // The probe's own timeouts bound each step; this one bounds the whole exchange.
-    matches!(tokio::time::timeout(spec.timeout * 2, check.check(&target)).await, Ok(Ok(())))
+    Some(check)
 }

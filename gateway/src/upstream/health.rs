@@ -59,9 +59,8 @@ pub async fn run(snapshots: SnapshotHandle, mut shutdown: tokio::sync::watch::Re
                 let key = (pool.name.clone(), backend.addr);
                 let check = match checks.get(&key) {
                     Some(cached) if cached.built_from == built_from => Some(Arc::clone(&cached.check)),
-                    _ => build_check(spec, backend.addr, pool.tls.as_ref()).map(|check| {
-                        checks.insert(key, CachedCheck { built_from, check: Arc::clone(&check) });
-                        check
+                    _ => build_check(spec, backend.addr, pool.tls.as_ref()).inspect(|check| {
+                        checks.insert(key, CachedCheck { built_from, check: Arc::clone(check) });
                     }),
                 };
                 let (spec, state, pool_name, addr) =

@@ -198,6 +198,9 @@ fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
     if started.server.threads != new.server.threads {
         out.push("server.threads".to_string());
     }
+    if started.server.work_stealing != new.server.work_stealing {
+        out.push("server.work_stealing".to_string());
+    }
     if started.server.read_buffer != new.server.read_buffer {
         out.push("server.read_buffer".to_string());
     }

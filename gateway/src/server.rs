@@ -53,6 +53,7 @@ pub fn build(
 
     let mut conf = ServerConf {
         threads: cfg.server.threads,
+        work_stealing: cfg.server.work_stealing,
         // Pingora waits this long after SIGTERM before stopping its runtimes;
         // the drain watcher below exits earlier once nothing is in flight.
         grace_period_seconds: Some(cfg.server.shutdown_grace.as_secs().max(1)),

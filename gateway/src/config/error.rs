@@ -108,9 +108,15 @@ impl<'a> Diagnostics<'a> {
             return Some(text.to_string());
         }
         let first = text.split(['=', ' ', '\n']).next()?.trim();
-        let looks_like_key =
-            !first.is_empty() && first.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        (looks_like_key && text.contains('=')).then(|| first.to_string())
+        if is_bare_key(first) && text.contains('=') {
+            return Some(first.to_string());
+        }
+        // A span over a value of the wrong type (`threads = "two"`): the key
+        // is the word before the `=` that precedes it on its line.
+        let line_start = self.source.get(..span.start)?.rfind('\n').map_or(0, |i| i + 1);
+        let before = self.source.get(line_start..span.start)?.trim_end().strip_suffix('=')?;
+        let key = before.rsplit([' ', '{', ',', '\t']).find(|w| !w.is_empty())?.trim();
+        is_bare_key(key).then(|| key.to_string())
     }
 }
 
@@ -142,4 +148,8 @@ mod tests {
         assert_eq!(line_of(src, 2), 2);
         assert_eq!(line_of(src, 4), 3);
     }
+}
+
+fn is_bare_key(word: &str) -> bool {
+    !word.is_empty() && word.len() < 64 && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }

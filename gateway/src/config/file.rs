@@ -15,6 +15,8 @@ pub type Sp<T> = Spanned<T>;
 pub struct ServerFile {
     pub listen: Option<Vec<Sp<String>>>,
     pub threads: Option<Sp<i64>>,
+    /// Let idle threads take tasks from busy ones (Pingora's default); off by default.
+    pub work_stealing: Option<Sp<bool>>,
     pub shutdown_grace: Option<Sp<String>>,
     pub version_header: Option<Sp<String>>,
     /// "text" (default), "json" or "off".

@@ -139,6 +139,9 @@ pub enum AccessLogFormat {
 pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
+    /// Off: each proxy thread runs its own single-threaded runtime and keeps
+    /// the connections it accepted (nginx's worker model).
+    pub work_stealing: bool,
     pub shutdown_grace: Duration,
     pub version_header: Option<HeaderName>,
     pub access_log: AccessLogFormat,

@@ -110,6 +110,16 @@ fn bad_values_name_their_key() {
 }
 
 #[test]
+fn work_stealing_is_off_unless_asked_and_a_wrong_type_names_the_key() {
+    let off = parse(Path::new("gateway.toml"), GOOD).expect("valid");
+    assert!(!off.config.server.work_stealing);
+    let text = GOOD.replace("[server]\n", "[server]\nwork_stealing = true\n");
+    assert!(parse(Path::new("gateway.toml"), &text).expect("valid").config.server.work_stealing);
+    let errs = errors(&GOOD.replace("[server]\n", "[server]\nwork_stealing = \"yes\"\n"));
+    assert!(errs.iter().any(|e| e.starts_with("gateway.toml:3: server.work_stealing")), "{errs:#?}");
+}
+
+#[test]
 fn syntax_errors_have_a_line() {
     let errs = errors("[server]\nlisten = [\n");
     assert!(!errs.is_empty());

@@ -256,6 +256,10 @@ fn validate_server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
             2
         }
     };
+    // Off by default: one single-threaded runtime per thread did 13% more
+    // requests per second than Pingora's work-stealing runtime on the load
+    // benchmark (benches/README.md).
+    let work_stealing = f.work_stealing.as_ref().is_some_and(|w| *w.get_ref());
     let shutdown_grace = duration_or(d, "server.shutdown_grace", &f.shutdown_grace, Duration::from_secs(30));
     let version_header = f.version_header.as_ref().and_then(|h| {
         HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes())
@@ -292,7 +296,7 @@ fn validate_server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
             }
         },
     };
-    ServerSettings { listen, threads, shutdown_grace, version_header, access_log, read_buffer, tls }
+    ServerSettings { listen, threads, work_stealing, shutdown_grace, version_header, access_log, read_buffer, tls }
 }
 
 fn validate_admin(d: &mut Diagnostics, f: AdminFile) -> AdminSettings {

@@ -126,6 +126,10 @@ pub fn line_of(source: &str, offset: usize) -> usize {
     source.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
 }
 
+fn is_bare_key(word: &str) -> bool {
+    !word.is_empty() && word.len() < 64 && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,8 +152,4 @@ mod tests {
         assert_eq!(line_of(src, 2), 2);
         assert_eq!(line_of(src, 4), 3);
     }
-}
-
-fn is_bare_key(word: &str) -> bool {
-    !word.is_empty() && word.len() < 64 && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }

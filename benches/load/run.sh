@@ -323,7 +323,13 @@ stop_proxy() { # name pid
 }
 wrk_run() { # name seconds outfile: wrk, or openloop with --rate; both print one BENCH_RESULT line
     if [[ -n "$RATE" ]]; then
-        taskset -c "$LOAD_CPUS" "$OPENLOOP_BIN" --url "http://127.0.0.1:${PORT[$1]}/cart" --rate "$RATE" \
+        # openloop shares its CPUs with the backends; when they get busy (a
+        # 100% shadow doubles their work), a normal-priority generator sends
+        # late and measures itself. It sleeps between sends, so a real-time
+        # priority costs the backends little and keeps the schedule (root only).
+        local prio=()
+        ((EUID == 0)) && command -v chrt >/dev/null && prio=(chrt -f 10)
+        taskset -c "$LOAD_CPUS" "${prio[@]}" "$OPENLOOP_BIN" --url "http://127.0.0.1:${PORT[$1]}/cart" --rate "$RATE" \
             --duration "$2" --connections "$CONNS" --timeout-ms 2000 --users 1000000 >"$3" 2>&1 || true
         # The generator's own schedule slip: then the figures measure openloop, not the proxy.
         grep '^openloop: WARNING' "$3" >&2 || true

@@ -78,6 +78,9 @@ fn main() -> ExitCode {
         upgrade_sock: format!("{}.sock", tag.display()),
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
+        // The gateway's default (`server.work_stealing = false`), so the
+        // ceiling runs on the same runtime model.
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);

@@ -67,7 +67,7 @@ impl ShadowEngine {
         }
         let store = Arc::new(DiffStore::open(&spec.path, spec.retention)?);
         store.set_redacted_headers(spec.redact_headers.iter());
-        let writer = store.writer(spec.queue);
+        let writer = store.writer_with_budget(spec.queue, Some(spec.store_per_second).filter(|n| *n > 0));
         *open = Some(OpenStore { store, writer });
         Ok(())
     }

@@ -117,6 +117,7 @@ fn record(job: &ShadowJob, outcome: &str, diffs: Vec<StoredDiff>, other: &Answer
         stable_latency_ms: stable.latency.as_secs_f64() * 1000.0,
         canary_latency_ms: canary.latency.as_secs_f64() * 1000.0,
         outcome: outcome.to_string(),
+        weight: 1,
         diffs,
         request_headers,
         request_body: body_text(&job.body, job.max_stored_body),

@@ -68,6 +68,11 @@ pub struct DiffRecord {
     pub canary_latency_ms: f64,
     /// One of [`outcome`].
     pub outcome: String,
+    /// How many comparisons this record stands for: itself plus the records
+    /// of its route and kind that came after it and were counted but not
+    /// stored, past `shadow.store_per_second`. Summaries add weights, not
+    /// rows. 0 reads as 1.
+    pub weight: u64,
     pub diffs: Vec<StoredDiff>,
     pub request_headers: Vec<(String, String)>,
     /// Lossy UTF-8, see [`body_text`].
@@ -148,6 +153,7 @@ CREATE TABLE IF NOT EXISTS shadow_records (
     stable_latency_ms REAL NOT NULL,
     canary_latency_ms REAL NOT NULL,
     outcome TEXT NOT NULL,
+    weight INTEGER NOT NULL DEFAULT 1,
     diff_count INTEGER NOT NULL,
     request_headers TEXT NOT NULL,
     -- Bodies last: queries that stop before them never read their overflow pages.
@@ -167,7 +173,12 @@ CREATE TABLE IF NOT EXISTS shadow_diffs (
     PRIMARY KEY (record_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS shadow_diffs_path ON shadow_diffs (path, record_id);
-PRAGMA user_version = 1;
+";
+
+/// Stores written before records had a weight get the column (every old
+/// record stood for itself).
+const MIGRATIONS: &str = "
+ALTER TABLE shadow_records ADD COLUMN weight INTEGER NOT NULL DEFAULT 1;
 ";
 
 pub(super) fn sql_err(what: &str) -> impl FnOnce(rusqlite::Error) -> String + '_ {
@@ -186,6 +197,15 @@ pub(super) fn connect(path: &Path, write: bool) -> Result<Connection, String> {
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(sql_err("pragmas"))?;
         conn.execute_batch(SCHEMA).map_err(sql_err("schema"))?;
+        let has_weight: bool = conn
+            .query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('shadow_records') WHERE name = 'weight'", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql_err("schema"))?;
+        if !has_weight {
+            conn.execute_batch(MIGRATIONS).map_err(sql_err("migration"))?;
+        }
+        conn.execute_batch("PRAGMA user_version = 2;").map_err(sql_err("schema"))?;
     } else {
         conn.execute_batch("PRAGMA query_only = ON;").map_err(sql_err("pragmas"))?;
     }
@@ -252,8 +272,8 @@ fn insert(tx: &Transaction<'_>, r: &DiffRecord) -> rusqlite::Result<i64> {
     tx.prepare_cached(
         "INSERT INTO shadow_records (at_ms, route, request_id, method, path, primary_version, stable_status,
              canary_status, stable_latency_ms, canary_latency_ms, outcome, diff_count, request_headers,
-             request_body, stable_body, canary_body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             request_body, stable_body, canary_body, weight)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         r.at_unix_ms,
@@ -272,6 +292,7 @@ fn insert(tx: &Transaction<'_>, r: &DiffRecord) -> rusqlite::Result<i64> {
         r.request_body,
         r.stable_body,
         r.canary_body,
+        i64::try_from(r.weight.max(1)).unwrap_or(i64::MAX),
     ])?;
     let id = tx.last_insert_rowid();
     let mut stmt = tx.prepare_cached(

@@ -64,8 +64,8 @@ impl DiffStore {
         let conn = self.read();
         let since = since_unix_ms.unwrap_or(i64::MIN);
         let mut sql = format!(
-            "SELECT route, COUNT(*), SUM(outcome = '{}'), SUM(outcome = '{}'), SUM(outcome = '{}'),
-                    SUM(outcome = '{}'), SUM(outcome = '{}')
+            "SELECT route, SUM(weight), SUM((outcome = '{}') * weight), SUM((outcome = '{}') * weight),
+                    SUM((outcome = '{}') * weight), SUM((outcome = '{}') * weight), SUM((outcome = '{}') * weight)
              FROM shadow_records WHERE at_ms >= ?1",
             outcome::IDENTICAL,
             outcome::DIFFERENT,
@@ -97,7 +97,9 @@ impl DiffStore {
             .map_err(sql_err("summary"))?;
         let mut paths = conn
             .prepare_cached(
-                "SELECT d.path, COUNT(DISTINCT d.record_id), SUM(d.noise) * 2 > COUNT(*), MAX(d.record_id)
+                // A path appears at most once per record (the diff walks each
+                // field once), so summing the records' weights counts requests.
+                "SELECT d.path, SUM(r.weight), SUM(d.noise) * 2 > COUNT(*), MAX(d.record_id)
                  FROM shadow_records r JOIN shadow_diffs d ON d.record_id = r.id
                  WHERE r.route = ?1 AND r.at_ms >= ?2
                  GROUP BY d.path ORDER BY 2 DESC, d.path LIMIT ?3",
@@ -174,7 +176,7 @@ impl DiffStore {
             .prepare_cached(
                 "SELECT id, at_ms, route, request_id, method, path, primary_version, stable_status,
                         canary_status, stable_latency_ms, canary_latency_ms, outcome, request_headers,
-                        request_body, stable_body, canary_body
+                        request_body, stable_body, canary_body, weight
                  FROM shadow_records WHERE id = ?1",
             )
             .and_then(|mut stmt| stmt.query_row([id], record_row).optional())
@@ -220,5 +222,6 @@ fn record_row(row: &Row<'_>) -> rusqlite::Result<DiffRecord> {
         request_body: row.get(13)?,
         stable_body: row.get(14)?,
         canary_body: row.get(15)?,
+        weight: u64::try_from(row.get::<_, i64>(16)?).unwrap_or(1),
     })
 }

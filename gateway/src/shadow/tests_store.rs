@@ -25,6 +25,7 @@ fn record(route: &str, at: i64, outcome: &str, diff_paths: &[(&str, bool)]) -> D
         stable_latency_ms: 12.5,
         canary_latency_ms: 14.0,
         outcome: outcome.into(),
+        weight: 1,
         diffs: diff_paths
             .iter()
             .map(|(p, noise)| StoredDiff {
@@ -240,4 +241,67 @@ fn opening_an_unwritable_path_is_an_error() {
     std::fs::write(&file, b"x").expect("write");
     let err = DiffStore::open(&file.join("shadow.db"), Retention::default()).err().expect("cannot open");
     assert!(err.contains("not-a-dir"), "{err}");
+}
+
+#[test]
+fn past_the_store_budget_records_are_counted_not_stored_and_the_summary_stays_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir, Retention::default());
+    let writer = store.writer_with_budget(4096, Some(5));
+    let now = now_unix_ms();
+    // A busy route: every answer differs at $.version, a third also at $.items[2].price.
+    for i in 0..1200 {
+        let paths: &[(&str, bool)] =
+            if i % 3 == 0 { &[("$.version", false), ("$.items[2].price", false)] } else { &[("$.version", false)] };
+        assert!(writer.try_send(record("cart", now + i, outcome::DIFFERENT, paths)));
+    }
+    for i in 0..300 {
+        assert!(writer.try_send(record("cart", now + 2000 + i, outcome::IDENTICAL, &[])));
+    }
+    // A quiet route keeps its own budget: its one difference is stored.
+    assert!(writer.try_send(record("search", now, outcome::DIFFERENT, &[("$.rank", false)])));
+    writer.flush().expect("flush");
+    assert_eq!(writer.dropped(), 0);
+
+    let stored = store.list(None, None, None, 10_000).expect("list");
+    assert!(stored.len() <= 20, "the disk saw a bounded number of rows: {}", stored.len());
+    assert!(stored.iter().any(|r| r.route == "search"));
+    assert!(stored.iter().any(|r| r.outcome == outcome::IDENTICAL), "identical answers keep examples too");
+
+    let summary = store.summary(Some("cart"), None).expect("summary");
+    let cart = &summary[0];
+    assert_eq!((cart.shadowed, cart.different, cart.identical), (1500, 1200, 300));
+    let version = cart.paths.iter().find(|p| p.path == "$.version").expect("$.version");
+    assert_eq!(version.count, 1200);
+    assert!((version.rate - 0.8).abs() < 1e-9, "{}", version.rate);
+    // Sampled, the rarer path is an estimate: each stored record stands for the ones after it.
+    let price = cart.paths.iter().find(|p| p.path == "$.items[2].price").expect("price");
+    assert!(price.count <= 1200, "{}", price.count);
+}
+
+#[test]
+fn a_store_written_before_weights_existed_is_migrated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shadow.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE shadow_records (id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL,
+                route TEXT NOT NULL, request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+                primary_version TEXT NOT NULL, stable_status INTEGER NOT NULL, canary_status INTEGER NOT NULL,
+                stable_latency_ms REAL NOT NULL, canary_latency_ms REAL NOT NULL, outcome TEXT NOT NULL,
+                diff_count INTEGER NOT NULL, request_headers TEXT NOT NULL, request_body TEXT NOT NULL,
+                stable_body TEXT NOT NULL, canary_body TEXT NOT NULL);
+             INSERT INTO shadow_records VALUES (1, 1000, 'cart', 'r1', 'GET', '/cart', 'stable', 200, 200, 1.0,
+                1.0, 'identical', 0, '[]', '', '{}', '{}');
+             PRAGMA user_version = 1;",
+        )
+        .expect("old schema");
+    }
+    let store = Arc::new(
+        DiffStore::open(&path, Retention { max_age: Duration::from_secs(u64::MAX / 4_000), ..Retention::default() })
+            .expect("open"),
+    );
+    let summary = store.summary(Some("cart"), None).expect("summary");
+    assert_eq!((summary[0].shadowed, summary[0].identical), (1, 1), "the old record counts once");
 }

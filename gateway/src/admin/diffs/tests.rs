@@ -36,6 +36,7 @@ fn record() -> DiffRecord {
         stable_latency_ms: 1.25,
         canary_latency_ms: 2.5,
         outcome: "different".into(),
+        weight: 1,
         diffs: vec![
             StoredDiff { path: "$.items[2].price".into(), stable: json!(10), canary: json!(12), noise: false },
             StoredDiff { path: "$.ts".into(), stable: json!(1), canary: json!(2), noise: true },

@@ -273,6 +273,26 @@ impl Gateway {
         }
     }
 
+    /// `GET /metrics` once no request is in flight. A request's counters are
+    /// written in its logging phase, just after the client has its answer,
+    /// so a scrape right after a response may not show that request yet.
+    pub async fn settled_metrics(&self) -> String {
+        let mut text = String::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let resp = self.admin_request(reqwest::Method::GET, "/metrics").send().await;
+            text = match resp {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if text.lines().any(|l| l == "gateway_requests_in_flight 0") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        text
+    }
+
     /// Waits until `predicate` holds, or panics naming `what` with the log
     /// tail; see [`crate::wait_until`].
     pub async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, predicate: F)

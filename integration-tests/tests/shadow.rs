@@ -168,8 +168,7 @@ async fn past_max_in_flight_shadows_are_dropped_and_counted() {
     for i in 0..10 {
         assert_eq!(get(&gateway, &format!("u{i}")).await, 200);
     }
-    let text =
-        gateway.admin_request(reqwest::Method::GET, "/metrics").send().await.expect("m").text().await.expect("t");
+    let text = gateway.settled_metrics().await;
     let dropped: u64 = text
         .lines()
         .find(|l| l.starts_with("gateway_shadow_requests_total{outcome=\"dropped\",route=\"cart\"}"))

@@ -213,6 +213,17 @@ fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
     if started.state_path != new.state_path {
         out.push("state.path".to_string());
     }
+    // Bound when the diff store is opened (README, [shadow]).
+    let (a, b) = (&started.shadow_store, &new.shadow_store);
+    let store_changes = [
+        (a.path != b.path, "shadow.store"),
+        (a.retention.max_age != b.retention.max_age, "shadow.max_age"),
+        (a.retention.max_records != b.retention.max_records, "shadow.max_records"),
+        (a.queue != b.queue, "shadow.queue"),
+        (a.store_per_second != b.store_per_second, "shadow.store_per_second"),
+        (a.redact_headers != b.redact_headers, "shadow.redact_headers"),
+    ];
+    out.extend(store_changes.iter().filter(|(changed, _)| *changed).map(|(_, key)| key.to_string()));
     out.extend(crate::tls::restart_needed(started.server.tls.as_ref(), new.server.tls.as_ref()));
     out
 }
@@ -231,6 +242,30 @@ fn forget_removed_series(metrics: &Metrics, old: &Snapshot, new: &Snapshot) {
             if !kept {
                 metrics.forget_backend(name, b.addr);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> GatewayConfig {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\n{extra}\n[upstreams.v1]\nbackends = [\"127.0.0.1:9001\"]\n\n\
+             [[routes]]\nname = \"cart\"\npath_prefix = \"/cart\"\nstable = \"v1\"\n"
+        );
+        crate::config::parse(std::path::Path::new("gateway.toml"), &text).expect("valid").config
+    }
+
+    #[test]
+    fn settings_bound_at_start_are_reported_when_a_reload_changes_them() {
+        let started = config("");
+        assert!(restart_needed(&started, &config("")).is_empty());
+        let changed = config("work_stealing = true\n[shadow]\nstore_per_second = 5\nqueue = 10");
+        let keys = restart_needed(&started, &changed);
+        for key in ["server.work_stealing", "shadow.store_per_second", "shadow.queue"] {
+            assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
         }
     }
 }

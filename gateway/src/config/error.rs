@@ -99,20 +99,22 @@ impl<'a> Diagnostics<'a> {
     }
 
     fn bare_key_at(&self, span: &Range<usize>) -> Option<String> {
+        // A span over a value of the wrong type (`threads = "two"`, `threads =
+        // true`): the key is the word before the `=` that precedes it on its
+        // line. Checked first, so a bare value like `true` is not taken for a key.
+        if let Some(key) = self.key_before(span) {
+            return Some(key);
+        }
         let text = self.source.get(span.clone())?;
-        let is_key = !text.is_empty()
-            && text.len() < 64
-            && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        // A span over `key = value` lines starts with the key itself.
-        if is_key {
+        // A span over a key, or over `key = value` lines, starts with the key itself.
+        if is_bare_key(text) {
             return Some(text.to_string());
         }
         let first = text.split(['=', ' ', '\n']).next()?.trim();
-        if is_bare_key(first) && text.contains('=') {
-            return Some(first.to_string());
-        }
-        // A span over a value of the wrong type (`threads = "two"`): the key
-        // is the word before the `=` that precedes it on its line.
+        (is_bare_key(first) && text.contains('=')).then(|| first.to_string())
+    }
+
+    fn key_before(&self, span: &Range<usize>) -> Option<String> {
         let line_start = self.source.get(..span.start)?.rfind('\n').map_or(0, |i| i + 1);
         let before = self.source.get(line_start..span.start)?.trim_end().strip_suffix('=')?;
         let key = before.rsplit([' ', '{', ',', '\t']).find(|w| !w.is_empty())?.trim();

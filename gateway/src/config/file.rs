@@ -139,7 +139,7 @@ pub struct ShadowStoreFile {
     pub max_age: Option<Sp<String>>,
     pub max_records: Option<Sp<i64>>,
     pub queue: Option<Sp<i64>>,
-    /// Records stored per second per route and kind (identical / not); the
+    /// Records stored per second per route and outcome; the
     /// rest are counted into the next stored record's weight.
     pub store_per_second: Option<Sp<i64>>,
     pub max_stored_body: Option<Sp<String>>,

@@ -257,7 +257,7 @@ pub struct ShadowStoreSpec {
     pub path: PathBuf,
     pub retention: crate::shadow::Retention,
     pub queue: usize,
-    /// At most this many records stored per second per route and kind.
+    /// At most this many records stored per second per route and outcome.
     pub store_per_second: u32,
     pub max_stored_body: usize,
     pub redact_headers: Vec<String>,

@@ -115,8 +115,12 @@ fn work_stealing_is_off_unless_asked_and_a_wrong_type_names_the_key() {
     assert!(!off.config.server.work_stealing);
     let text = GOOD.replace("[server]\n", "[server]\nwork_stealing = true\n");
     assert!(parse(Path::new("gateway.toml"), &text).expect("valid").config.server.work_stealing);
-    let errs = errors(&GOOD.replace("[server]\n", "[server]\nwork_stealing = \"yes\"\n"));
-    assert!(errs.iter().any(|e| e.starts_with("gateway.toml:3: server.work_stealing")), "{errs:#?}");
+    for wrong in ["\"yes\"", "1"] {
+        let errs = errors(&GOOD.replace("[server]\n", &format!("[server]\nwork_stealing = {wrong}\n")));
+        assert!(errs.iter().any(|e| e.starts_with("gateway.toml:3: server.work_stealing:")), "{errs:#?}");
+    }
+    let errs = errors(&GOOD.replace("[server]\n", "[server]\nthreads = true\n"));
+    assert!(errs.iter().any(|e| e.starts_with("gateway.toml:3: server.threads:")), "{errs:#?}");
 }
 
 #[test]

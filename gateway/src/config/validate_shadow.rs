@@ -12,13 +12,13 @@ use super::validate::resolve;
 use super::values;
 use crate::shadow::{DiffOptions, Retention};
 
-/// Methods that change state: mirroring them repeats the side effect on the other version.
-/// Per route and kind: enough examples for QA, and a disk write rate that
+/// Per route and outcome: enough examples for QA, and a disk write rate that
 /// stays small under a 100% shadow on a busy route. At 5,000 stored records a
 /// second the SQLite writes stalled the whole (virtual) machine for
 /// milliseconds; see benches/README.md, variant c.
 const DEFAULT_STORE_PER_SECOND: u32 = 100;
 
+/// Methods that change state: mirroring them repeats the side effect on the other version.
 const UNSAFE: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 
 pub fn route_shadow(d: &mut Diagnostics, key: &str, f: &Sp<ShadowFile>) -> Option<Arc<ShadowSpec>> {

@@ -66,11 +66,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
         let mut shutdown = shutdown.clone();
         let mut carried: Option<HttpPersistentSettings> = None;
-        let mut first = true;
         loop {
-            if !first && *shutdown.borrow() {
-                return; // draining: an idle connection is closed, not reused
-            }
             if !next_request_arrives(&mut stream, &mut shutdown).await {
                 return;
             }
@@ -83,7 +79,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
                     session.set_keepalive_reuses_remaining(limit);
                 }
             }
-            first = false;
             let Some(reused) = self.inner.process_new_http(session, &shutdown).await else {
                 return;
             };
@@ -94,12 +89,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
 
 /// Wait, holding nothing but the stream, until the client sends the first
 /// byte of its next request. False on close, error, keep-alive timeout or
-/// shutdown. The peeked byte is put back, so the session parses it. Streams
+/// shutdown; a request that has already arrived wins over shutdown (served,
+/// then the session closes the connection, like Pingora's own loop). The peeked byte is put back, so the session parses it. Streams
 /// that cannot peek (TLS) return at once and the session's own read waits.
 async fn next_request_arrives(stream: &mut Stream, shutdown: &mut ShutdownWatch) -> bool {
     let mut first_byte = [0u8; 1];
     let wait = pingora_timeout::timeout(Duration::from_secs(KEEPALIVE_SECS), stream.try_peek(&mut first_byte));
     tokio::select! {
+        biased;
         peeked = wait => matches!(peeked, Ok(Ok(_))),
         _ = shutdown_signalled(shutdown) => false,
     }

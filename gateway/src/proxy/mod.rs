@@ -396,8 +396,12 @@ fn forwarded_for(previous: Option<&HeaderValue>, peer: IpAddr) -> String {
 fn ensure_request_id(req: &mut RequestHeader) -> String {
     let existing =
         req.headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 128);
-    if let Some(id) = existing {
-        return id.to_string();
+    if let Some(id) = existing.map(str::to_string) {
+        // One id upstream, like the one we log: drop any further copies.
+        if req.headers.get_all("x-request-id").iter().nth(1).is_some() {
+            let _ = req.insert_header("x-request-id", id.as_str());
+        }
+        return id;
     }
     let id = request_id::new_request_id();
     // A fresh hex id is always a valid header value.

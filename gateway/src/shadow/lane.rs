@@ -10,8 +10,12 @@
 //! finish its time slice (milliseconds) before a waking proxy thread runs,
 //! which measured as a 5x primary p99 at 5,000 req/s (benches/README.md).
 //! Shadows that cannot keep up pile up to `max_in_flight` and the rest are
-//! dropped and counted (`gateway_shadow_dropped_total`), instead of queueing
-//! behind, or in front of, real requests. Health checks and reloads stay on
+//! dropped and counted (`gateway_shadow_requests_total{outcome="dropped"}`),
+//! instead of queueing behind, or in front of, real requests. One caveat:
+//! handing a job to the lane takes the lane runtime's queue lock for a moment;
+//! if the lane is preempted holding it while more normal-priority threads
+//! than CPUs are runnable, a proxy thread can wait for it. Keep
+//! `server.threads` at or below the CPUs the gateway gets. Health checks and reloads stay on
 //! the control plane at normal priority, so a busy shadow lane cannot delay
 //! them either.
 

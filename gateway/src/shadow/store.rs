@@ -69,7 +69,7 @@ pub struct DiffRecord {
     /// One of [`outcome`].
     pub outcome: String,
     /// How many comparisons this record stands for: itself plus the records
-    /// of its route and kind that came after it and were counted but not
+    /// of its route and outcome that came after it and were counted but not
     /// stored, past `shadow.store_per_second`. Summaries add weights, not
     /// rows. 0 reads as 1.
     pub weight: u64,

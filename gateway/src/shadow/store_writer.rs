@@ -1,12 +1,13 @@
 //! The store's writer: a bounded queue that never blocks the caller, drained
 //! by one background thread (SQLite calls block) in batched transactions.
 //!
-//! Past `shadow.store_per_second` records per route and kind (identical
-//! answers, or anything else), records are counted instead of stored: the
-//! next stored record of that route and kind carries their number in its
-//! `weight`, so summaries stay exact counts of comparisons while the disk
-//! sees a bounded write rate. Rare differences are not crowded out by
-//! identical answers, because each kind has its own budget.
+//! Past `shadow.store_per_second` records per route and outcome, records are
+//! counted instead of stored: they are added to the `weight` of the newest
+//! stored record of that route and outcome, so the summary's outcome counts
+//! stay exact counts of comparisons while the disk sees a bounded write rate.
+//! Rare outcomes (errors, timeouts, differences) are not crowded out by
+//! identical answers, because each outcome has its own budget. Per-path
+//! counts become estimates once records are skipped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +49,7 @@ impl DiffStore {
     }
 
     /// Like [`writer`](Self::writer), storing at most `per_second` records per
-    /// route and kind (`None`: every record).
+    /// route and outcome (`None`: every record).
     pub fn writer_with_budget(self: &Arc<Self>, queue: usize, per_second: Option<u32>) -> DiffWriter {
         let (tx, rx) = mpsc::sync_channel(queue);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -109,11 +110,11 @@ impl DiffWriter {
     }
 }
 
-/// Token buckets per (route, identical?), and what each key skipped since
-/// its last stored record.
+/// Token buckets per (route, outcome), and what each key skipped since its
+/// last stored record.
 pub(super) struct StoreBudget {
     per_second: Option<f64>,
-    keys: HashMap<(String, bool), Bucket>,
+    keys: HashMap<(String, String), Bucket>,
 }
 
 struct Bucket {
@@ -126,8 +127,8 @@ struct Bucket {
     skipped: u64,
 }
 
-fn key_of(record: &DiffRecord) -> (String, bool) {
-    (record.route.clone(), record.outcome == super::store::outcome::IDENTICAL)
+fn key_of(record: &DiffRecord) -> (String, String) {
+    (record.route.clone(), record.outcome.clone())
 }
 
 impl StoreBudget {
@@ -176,9 +177,16 @@ impl StoreBudget {
     pub(super) fn write_skipped(&mut self, conn: &Connection) -> Result<(), String> {
         for bucket in self.keys.values_mut().filter(|b| b.skipped > 0) {
             let Some(id) = bucket.last_id else { continue };
-            let n = i64::try_from(std::mem::take(&mut bucket.skipped)).unwrap_or(i64::MAX);
-            conn.execute("UPDATE shadow_records SET weight = weight + ?1 WHERE id = ?2", [n, id])
+            let n = i64::try_from(bucket.skipped).unwrap_or(i64::MAX);
+            let updated = conn
+                .execute("UPDATE shadow_records SET weight = weight + ?1 WHERE id = ?2", [n, id])
                 .map_err(super::store::sql_err("weight"))?;
+            if updated == 0 {
+                // Retention removed that record: these comparisons are older
+                // than what the store keeps anyway.
+                bucket.last_id = None;
+            }
+            bucket.skipped = 0;
         }
         Ok(())
     }

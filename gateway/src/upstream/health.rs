@@ -55,7 +55,9 @@ pub async fn run(snapshots: SnapshotHandle, mut shutdown: tokio::sync::watch::Re
                     continue;
                 }
                 *due = now + spec.interval;
-                let built_from = format!("{spec:?} {:?}", pool.tls);
+                // The CA bundle enters by its hash, not its (large) Debug text.
+                let tls = pool.tls.as_ref().map(|t| (&t.sni, t.verify, t.ca_key));
+                let built_from = format!("{spec:?} {tls:?}");
                 let key = (pool.name.clone(), backend.addr);
                 let check = match checks.get(&key) {
                     Some(cached) if cached.built_from == built_from => Some(Arc::clone(&cached.check)),

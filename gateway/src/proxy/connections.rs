@@ -89,9 +89,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
 
 /// Wait, holding nothing but the stream, until the client sends the first
 /// byte of its next request. False on close, error, keep-alive timeout or
-/// shutdown; a request that has already arrived wins over shutdown (served,
-/// then the session closes the connection, like Pingora's own loop). The peeked byte is put back, so the session parses it. Streams
-/// that cannot peek (TLS) return at once and the session's own read waits.
+/// shutdown. A request that has already arrived wins over shutdown: it is
+/// served and, as in Pingora's own loop, the proxy then answers without
+/// keep-alive. The peeked byte is put back, so the session parses it.
+/// Streams that cannot peek (TLS) return at once and the session's own read
+/// waits.
 async fn next_request_arrives(stream: &mut Stream, shutdown: &mut ShutdownWatch) -> bool {
     let mut first_byte = [0u8; 1];
     let wait = pingora_timeout::timeout(Duration::from_secs(KEEPALIVE_SECS), stream.try_peek(&mut first_byte));

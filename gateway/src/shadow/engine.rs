@@ -24,9 +24,8 @@ pub struct ShadowEngine {
     store: Mutex<Option<OpenStore>>,
     pub noise: NoiseTracker,
     pub(super) connector: Connector,
-    /// Jobs for the shadow lane, which is started with the first shadowed config.
-    handoff: Arc<super::lane::Handoff>,
-    lane_started: OnceLock<()>,
+    /// The shadow lane's runtime, started with the first shadowed config.
+    runtime: OnceLock<tokio::runtime::Handle>,
     pub(super) metrics: Arc<Metrics>,
     in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
@@ -46,8 +45,7 @@ impl ShadowEngine {
             store: Mutex::new(None),
             noise: NoiseTracker::new(),
             connector: Connector::new(None),
-            handoff: Arc::new(super::lane::Handoff::new(super::lane::HANDOFF_CAPACITY)),
-            lane_started: OnceLock::new(),
+            runtime: OnceLock::new(),
             metrics,
             in_flight: Mutex::new(HashMap::new()),
         }
@@ -57,9 +55,8 @@ impl ShadowEngine {
     /// when a config with a shadowed route is loaded (off the request path).
     /// The store's path is fixed from then on, like the state file.
     pub fn ensure_started(&self, spec: &ShadowStoreSpec) -> Result<(), String> {
-        if self.lane_started.get().is_none() {
-            super::lane::start(Arc::clone(&self.handoff))?;
-            let _ = self.lane_started.set(());
+        if self.runtime.get().is_none() {
+            let _ = self.runtime.set(super::lane::start()?);
         }
         let mut open = self.store.lock().unwrap_or_else(|p| p.into_inner());
         if open.is_some() {
@@ -119,15 +116,16 @@ impl ShadowEngine {
     /// Run a shadow off the request path, on the shadow lane. Without a lane
     /// (no shadowed config loaded yet) the shadow is dropped and counted.
     pub fn submit(self: &Arc<Self>, job: ShadowJob, reservation: Reservation) -> bool {
-        if self.lane_started.get().is_none() {
-            return false;
+        match self.runtime.get() {
+            Some(rt) => {
+                let engine = Arc::clone(self);
+                rt.spawn(async move {
+                    run_job(&engine, job).await;
+                    drop(reservation);
+                });
+                true
+            }
+            None => false,
         }
-        let engine = Arc::clone(self);
-        let work: super::lane::Job = Box::pin(async move {
-            run_job(&engine, job).await;
-            drop(reservation);
-        });
-        // Full: the job (and its reservation) is dropped here, and counted by the caller.
-        self.handoff.push(work).is_ok()
     }
 }

@@ -11,44 +11,22 @@
 //! which measured as a 5x primary p99 at 5,000 req/s (benches/README.md).
 //! Shadows that cannot keep up pile up to `max_in_flight` and the rest are
 //! dropped and counted (`gateway_shadow_requests_total{outcome="dropped"}`),
-//! instead of queueing behind, or in front of, real requests.
-//!
-//! Jobs reach the lane through a lock-free queue ([`Handoff`]) that the lane
-//! polls, not through `Handle::spawn`: spawning from a proxy thread would
-//! take the lane runtime's queue lock and wake it, and a proxy thread could
-//! then wait on a lock held by a preempted lowest-priority thread. Health
-//! checks and reloads stay on the control plane at normal priority, so a
-//! busy shadow lane cannot delay them either.
+//! instead of queueing behind, or in front of, real requests. One caveat:
+//! handing a job to the lane takes the lane runtime's queue lock for a moment;
+//! if the lane is preempted holding it while more normal-priority threads
+//! than CPUs are runnable, a proxy thread can wait for it. Keep
+//! `server.threads` at or below the CPUs the gateway gets. Health checks and reloads stay on
+//! the control plane at normal priority, so a busy shadow lane cannot delay
+//! them either.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
-
-use crossbeam_queue::ArrayQueue;
-
-/// A shadow's whole work, ready to run on the lane.
-pub type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Jobs waiting for the lane. Pushing never blocks and never wakes anything.
-pub type Handoff = ArrayQueue<Job>;
-
-/// Jobs that may wait at once; beyond it a shadow is dropped and counted
-/// (each route's `max_in_flight` usually bounds them first).
-pub const HANDOFF_CAPACITY: usize = 16_384;
-
-/// How often the lane looks for jobs while they keep coming, and while idle.
-const POLL_BUSY: Duration = Duration::from_millis(1);
-const POLL_IDLE: Duration = Duration::from_millis(20);
-/// Empty polls in a row before the lane slows down to `POLL_IDLE`.
-const IDLE_AFTER: u32 = 50;
+use std::sync::mpsc;
 
 /// The nice value of the shadow lane's threads (19 = lowest priority).
 pub const SHADOW_NICE: i32 = 19;
 
-/// Start the lane's thread; it runs the jobs pushed into `handoff` for as
-/// long as the process lives. Returns the lane runtime's handle (tests).
-pub fn start(handoff: Arc<Handoff>) -> Result<tokio::runtime::Handle, String> {
+/// Start the lane's thread and return a handle to spawn shadows on. The
+/// runtime lives as long as the process.
+pub fn start() -> Result<tokio::runtime::Handle, String> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("shadow".into())
@@ -62,26 +40,11 @@ pub fn start(handoff: Arc<Handoff>) -> Result<tokio::runtime::Handle, String> {
                 }
             };
             let _ = tx.send(Ok(runtime.handle().clone()));
-            // Drive shadows forever; the process exit ends the thread.
-            runtime.block_on(drain(handoff));
+            // Drive spawned shadows forever; the process exit ends the thread.
+            runtime.block_on(std::future::pending::<()>());
         })
         .map_err(|e| format!("cannot spawn the shadow thread: {e}"))?;
     rx.recv().map_err(|_| "the shadow thread ended before its runtime started".to_string())?
-}
-
-/// Move jobs from the hand-off queue onto this runtime. Spawning here, on the
-/// lane's own thread, touches no lock a proxy thread uses.
-async fn drain(handoff: Arc<Handoff>) {
-    let mut empty_polls = 0u32;
-    loop {
-        let mut got = false;
-        while let Some(job) = handoff.pop() {
-            tokio::spawn(job);
-            got = true;
-        }
-        empty_polls = if got { 0 } else { empty_polls.saturating_add(1) };
-        tokio::time::sleep(if empty_polls > IDLE_AFTER { POLL_IDLE } else { POLL_BUSY }).await;
-    }
 }
 
 /// Give the calling thread the lowest CPU priority: `SCHED_IDLE`, and nice
@@ -143,15 +106,13 @@ mod tests {
     #[test]
     fn shadows_run_on_a_lowest_priority_thread_of_their_own() {
         let caller_nice = nice_of_this_thread();
-        let handoff = Arc::new(Handoff::new(8));
-        start(Arc::clone(&handoff)).expect("lane starts");
+        let handle = start().expect("lane starts");
         let caller = std::thread::current().id();
         let (tx, rx) = mpsc::channel();
-        let job: Job = Box::pin(async move {
+        handle.spawn(async move {
             let here = std::thread::current();
             let _ = tx.send((here.id(), here.name().map(String::from), nice_of_this_thread(), is_idle_policy()));
         });
-        assert!(handoff.push(job).is_ok());
         let (thread, name, nice, idle) = rx.recv().expect("the task ran");
         assert_ne!(thread, caller);
         assert_eq!(name.as_deref(), Some("shadow"));

@@ -46,6 +46,14 @@ pub fn free_addr() -> SocketAddr {
     free_addr_pair().0
 }
 
+/// An address where nothing listens and nothing will: a free port, but on
+/// 127.0.0.2. A free port on 127.0.0.1 is released when chosen, so a gateway
+/// started next may be handed it for its own admin listener, and a "dead"
+/// backend would then answer (seen once in CI).
+pub fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 2], free_addr().port()))
+}
+
 /// Two distinct free addresses: both listeners are held at once so the OS
 /// cannot hand out the same port twice.
 pub(crate) fn free_addr_pair() -> (SocketAddr, SocketAddr) {

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use backend::{Backend, ReceivedRequest};
-pub use binary::{free_addr, gateway_bin, run_cli, temp_dir};
+pub use binary::{dead_addr, free_addr, gateway_bin, run_cli, temp_dir};
 pub use client::{fresh_connection_client, get_json, http_client, try_get_json, ws_connect, ws_echo_once, WsStream};
 pub use gateway::Gateway;
 /// Signals for [`Gateway::signal`].

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{cart_config_with, list};
-use integration_tests::{free_addr, get_json, http_client, temp_dir, Backend, Gateway};
+use integration_tests::{dead_addr, get_json, http_client, temp_dir, Backend, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BUSY_PAGE: &str = "<html><body>cart is busy, your items are safe</body></html>";
@@ -137,7 +137,7 @@ async fn an_upstream_5xx_is_replaced_by_the_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_canary_fails_over_to_stable_for_idempotent_requests() {
     let v1 = Backend::start("cart-v1").await;
-    let dead = free_addr();
+    let dead = dead_addr();
     let config = cart_config_with(&[&v1], &[], 100.0, FALLBACK).replacen(
         "backends = []",
         &format!("backends = {}", list(&[dead])),

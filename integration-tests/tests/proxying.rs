@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{cart_config, cart_config_with, list, version_of};
-use integration_tests::{free_addr, get_json, http_client, ws_echo_once, Backend, Gateway};
+use integration_tests::{dead_addr, get_json, http_client, ws_echo_once, Backend, Gateway};
 use sha2::{Digest, Sha256};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +105,7 @@ async fn unknown_paths_get_a_small_404_page() {
 async fn a_refused_connection_is_retried_on_another_backend() {
     let (live, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
     // Nothing listens on `dead`; no health check, so only the retry saves the request.
-    let dead = free_addr();
+    let dead = dead_addr();
     let config =
         cart_config(&[&live], &[&v2], 0.0).replacen(&format!("[\"{}\"]", live.addr()), &list(&[dead, live.addr()]), 1);
     let gateway = Gateway::start(&config).await;
@@ -127,7 +127,7 @@ async fn a_pool_without_a_live_backend_answers_a_clear_error() {
     let v2 = Backend::start("cart-v2").await;
     let config = cart_config_with(&[], &[&v2], 0.0, "").replacen(
         "backends = []",
-        &format!("backends = {}", list(&[free_addr()])),
+        &format!("backends = {}", list(&[dead_addr()])),
         1,
     );
     let gateway = Gateway::start(&config).await;

@@ -383,6 +383,7 @@ fn peer_ip(session: &Session) -> IpAddr {
 fn forwarded_for(previous: Option<&HeaderValue>, peer: IpAddr) -> String {
     use std::fmt::Write;
     let previous = previous.and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    // 39 bytes: the longest textual IPv6 address.
     let mut xff = String::with_capacity(previous.map_or(0, |p| p.len() + 2) + 39);
     if let Some(p) = previous {
         xff.push_str(p);

@@ -50,21 +50,12 @@ pub async fn run(snapshots: SnapshotHandle, mut shutdown: tokio::sync::watch::Re
             for backend in &pool.backends {
                 let key = (pool.name.clone(), backend.addr);
                 live.push(key.clone());
-                let due = next_due.entry(key).or_insert(now);
+                let due = next_due.entry(key.clone()).or_insert(now);
                 if *due > now {
                     continue;
                 }
                 *due = now + spec.interval;
-                // The CA bundle enters by its hash, not its (large) Debug text.
-                let tls = pool.tls.as_ref().map(|t| (&t.sni, t.verify, t.ca_key));
-                let built_from = format!("{spec:?} {tls:?}");
-                let key = (pool.name.clone(), backend.addr);
-                let check = match checks.get(&key) {
-                    Some(cached) if cached.built_from == built_from => Some(Arc::clone(&cached.check)),
-                    _ => build_check(spec, backend.addr, pool.tls.as_ref()).inspect(|check| {
-                        checks.insert(key, CachedCheck { built_from, check: Arc::clone(check) });
-                    }),
-                };
+                let check = cached_check(&mut checks, key, spec, pool.tls.as_ref());
                 let (spec, state, pool_name, addr) =
                     (spec.clone(), backend.health.clone(), pool.name.clone(), backend.addr);
                 let metrics = snapshot.metrics.clone();
@@ -89,6 +80,24 @@ fn report(pool: &str, addr: SocketAddr, ok: bool, spec: &HealthCheckSpec, state:
         Some(false) => tracing::warn!(pool, %addr, "backend failed its health check; taken out of the pool"),
         None => {}
     }
+}
+
+/// The backend's probe from `checks`, built (again) when missing or when a
+/// reload changed its spec or TLS settings.
+fn cached_check(
+    checks: &mut HashMap<ProbeKey, CachedCheck>,
+    key: ProbeKey,
+    spec: &HealthCheckSpec,
+    tls: Option<&crate::tls::UpstreamTlsSpec>,
+) -> Option<Arc<dyn HealthCheck + Send + Sync>> {
+    // The CA bundle enters by its hash, not its (large) Debug text.
+    let built_from = format!("{spec:?} {:?}", tls.map(|t| (&t.sni, t.verify, t.ca_key)));
+    if let Some(cached) = checks.get(&key).filter(|c| c.built_from == built_from) {
+        return Some(Arc::clone(&cached.check));
+    }
+    let check = build_check(spec, key.1, tls)?;
+    checks.insert(key, CachedCheck { built_from, check: Arc::clone(&check) });
+    Some(check)
 }
 
 /// One probe; `true` when the backend answered as required.

@@ -87,6 +87,56 @@ async fn an_idle_keep_alive_connection_serves_its_next_request_and_is_closed_on_
     assert!(matches!(n, Ok(0) | Err(_)), "the idle connection is closed: {n:?}");
 }
 
+/// The JSON body of one response read by `read_one_response`.
+fn echoed(response: &str) -> serde_json::Value {
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    serde_json::from_str(body).expect("the backend's JSON echo")
+}
+
+/// The gateway reads what arrives on an idle connection in one read of up to
+/// 4 KiB and hands it back to the HTTP parser. Whatever lies past that read,
+/// or comes with it, must reach the backend intact: a body sent in the same
+/// write as the head, a head longer than the read, a body in pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_a_reused_connection_arrive_whole_whatever_their_size() {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let gateway = Gateway::start(&cart_config(&[&v1], &[&v2], 0.0)).await;
+    let mut conn = tokio::net::TcpStream::connect(gateway.listen_addr()).await.expect("connect");
+
+    // Head and a 10 KiB body in one write: the first read holds the head and
+    // part of the body.
+    let body: Vec<u8> = (0..10_240u32).map(|i| (i % 251) as u8).collect();
+    let mut post =
+        format!("POST /cart/items HTTP/1.1\r\nHost: shop\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    post.extend_from_slice(&body);
+    conn.write_all(&post).await.expect("write");
+    let echo = echoed(&read_one_response(&mut conn).await);
+    assert_eq!(echo["body_len"], 10_240);
+    assert_eq!(echo["body_sha256"], hex::encode(Sha256::digest(&body)));
+
+    // A head of 8 KiB, twice the first read, on the reused connection.
+    let cookie = "c".repeat(8 * 1024);
+    let get = format!("GET /cart HTTP/1.1\r\nHost: shop\r\nCookie: {cookie}\r\nX-Last: end\r\n\r\n");
+    conn.write_all(get.as_bytes()).await.expect("write");
+    let echo = echoed(&read_one_response(&mut conn).await);
+    assert_eq!(echo["headers"]["cookie"].as_str().map(str::len), Some(cookie.len()));
+    assert_eq!(echo["headers"]["x-last"], "end", "the header after the long one arrived");
+
+    // A chunked body in two writes with a pause between them.
+    conn.write_all(b"POST /cart/items HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.write_all(b"3\r\ndef\r\n0\r\n\r\n").await.expect("write");
+    let echo = echoed(&read_one_response(&mut conn).await);
+    assert_eq!(echo["body_len"], 6);
+    assert_eq!(echo["body_sha256"], hex::encode(Sha256::digest(b"abcdef")));
+    assert_eq!(v1.requests(), 3, "all three requests were served on the one connection");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_metrics_are_served() {
     let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);

@@ -166,3 +166,17 @@ fn the_sample_config_is_valid() {
     let loaded = load_file(&path).expect("config/gateway.toml must stay valid");
     assert!(!loaded.config.routes.is_empty());
 }
+
+#[test]
+fn read_buffer_is_none_by_default_and_takes_zero_or_one_kib_to_one_mib() {
+    let default = parse(Path::new("gateway.toml"), GOOD).expect("valid");
+    assert_eq!(default.config.server.read_buffer, 0);
+    for (value, bytes) in [("\"0\"", 0), ("\"1KiB\"", 1024), ("\"64KiB\"", 65_536)] {
+        let text = GOOD.replace("[server]\n", &format!("[server]\nread_buffer = {value}\n"));
+        assert_eq!(parse(Path::new("gateway.toml"), &text).expect("valid").config.server.read_buffer, bytes);
+    }
+    for wrong in ["\"512\"", "\"2MiB\"", "\"lots\""] {
+        let errs = errors(&GOOD.replace("[server]\n", &format!("[server]\nread_buffer = {wrong}\n")));
+        assert!(errs.iter().any(|e| e.starts_with("gateway.toml:3: server.read_buffer:")), "{wrong}: {errs:#?}");
+    }
+}

@@ -31,12 +31,13 @@ pub struct LoadedConfig {
     pub hash: String,
 }
 
-/// Big enough for a request head with cookies in one read (nginx starts with
-/// 1 KiB). Pingora's 64 KiB is zeroed by calloc and stays with every idle
-/// keep-alive connection: measured 27.1 KiB per idle connection with 64 KiB,
-/// 16.7 with 4 KiB, 13.5 with 1 KiB (benches/README.md, variant d). Larger
-/// reads (bodies, TLS records) bypass this buffer, so it costs no syscalls.
-const DEFAULT_READ_BUFFER: usize = 4 * 1024;
+/// No L4 read buffer by default: the keep-alive loop (proxy/connections.rs)
+/// reads a request's first bytes into a buffer on the stack and the session
+/// reads the rest into its own, so a per-connection buffer would only copy
+/// bytes twice and stay with every idle connection (Pingora's 64 KiB is
+/// calloc'd: 27.1 KiB per idle connection, 4 KiB: 7.7, none: 3.6;
+/// benches/README.md, variant d). Throughput was the same with 0 and 4 KiB.
+const DEFAULT_READ_BUFFER: usize = 0;
 
 const SECTIONS: &str = "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow";
 
@@ -285,9 +286,9 @@ fn validate_server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
     let read_buffer = match &f.read_buffer {
         None => DEFAULT_READ_BUFFER,
         Some(v) => match values::size(v.get_ref()) {
-            Ok(n) if (1024..=1 << 20).contains(&n) => n,
+            Ok(n) if n == 0 || (1024..=1 << 20).contains(&n) => n,
             Ok(n) => {
-                d.error(Some(v.span()), "server.read_buffer", format!("{n} bytes is outside 1KiB..=1MiB"));
+                d.error(Some(v.span()), "server.read_buffer", format!("{n} bytes: use 0 (no buffer) or 1KiB..=1MiB"));
                 DEFAULT_READ_BUFFER
             }
             Err(e) => {

@@ -7,20 +7,35 @@
 //! (about 15 KiB: the proxy state machine, boxed by `async_trait`) plus a
 //! session with a 4 KiB header buffer *before* the client has sent a byte, so
 //! an idle keep-alive connection holds them for up to a minute. Here an idle
-//! connection waits for the first byte of its next request holding only the
-//! stream; the session and the request's future are made when data arrives.
-//! Measured with 10,000 idle connections in `benches/README.md` (variant d).
-//! HTTP/2, h2c and custom protocols are handed to Pingora's loop unchanged.
+//! connection waits for its next request holding only the stream; the
+//! session and the request's future are made when data arrives. The wait
+//! reads what arrived into a buffer on the poll's stack and puts it back into
+//! the stream for the session to parse, so a connection needs no read buffer
+//! of its own (`server.read_buffer` defaults to 0) and a request still costs
+//! one read.
+//!
+//! The loop also runs in a task of its own, not in the task Pingora spawned
+//! for the connection: that task's future inlines the TLS handshake (about
+//! 9 KiB, allocated for every connection, plain TCP too) and keeps it until
+//! the connection closes. Handing the stream to a small task and returning
+//! lets Pingora's task end. Measured with 10,000 idle connections in
+//! `benches/README.md` (variant d). HTTP/2, h2c and custom protocols are
+//! handed to Pingora's loop unchanged.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as TcpStream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use prometheus::IntGauge;
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// How long an idle keep-alive connection is kept: Pingora's default.
 const KEEPALIVE_SECS: u64 = 60;
@@ -43,13 +58,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLoop<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         self.open.inc();
         // Decrements even if the connection task is cancelled at shutdown.
-        let _open = Open(self.open.clone());
+        let open = Open(self.open.clone());
         let options = self.inner.server_options();
         let special = options.is_some_and(|o| o.h2c || o.force_custom);
         if special || matches!(stream.selected_alpn_proto(), Some(ALPN::H2 | ALPN::Custom(_))) {
+            let _open = open;
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
-        self.serve_http1(stream, shutdown).await;
+        // `tokio::spawn` stays on this thread's runtime (one per proxy thread
+        // without work stealing), where Pingora placed the connection. Pingora
+        // tracks no connection task: at shutdown this one is served, waited
+        // for and cancelled exactly like the task it replaces.
+        let this = Arc::clone(self);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            this.serve_http1(stream, shutdown).await;
+        });
         None
     }
 
@@ -63,45 +88,83 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     /// front of the session. Pipelining is never enabled by the gateway, so a
     /// reused stream carries no pipelined bytes that the wait could miss
     /// (Pingora refuses reuse when bytes were over-read).
-    async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
-        let mut shutdown = shutdown.clone();
+    async fn serve_http1(&self, mut stream: Stream, mut shutdown: ShutdownWatch) {
         let mut carried: Option<HttpPersistentSettings> = None;
         loop {
-            if !next_request_arrives(&mut stream, &mut shutdown).await {
+            let Some(arrived) = next_request(stream, &mut shutdown).await else {
                 return;
-            }
-            let mut session = ServerSession::new_http1(stream);
-            match carried.take() {
-                Some(settings) => settings.apply_to_session(&mut session),
-                None => {
-                    session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
-                    let limit = self.inner.server_options().and_then(|o| o.keepalive_request_limit);
-                    session.set_keepalive_reuses_remaining(limit);
-                }
-            }
+            };
+            let session = self.session(arrived, carried.take(), &shutdown);
             let Some(reused) = self.inner.process_new_http(session, &shutdown).await else {
                 return;
             };
             (stream, carried) = reused.consume();
         }
     }
+
+    /// A plain function, not inline in the loop: a session borrowed inside an
+    /// `async fn` is kept in its future (about 700 bytes) even after it is
+    /// moved away, and that future is what every idle connection holds.
+    fn session(
+        &self,
+        stream: Stream,
+        carried: Option<HttpPersistentSettings>,
+        shutdown: &ShutdownWatch,
+    ) -> ServerSession {
+        let mut session = ServerSession::new_http1(stream);
+        match carried {
+            Some(settings) => settings.apply_to_session(&mut session),
+            None => {
+                session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
+                let limit = self.inner.server_options().and_then(|o| o.keepalive_request_limit);
+                session.set_keepalive_reuses_remaining(limit);
+            }
+        }
+        session
+    }
 }
 
-/// Wait, holding nothing but the stream, until the client sends the first
-/// byte of its next request. False on close, error, keep-alive timeout or
-/// shutdown. A request that has already arrived wins over shutdown: it is
-/// served and, as in Pingora's own loop, the proxy then answers without
-/// keep-alive. The peeked byte is put back, so the session parses it.
-/// Streams that cannot peek (TLS) return at once and the session's own read
+/// Wait, holding nothing but the stream, until the client sends its next
+/// request; the stream comes back with those bytes put back for the session
+/// to parse. None on close, error, keep-alive timeout or shutdown. A request
+/// that has already arrived wins over shutdown: it is served and, as in
+/// Pingora's own loop, the proxy then answers without keep-alive. A stream
+/// that is not plain TCP (TLS) comes back at once and the session's own read
 /// waits.
-async fn next_request_arrives(stream: &mut Stream, shutdown: &mut ShutdownWatch) -> bool {
-    let mut first_byte = [0u8; 1];
-    let wait = pingora_timeout::timeout(Duration::from_secs(KEEPALIVE_SECS), stream.try_peek(&mut first_byte));
-    tokio::select! {
-        biased;
-        peeked = wait => matches!(peeked, Ok(Ok(_))),
-        _ = shutdown_signalled(shutdown) => false,
+async fn next_request(stream: Stream, shutdown: &mut ShutdownWatch) -> Option<Stream> {
+    if !stream.as_any().is::<TcpStream>() {
+        return Some(stream);
     }
+    // Cannot fail after the check above; a failure would drop the connection.
+    let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+    let wait = pingora_timeout::timeout(Duration::from_secs(KEEPALIVE_SECS), arrival(&mut tcp));
+    let arrived = tokio::select! {
+        biased;
+        read = wait => matches!(read, Ok(Ok(true))),
+        _ = shutdown_signalled(shutdown) => false,
+    };
+    arrived.then_some(tcp as Stream)
+}
+
+/// Bytes read at once when a request arrives: Pingora's first read of a
+/// request head is as large.
+const ARRIVAL_READ: usize = 4096;
+
+/// Resolves when the client has sent something (true) or closed (false).
+/// The buffer lives on the stack of each poll, not in the future, so it costs
+/// an idle connection nothing; what was read is handed back to the stream
+/// with `rewind`, which the session's first read returns.
+fn arrival(tcp: &mut TcpStream) -> impl Future<Output = std::io::Result<bool>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut buf = [0u8; ARRIVAL_READ];
+        let mut read = ReadBuf::new(&mut buf);
+        std::task::ready!(Pin::new(&mut *tcp).poll_read(cx, &mut read))?;
+        if read.filled().is_empty() {
+            return Poll::Ready(Ok(false));
+        }
+        tcp.rewind(read.filled());
+        Poll::Ready(Ok(true))
+    })
 }
 
 /// Resolves when shutdown is signalled; never if the sender is gone.

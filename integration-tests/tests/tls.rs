@@ -164,14 +164,15 @@ stable = "app"
     )
 }
 
-/// A gateway serving `shop` (shop.test, *.shop.test) and `default` (default.test, 127.0.0.1).
+/// A gateway serving `shop` (shop.test, *.shop.test) and `default`
+/// (default.test and the TLS listener's own IP address).
 async fn start_tls_gateway(pki: &Pki, backend: &Backend, route_extra: &str) -> (Gateway, SocketAddr, Leaf, Leaf) {
     let dir = temp_dir();
+    let tls = free_addr();
     let shop = pki.leaf(&["shop.test", "*.shop.test"]);
-    let default = pki.leaf(&["default.test", "127.0.0.1"]);
+    let default = pki.leaf(&["default.test", &tls.ip().to_string()]);
     install(&dir.path().join("certs"), "shop", &shop);
     install(&dir.path().join("certs"), "default", &default);
-    let tls = free_addr();
     let gateway = Gateway::start_in(dir, "gateway.toml", &tls_config(backend.addr(), tls, route_extra)).await;
     (gateway, tls, shop, default)
 }
@@ -194,8 +195,8 @@ async fn sni_picks_the_certificate_and_h2_and_http1_both_work() {
     let (_, _, cert, _) = fetch(&h2, &format!("https://www.shop.test:{port}/")).await.expect("wildcard");
     assert!(cert == shop.der, "*.shop.test covers www.shop.test");
 
-    // An address sends no SNI: the default certificate (which lists 127.0.0.1).
-    let (status, _, cert, _) = fetch(&h2, &format!("https://127.0.0.1:{port}/")).await.expect("no SNI");
+    // An address sends no SNI: the default certificate (which lists it).
+    let (status, _, cert, _) = fetch(&h2, &format!("https://{tls}/")).await.expect("no SNI");
     assert_eq!(status, StatusCode::OK);
     assert!(cert == default.der, "a client without SNI gets the default certificate");
 

@@ -241,6 +241,9 @@ fn summary(loaded: &config::LoadedConfig) -> String {
     let mut s = format!("{}: OK (hash {})\n", c.source.display(), loaded.hash);
     let listen: Vec<String> = c.server.listen.iter().map(ToString::to_string).collect();
     s.push_str(&format!("listen {}  admin {}  threads {}\n", listen.join(", "), c.admin.listen, c.server.threads));
+    if let Some(tls) = &c.server.tls {
+        s.push_str(&tls_summary(tls, gateway::tls::certs::unix_now()));
+    }
     s.push_str("upstreams:\n");
     for u in c.upstreams.values() {
         let backends: Vec<String> = u
@@ -321,6 +324,28 @@ fn summary(loaded: &config::LoadedConfig) -> String {
                 ips.join(", ")
             ));
         }
+    }
+    s
+}
+
+/// The TLS listener and, per certificate, what ops check before a deploy:
+/// which file, which names it serves, when it expires, whether it is the
+/// default (served to clients without a matching SNI).
+fn tls_summary(tls: &gateway::tls::TlsListenerSpec, now: i64) -> String {
+    let listen: Vec<String> = tls.listen.iter().map(ToString::to_string).collect();
+    let protocols = if tls.http2 { "h2, http/1.1" } else { "http/1.1" };
+    let mut s = format!("tls listen {}  ({protocols})\n", listen.join(", "));
+    let default = tls.certs.default_entry().map(|d| d.cert_path.as_path());
+    for e in &tls.certs.entries {
+        let names = if e.names.is_empty() { "(no DNS names)".to_string() } else { e.names.join(", ") };
+        let days = (e.not_after - now).div_euclid(86_400);
+        s.push_str(&format!(
+            "  {}  {names}  expires {} (in {days} days)  serial {}{}\n",
+            e.cert_path.display(),
+            gateway::tls::certs::date(e.not_after),
+            e.serial,
+            if default == Some(e.cert_path.as_path()) { "  default" } else { "" },
+        ));
     }
     s
 }

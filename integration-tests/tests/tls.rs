@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use integration_tests::{free_addr, http_client, run_cli, temp_dir, Backend, Gateway};
+use integration_tests::{dead_addr, free_addr, http_client, run_cli, temp_dir, Backend, Gateway};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use reqwest::{Client, StatusCode, Version};
 use serde_json::Value;
@@ -372,6 +372,40 @@ async fn a_certificate_renewed_on_disk_under_load_fails_no_request() {
 }
 
 /// A config with one certificate, whose `certs` entry is on line 9.
+/// `gateway check` is what ops run before a deploy: it lists each
+/// certificate with the names it serves, its expiry and which is the default.
+#[test]
+fn gateway_check_lists_each_certificate_with_its_names_and_expiry() {
+    let pki = Pki::new();
+    let dir = temp_dir();
+    let shop = pki.leaf_with(&["shop.test", "*.shop.test"], |p| p.not_after = rcgen::date_time_ymd(2031, 3, 15));
+    let default = pki.leaf_with(&["default.test"], |p| p.not_after = rcgen::date_time_ymd(2030, 6, 1));
+    install(&dir.path().join("certs"), "shop", &shop);
+    install(&dir.path().join("certs"), "default", &default);
+    let config = dir.path().join("gateway.toml");
+    let text =
+        tls_config(dead_addr(), free_addr(), "").replace("{listen}", "127.0.0.1:1").replace("{admin}", "127.0.0.1:2");
+    write_file(&config, &text);
+
+    let out = run_cli(&["check", "-c", &config.to_string_lossy()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line =
+        |file: &str| stdout.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("{file} listed: {stdout}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let days = |unix: i64| [(unix - now).div_euclid(86_400), (unix - now).div_euclid(86_400) - 1];
+
+    let shop_line = line("shop.pem");
+    assert!(shop_line.contains("shop.test, *.shop.test  expires 2031-03-15T00:00:00Z"), "{shop_line}");
+    assert!(days(1_931_299_200).iter().any(|d| shop_line.contains(&format!("(in {d} days)"))), "{shop_line}");
+    assert!(!shop_line.ends_with("default"), "{shop_line}");
+    let default_line = line("default.pem");
+    assert!(default_line.contains("default.test  expires 2030-06-01T00:00:00Z"), "{default_line}");
+    assert!(days(1_906_502_400).iter().any(|d| default_line.contains(&format!("(in {d} days)"))), "{default_line}");
+    assert!(default_line.ends_with("default"), "the default certificate is marked: {default_line}");
+    assert!(stdout.contains("tls listen "), "{stdout}");
+}
+
 fn single_cert_config(tls: SocketAddr, backend: SocketAddr) -> String {
     format!(
         r#"[server]

@@ -335,7 +335,7 @@ fn tls_summary(tls: &gateway::tls::TlsListenerSpec, now: i64) -> String {
     let listen: Vec<String> = tls.listen.iter().map(ToString::to_string).collect();
     let protocols = if tls.http2 { "h2, http/1.1" } else { "http/1.1" };
     let mut s = format!("tls listen {}  ({protocols})\n", listen.join(", "));
-    let default = tls.certs.default_entry().map(|d| d.cert_path.as_path());
+    let default = tls.certs.default_entry();
     for e in &tls.certs.entries {
         let names = if e.names.is_empty() { "(no DNS names)".to_string() } else { e.names.join(", ") };
         let days = (e.not_after - now).div_euclid(86_400);
@@ -344,7 +344,7 @@ fn tls_summary(tls: &gateway::tls::TlsListenerSpec, now: i64) -> String {
             e.cert_path.display(),
             gateway::tls::certs::date(e.not_after),
             e.serial,
-            if default == Some(e.cert_path.as_path()) { "  default" } else { "" },
+            if default.is_some_and(|d| std::ptr::eq(d, e)) { "  default" } else { "" },
         ));
     }
     s

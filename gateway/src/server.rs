@@ -86,7 +86,7 @@ pub fn build(
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     if let Some(tls) = &cfg.server.tls {
-        crate::tls::add_listeners(&mut proxy, tls, &reloader.tls).map_err(|message| {
+        crate::tls::add_listeners(&mut proxy, tls, &reloader.tls, buffers).map_err(|message| {
             vec![ConfigError { file: config_path.to_path_buf(), line: 0, key: "server.tls".into(), message }]
         })?;
     }

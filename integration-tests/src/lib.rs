@@ -2,7 +2,8 @@
 //!
 //! Everything is real and local: [`Backend`]s are HTTP/1.1 servers on
 //! 127.0.0.1 ephemeral ports, the [`Gateway`] is the built `gateway` binary
-//! run as a child process, and clients speak plain HTTP over loopback. No
+//! run as a child process (its listeners on a loopback host of the test
+//! process's own, see `free_addr_pair`), and clients speak plain HTTP over loopback. No
 //! mocks, so a passing test means the deployed artifact behaves.
 //!
 //! ```ignore

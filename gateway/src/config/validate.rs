@@ -34,9 +34,9 @@ pub struct LoadedConfig {
 /// No L4 read buffer by default: the keep-alive loop (proxy/connections.rs)
 /// reads a request's first bytes into a buffer on the stack and the session
 /// reads the rest into its own, so a per-connection buffer would only copy
-/// bytes twice and stay with every idle connection (Pingora's 64 KiB is
-/// calloc'd: 27.1 KiB per idle connection, 4 KiB: 7.7, none: 3.6;
-/// benches/README.md, variant d). Throughput was the same with 0 and 4 KiB.
+/// bytes twice and stay with every idle connection (Pingora's 64 KiB
+/// measured 67 KiB per idle connection, none 3.65; benches/README.md,
+/// variant d). Throughput was the same with 0 and 4 KiB.
 const DEFAULT_READ_BUFFER: usize = 0;
 
 const SECTIONS: &str = "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow";

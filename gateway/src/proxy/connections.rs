@@ -85,9 +85,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLoop<A> {
 
 impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     /// The same steps as Pingora's HTTP/1 loop, with the idle wait moved in
-    /// front of the session. Pipelining is never enabled by the gateway, so a
-    /// reused stream carries no pipelined bytes that the wait could miss
-    /// (Pingora refuses reuse when bytes were over-read).
+    /// front of the session. Two assumptions, both true of the gateway:
+    /// pipelining is never enabled, so a reused stream carries no pipelined
+    /// bytes that the wait could miss (Pingora refuses reuse when bytes were
+    /// over-read); and the keep-alive timeout is always `KEEPALIVE_SECS`, the
+    /// one the wait uses (the carried settings repeat it).
     async fn serve_http1(&self, mut stream: Stream, mut shutdown: ShutdownWatch) {
         let mut carried: Option<HttpPersistentSettings> = None;
         loop {

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::protocols::ALPN;
 use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::{HttpPeer, PeerOptions};
@@ -103,6 +104,7 @@ pub fn add_listeners<A>(
     service: &mut Service<A>,
     spec: &TlsListenerSpec,
     resolver: &Arc<CertResolver>,
+    buffers: L4BufferSettings,
 ) -> Result<(), String> {
     for addr in &spec.listen {
         // Empty paths: the resolver provides every certificate.
@@ -113,7 +115,10 @@ pub fn add_listeners<A>(
         } else {
             settings.set_alpn(ALPN::H1);
         }
-        service.add_tls_with_settings(&addr.to_string(), None, settings);
+        // `server.read_buffer` here too: Pingora's own default is a 64 KiB
+        // buffer that every TLS connection would keep while idle. rustls
+        // reads 4 KiB at a time without one.
+        service.add_listener(ListenerConfig::tcp(addr.to_string()).tls(settings).l4_buffer(buffers));
     }
     Ok(())
 }

@@ -234,6 +234,105 @@ async fn sni_picks_the_certificate_and_h2_and_http1_both_work() {
     assert_eq!(proto("/plain"), "http");
 }
 
+/// Between requests an HTTP/1 TLS connection waits without a session: what
+/// arrives is read on the stack and handed to the parser by a wrapper around
+/// the TLS stream. Whatever lies past that first read, or comes with it,
+/// must reach the backend intact, on the one kept-alive connection: a body
+/// in the same write as the head, a head longer than the read, a request
+/// whose first byte comes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_a_reused_tls_connection_arrive_whole() {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+    let pki = Pki::new();
+    let backend = Backend::start("app").await;
+    let (_gateway, tls, _, _) = start_tls_gateway(&pki, &backend, "").await;
+    let mut conn = raw_tls_connection(&pki, tls, "shop.test").await;
+
+    conn.write_all(b"GET /cart HTTP/1.1\r\nHost: shop.test\r\n\r\n").await.expect("write");
+    assert_eq!(echoed(&read_one_response(&mut conn).await)["path"], "/cart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let body: Vec<u8> = (0..10_240u32).map(|i| (i % 251) as u8).collect();
+    let mut post =
+        format!("POST /cart/items HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    post.extend_from_slice(&body);
+    conn.write_all(&post).await.expect("write");
+    let echo = echoed(&read_one_response(&mut conn).await);
+    assert_eq!(echo["body_len"], 10_240);
+    assert_eq!(echo["body_sha256"], hex::encode(Sha256::digest(&body)));
+
+    let cookie = "c".repeat(8 * 1024);
+    let get = format!("GET /cart HTTP/1.1\r\nHost: shop.test\r\nCookie: {cookie}\r\nX-Last: end\r\n\r\n");
+    conn.write_all(get.as_bytes()).await.expect("write");
+    let echo = echoed(&read_one_response(&mut conn).await);
+    assert_eq!(echo["headers"]["cookie"].as_str().map(str::len), Some(cookie.len()));
+    assert_eq!(echo["headers"]["x-last"], "end", "the header after the long one arrived");
+
+    let request = b"GET /cart/last HTTP/1.1\r\nHost: shop.test\r\n\r\n";
+    conn.write_all(&request[..1]).await.expect("write the first byte");
+    conn.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.write_all(&request[1..]).await.expect("write the rest");
+    assert_eq!(echoed(&read_one_response(&mut conn).await)["path"], "/cart/last");
+    assert_eq!(backend.requests(), 4, "all four requests were served on the one connection");
+}
+
+/// A TLS connection to `addr` for `name`, trusting `pki`'s CA, offering HTTP/1.1.
+async fn raw_tls_connection(
+    pki: &Pki,
+    addr: SocketAddr,
+    name: &'static str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(pki.pem.as_bytes()).expect("CA PEM")).expect("trust the CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(name).expect("server name");
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// Reads one `Content-Length` response from a keep-alive connection.
+async fn read_one_response(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before a whole answer: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .expect("content-length");
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+/// The backend's JSON echo in a 200 answer.
+fn echoed(response: &str) -> Value {
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    serde_json::from_str(body).expect("the backend's JSON echo")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_is_redirected_to_https_on_redirect_routes() {
     let pki = Pki::new();

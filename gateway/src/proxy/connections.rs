@@ -35,6 +35,8 @@ use pingora_core::protocols::l4::stream::Stream as TcpStream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use prometheus::IntGauge;
+
+use super::arrived::Arrived;
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// How long an idle keep-alive connection is kept: Pingora's default.
@@ -130,22 +132,35 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
 /// request; the stream comes back with those bytes put back for the session
 /// to parse. None on close, error, keep-alive timeout or shutdown. A request
 /// that has already arrived wins over shutdown: it is served and, as in
-/// Pingora's own loop, the proxy then answers without keep-alive. A stream
-/// that is not plain TCP (TLS) comes back at once and the session's own read
-/// waits.
+/// Pingora's own loop, the proxy then answers without keep-alive.
+///
+/// Plain TCP streams take the bytes back themselves (`rewind`); any other
+/// stream (TLS) is wrapped once in [`Arrived`], which keeps them.
 async fn next_request(stream: Stream, shutdown: &mut ShutdownWatch) -> Option<Stream> {
-    if !stream.as_any().is::<TcpStream>() {
-        return Some(stream);
+    // The downcasts cannot fail after the `is` checks; a failure would drop
+    // the connection.
+    if stream.as_any().is::<TcpStream>() {
+        let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        return until_arrival(shutdown, arrival(&mut tcp)).await.then_some(tcp as Stream);
     }
-    // Cannot fail after the check above; a failure would drop the connection.
-    let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
-    let wait = pingora_timeout::timeout(Duration::from_secs(KEEPALIVE_SECS), arrival(&mut tcp));
-    let arrived = tokio::select! {
+    let mut wrapped = if stream.as_any().is::<Arrived>() {
+        stream.into_any().downcast::<Arrived>().ok()?
+    } else {
+        Box::new(Arrived::new(stream))
+    };
+    let wait = std::future::poll_fn(|cx| wrapped.poll_arrival(cx, &mut [0u8; ARRIVAL_READ]));
+    until_arrival(shutdown, wait).await.then_some(wrapped as Stream)
+}
+
+/// True when `arrival` finds a request within the keep-alive timeout and
+/// before shutdown (checked second, so a request already there wins).
+async fn until_arrival(shutdown: &mut ShutdownWatch, arrival: impl Future<Output = std::io::Result<bool>>) -> bool {
+    let wait = pingora_timeout::timeout(Duration::from_secs(KEEPALIVE_SECS), arrival);
+    tokio::select! {
         biased;
         read = wait => matches!(read, Ok(Ok(true))),
         _ = shutdown_signalled(shutdown) => false,
-    };
-    arrived.then_some(tcp as Stream)
+    }
 }
 
 /// Bytes read at once when a request arrives: Pingora's first read of a

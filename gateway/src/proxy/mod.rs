@@ -11,6 +11,7 @@
 //! logging         -> metrics and the access log line
 
 pub mod access_log;
+mod arrived;
 pub mod connections;
 pub mod ctx;
 pub mod phases;

@@ -1,0 +1,159 @@
+//! A stream with the first bytes of the next request put back in front of it.
+//!
+//! The keep-alive loop (`connections.rs`) waits for a request by reading
+//! what arrives into a buffer on the stack, so an idle connection holds no
+//! buffer. On plain TCP it hands those bytes back with Pingora's
+//! `l4::Stream::rewind`. A TLS stream has no such method: this wrapper holds
+//! the bytes instead, returns them first and then reads from the stream it
+//! wraps. Everything else is the wrapped stream's: its TLS and socket digests
+//! (the client address), its ID, its timing.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
+    UniqueID, UniqueIDType, ALPN,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[derive(Debug)]
+pub struct Arrived {
+    inner: Stream,
+    /// Bytes read while waiting and not yet handed to the session; emptied
+    /// (and freed) once they are.
+    head: Vec<u8>,
+    taken: usize,
+}
+
+impl Arrived {
+    pub fn new(inner: Stream) -> Self {
+        Self { inner, head: Vec::new(), taken: 0 }
+    }
+
+    /// Reads what the client has sent into a buffer on the poll's stack and
+    /// keeps it for the session: true when something arrived, false on close.
+    pub fn poll_arrival(&mut self, cx: &mut Context<'_>, stack: &mut [u8]) -> Poll<io::Result<bool>> {
+        let mut read = ReadBuf::new(stack);
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+        if read.filled().is_empty() {
+            return Poll::Ready(Ok(false));
+        }
+        self.head = read.filled().to_vec();
+        self.taken = 0;
+        Poll::Ready(Ok(true))
+    }
+}
+
+impl AsyncRead for Arrived {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.taken < self.head.len() {
+            let n = buf.remaining().min(self.head.len() - self.taken);
+            buf.put_slice(&self.head[self.taken..self.taken + n]);
+            self.taken += n;
+            if self.taken == self.head.len() {
+                self.head = Vec::new();
+                self.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Arrived {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Arrived {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Arrived {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Arrived {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Arrived {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Arrived {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Arrived {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+/// Peeking is what this wrapper replaces; the session never asks for it.
+#[async_trait]
+impl Peek for Arrived {}

@@ -40,6 +40,11 @@ impl Arrived {
     /// Reads what the client has sent into a buffer on the poll's stack and
     /// keeps it for the session: true when something arrived, false on close.
     pub fn poll_arrival(&mut self, cx: &mut Context<'_>, stack: &mut [u8]) -> Poll<io::Result<bool>> {
+        // Bytes the last session left unread are the next request's start;
+        // reading again would overwrite them.
+        if self.taken < self.head.len() {
+            return Poll::Ready(Ok(true));
+        }
         let mut read = ReadBuf::new(stack);
         std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
         if read.filled().is_empty() {

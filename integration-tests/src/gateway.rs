@@ -115,8 +115,13 @@ impl Gateway {
         }
     }
 
-    /// Waits (up to 30 s) until admin `/readyz` answers 200; panics with the
-    /// log tail if the process exits first or time runs out.
+    /// Waits (up to 30 s) until admin `/readyz` answers 200 and the proxy
+    /// listener is bound; panics with the log tail if the process exits first
+    /// or time runs out.
+    ///
+    /// Both, because `/readyz` follows Pingora's `Running` phase, which Pingora
+    /// announces while the proxy service may still be binding its listeners
+    /// (seen once: a first request refused a few milliseconds after ready).
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         let url = self.admin_url("/readyz");
@@ -126,7 +131,7 @@ impl Gateway {
             }
             let probe = self.client.get(&url).timeout(Duration::from_secs(1)).send();
             if let Ok(response) = probe.await {
-                if response.status() == reqwest::StatusCode::OK {
+                if response.status() == reqwest::StatusCode::OK && is_listening(self.listen) {
                     return;
                 }
             }
@@ -378,4 +383,19 @@ impl Drop for Gateway {
             eprintln!("{}", self.log_report());
         }
     }
+}
+
+/// Whether a socket listens on `addr`, from the kernel's table
+/// (`/proc/net/tcp`), without connecting: a connection would be seen by the
+/// gateway (counted, or blocked at accept by a test's blacklist).
+fn is_listening(addr: SocketAddr) -> bool {
+    const LISTEN: &str = "0A";
+    let std::net::IpAddr::V4(ip) = addr.ip() else { return true };
+    // The kernel prints the address as the u32 in memory order, in hex.
+    let wanted = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), addr.port());
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return true };
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&wanted.as_str()) && fields.get(3) == Some(&LISTEN)
+    })
 }

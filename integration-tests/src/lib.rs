@@ -18,6 +18,7 @@ mod binary;
 mod client;
 mod config_files;
 mod gateway;
+pub mod raw_http;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

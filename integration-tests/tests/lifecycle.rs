@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::cart_config;
+use integration_tests::raw_http::{echoed, read_one_response, send_a_body_with_its_head_and_a_long_head};
 use integration_tests::{http_client, temp_dir, Backend, Gateway, SIGTERM};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,32 +25,6 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     assert!(exit.success(), "{exit:?}");
     // And no longer accepts connections.
     assert!(http_client().get(gateway.url("/cart")).send().await.is_err());
-}
-
-/// Reads one `Content-Length` response from a keep-alive connection.
-async fn read_one_response(conn: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before a whole answer: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .expect("content-length");
-            if body.len() >= len {
-                return text;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,13 +62,6 @@ async fn an_idle_keep_alive_connection_serves_its_next_request_and_is_closed_on_
     assert!(matches!(n, Ok(0) | Err(_)), "the idle connection is closed: {n:?}");
 }
 
-/// The JSON body of one response read by `read_one_response`.
-fn echoed(response: &str) -> serde_json::Value {
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let (_, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-    serde_json::from_str(body).expect("the backend's JSON echo")
-}
-
 /// The gateway reads what arrives on an idle connection in one read of up to
 /// 4 KiB and hands it back to the HTTP parser. Whatever lies past that read,
 /// or comes with it, must reach the backend intact: a body sent in the same
@@ -106,24 +74,8 @@ async fn requests_on_a_reused_connection_arrive_whole_whatever_their_size() {
     let gateway = Gateway::start(&cart_config(&[&v1], &[&v2], 0.0)).await;
     let mut conn = tokio::net::TcpStream::connect(gateway.listen_addr()).await.expect("connect");
 
-    // Head and a 10 KiB body in one write: the first read holds the head and
-    // part of the body.
-    let body: Vec<u8> = (0..10_240u32).map(|i| (i % 251) as u8).collect();
-    let mut post =
-        format!("POST /cart/items HTTP/1.1\r\nHost: shop\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-    post.extend_from_slice(&body);
-    conn.write_all(&post).await.expect("write");
-    let echo = echoed(&read_one_response(&mut conn).await);
-    assert_eq!(echo["body_len"], 10_240);
-    assert_eq!(echo["body_sha256"], hex::encode(Sha256::digest(&body)));
-
-    // A head of 8 KiB, twice the first read, on the reused connection.
-    let cookie = "c".repeat(8 * 1024);
-    let get = format!("GET /cart HTTP/1.1\r\nHost: shop\r\nCookie: {cookie}\r\nX-Last: end\r\n\r\n");
-    conn.write_all(get.as_bytes()).await.expect("write");
-    let echo = echoed(&read_one_response(&mut conn).await);
-    assert_eq!(echo["headers"]["cookie"].as_str().map(str::len), Some(cookie.len()));
-    assert_eq!(echo["headers"]["x-last"], "end", "the header after the long one arrived");
+    // A body in the same write as its head, then a head twice the first read.
+    send_a_body_with_its_head_and_a_long_head(&mut conn, "shop").await;
 
     // A chunked body in two writes with a pause between them.
     conn.write_all(b"POST /cart/items HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use integration_tests::raw_http::{echoed, read_one_response, send_a_body_with_its_head_and_a_long_head};
 use integration_tests::{dead_addr, free_addr, http_client, run_cli, temp_dir, Backend, Gateway};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use reqwest::{Client, StatusCode, Version};
@@ -242,7 +243,6 @@ async fn sni_picks_the_certificate_and_h2_and_http1_both_work() {
 /// whose first byte comes alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_on_a_reused_tls_connection_arrive_whole() {
-    use sha2::{Digest, Sha256};
     use tokio::io::AsyncWriteExt;
     let pki = Pki::new();
     let backend = Backend::start("app").await;
@@ -253,21 +253,7 @@ async fn requests_on_a_reused_tls_connection_arrive_whole() {
     assert_eq!(echoed(&read_one_response(&mut conn).await)["path"], "/cart");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let body: Vec<u8> = (0..10_240u32).map(|i| (i % 251) as u8).collect();
-    let mut post =
-        format!("POST /cart/items HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-    post.extend_from_slice(&body);
-    conn.write_all(&post).await.expect("write");
-    let echo = echoed(&read_one_response(&mut conn).await);
-    assert_eq!(echo["body_len"], 10_240);
-    assert_eq!(echo["body_sha256"], hex::encode(Sha256::digest(&body)));
-
-    let cookie = "c".repeat(8 * 1024);
-    let get = format!("GET /cart HTTP/1.1\r\nHost: shop.test\r\nCookie: {cookie}\r\nX-Last: end\r\n\r\n");
-    conn.write_all(get.as_bytes()).await.expect("write");
-    let echo = echoed(&read_one_response(&mut conn).await);
-    assert_eq!(echo["headers"]["cookie"].as_str().map(str::len), Some(cookie.len()));
-    assert_eq!(echo["headers"]["x-last"], "end", "the header after the long one arrived");
+    send_a_body_with_its_head_and_a_long_head(&mut conn, "shop.test").await;
 
     let request = b"GET /cart/last HTTP/1.1\r\nHost: shop.test\r\n\r\n";
     conn.write_all(&request[..1]).await.expect("write the first byte");
@@ -298,39 +284,6 @@ async fn raw_tls_connection(
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = ServerName::try_from(name).expect("server name");
     tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake")
-}
-
-/// Reads one `Content-Length` response from a keep-alive connection.
-async fn read_one_response(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before a whole answer: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .expect("content-length");
-            if body.len() >= len {
-                return text;
-            }
-        }
-    }
-}
-
-/// The backend's JSON echo in a 200 answer.
-fn echoed(response: &str) -> Value {
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let (_, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-    serde_json::from_str(body).expect("the backend's JSON echo")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

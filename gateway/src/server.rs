@@ -75,7 +75,12 @@ pub fn build(
             shadow: Arc::clone(&reloader.shadow),
         },
     );
-    let connections = ConnectionLoop { inner: Arc::new(proxy_app), open: metrics.downstream_connections.clone() };
+    let connections = ConnectionLoop {
+        inner: Arc::new(proxy_app),
+        open: Some(metrics.downstream_connections.clone()),
+        snapshots: Arc::clone(&reloader.snapshots),
+        account_refusals: true,
+    };
     let mut proxy = Service::new("gateway".to_string(), connections);
     proxy.set_connection_filter(Arc::new(crate::edge::accept_filter::BlockAtAccept {
         snapshots: Arc::clone(&reloader.snapshots),
@@ -92,8 +97,15 @@ pub fn build(
     }
 
     let ready = Arc::new(AtomicBool::new(false));
-    let mut admin =
-        Service::new("admin".to_string(), AdminApp { reloader: Arc::clone(&reloader), ready: Arc::clone(&ready) });
+    // The admin listener has the same head and body deadlines as the proxy's.
+    let admin_app = AdminApp { reloader: Arc::clone(&reloader), ready: Arc::clone(&ready) };
+    let admin_connections = ConnectionLoop {
+        inner: Arc::new(admin_app),
+        open: None,
+        snapshots: Arc::clone(&reloader.snapshots),
+        account_refusals: false,
+    };
+    let mut admin = Service::new("admin".to_string(), admin_connections);
     admin.add_tcp(&cfg.admin.listen.to_string());
     // The admin API is light; one thread keeps it off the proxy's cores.
     admin.threads = Some(1);

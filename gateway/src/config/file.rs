@@ -23,6 +23,12 @@ pub struct ServerFile {
     pub access_log: Option<Sp<String>>,
     /// Per-connection read buffer, e.g. "64KiB" (Pingora's default).
     pub read_buffer: Option<Sp<String>>,
+    /// Normalize request paths (RFC 3986 dot segments, unreserved escapes, repeated slashes) before routing.
+    pub normalize_path: Option<Sp<bool>>,
+    /// The whole request head must arrive within this, e.g. "10s".
+    pub header_timeout: Option<Sp<String>>,
+    /// The longest gap between two reads of a request body, e.g. "30s".
+    pub body_timeout: Option<Sp<String>>,
     pub tls: Option<Sp<TlsFile>>,
 }
 
@@ -165,6 +171,8 @@ pub struct BlacklistFile {
     /// An HTML page for blocked clients, relative to the config file.
     pub page: Option<Sp<String>>,
     pub status: Option<Sp<i64>>,
+    /// The largest list file accepted, e.g. "256MiB".
+    pub max_file_size: Option<Sp<String>>,
 }
 
 /// `[state]`: where run-time changes (blocks, degrade level) are kept across restarts.

@@ -37,6 +37,8 @@ pub struct BlacklistSpec {
     pub dry_run: bool,
     pub at_accept: bool,
     pub page: StaticPage,
+    /// The largest list file accepted, in bytes.
+    pub max_file_size: u64,
 }
 
 /// A page held in memory, served without touching the disk.
@@ -147,6 +149,12 @@ pub struct ServerSettings {
     pub access_log: AccessLogFormat,
     /// Bytes of the per-connection read buffer.
     pub read_buffer: usize,
+    /// Normalize request paths before routing and forward the normalized path.
+    pub normalize_path: bool,
+    /// The whole request head must arrive within this (then 408).
+    pub header_timeout: Duration,
+    /// The longest gap between two reads of a request body (then 408).
+    pub body_timeout: Duration,
     /// `[server.tls]`: the TLS listener and its certificates.
     pub tls: Option<crate::tls::TlsListenerSpec>,
 }

@@ -38,6 +38,11 @@ pub struct LoadedConfig {
 /// measured 67 KiB per idle connection, none 3.65; benches/README.md,
 /// variant d). Throughput was the same with 0 and 4 KiB.
 const DEFAULT_READ_BUFFER: usize = 0;
+/// nginx's `client_header_timeout` is 60 s; 10 s is ample for a head of at
+/// most a few KiB on any real link and frees a slowloris slot six times sooner.
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A gap between body bytes, as nginx's `client_body_timeout` (60 s there).
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SECTIONS: &str = "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow";
 
@@ -215,6 +220,17 @@ fn duration_or(d: &mut Diagnostics, key: &str, value: &Option<Sp<String>>, defau
     }
 }
 
+/// A duration that must be above zero (a deadline of zero would refuse everything).
+fn positive_duration(d: &mut Diagnostics, key: &str, value: &Option<Sp<String>>, default: Duration) -> Duration {
+    match value {
+        Some(v) if matches!(values::duration(v.get_ref()), Ok(dur) if dur.is_zero()) => {
+            d.error(Some(v.span()), key, "must be above 0");
+            default
+        }
+        _ => duration_or(d, key, value, default),
+    }
+}
+
 pub(super) fn cidrs(d: &mut Diagnostics, key: &str, items: &[Sp<String>]) -> Vec<ipnet::IpNet> {
     items
         .iter()
@@ -297,7 +313,22 @@ fn validate_server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
             }
         },
     };
-    ServerSettings { listen, threads, work_stealing, shutdown_grace, version_header, access_log, read_buffer, tls }
+    let normalize_path = f.normalize_path.as_ref().is_none_or(|v| *v.get_ref());
+    let header_timeout = positive_duration(d, "server.header_timeout", &f.header_timeout, DEFAULT_HEADER_TIMEOUT);
+    let body_timeout = positive_duration(d, "server.body_timeout", &f.body_timeout, DEFAULT_BODY_TIMEOUT);
+    ServerSettings {
+        listen,
+        threads,
+        work_stealing,
+        shutdown_grace,
+        version_header,
+        access_log,
+        read_buffer,
+        normalize_path,
+        header_timeout,
+        body_timeout,
+        tls,
+    }
 }
 
 fn validate_admin(d: &mut Diagnostics, f: AdminFile) -> AdminSettings {

@@ -11,6 +11,10 @@ use super::model::*;
 use super::validate::{cidrs, resolve};
 use super::values;
 
+/// 256 MiB: a million IPv6 CIDRs with comments fit several times over; a
+/// larger file is more likely a mistake (a log instead of a list).
+const DEFAULT_MAX_LIST_FILE: u64 = 256 << 20;
+
 pub fn blacklist(d: &mut Diagnostics, f: &BlacklistFile) -> BlacklistSpec {
     let cidrs = cidrs(d, "blacklist.cidrs", &f.cidrs);
     let files = f
@@ -42,7 +46,21 @@ pub fn blacklist(d: &mut Diagnostics, f: &BlacklistFile) -> BlacklistSpec {
     if let Some(s) = &f.status {
         page.status = status(d, "blacklist.status", s, 400..=499).unwrap_or(403);
     }
-    BlacklistSpec { cidrs, files, dry_run: f.dry_run, at_accept: f.at_accept, page }
+    let max_file_size = match &f.max_file_size {
+        None => DEFAULT_MAX_LIST_FILE,
+        Some(v) => match values::size(v.get_ref()) {
+            Ok(0) => {
+                d.error(Some(v.span()), "blacklist.max_file_size", "must be above 0");
+                DEFAULT_MAX_LIST_FILE
+            }
+            Ok(n) => n as u64,
+            Err(e) => {
+                d.error(Some(v.span()), "blacklist.max_file_size", e);
+                DEFAULT_MAX_LIST_FILE
+            }
+        },
+    };
+    BlacklistSpec { cidrs, files, dry_run: f.dry_run, at_accept: f.at_accept, page, max_file_size }
 }
 
 pub fn state_path(d: &Diagnostics, f: &StateSectionFile) -> PathBuf {

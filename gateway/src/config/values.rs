@@ -32,10 +32,13 @@ pub fn socket_addr(text: &str) -> Result<SocketAddr, String> {
 /// A CIDR (`192.0.2.0/24`, `2001:db8::/32`) or a bare address (taken as /32 or /128).
 pub fn cidr(text: &str) -> Result<IpNet, String> {
     let t = text.trim();
+    // IPv4-mapped ranges are the IPv4 range (see `edge::client_ip`).
     if let Ok(net) = t.parse::<IpNet>() {
-        return Ok(net.trunc());
+        return Ok(crate::edge::client_ip::canonical_net(net.trunc()));
     }
-    t.parse::<IpAddr>().map(IpNet::from).map_err(|_| format!("{text:?} is not an IP address or CIDR"))
+    t.parse::<IpAddr>()
+        .map(|ip| IpNet::from(crate::edge::client_ip::canonical(ip)))
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR"))
 }
 
 /// `header:x-user-id`, `cookie:uid` or `query:uid`.

@@ -35,7 +35,7 @@ impl ConnectionFilter for BlockAtAccept {
         // A listener without an inet peer (a Unix socket) has nothing to check.
         let Some(addr) = addr else { return true };
         let snapshot = self.snapshots.load();
-        let ip = addr.ip();
+        let ip = super::client_ip::canonical(addr.ip());
         let spec = &snapshot.config.blacklist;
         if !spec.at_accept || spec.dry_run || snapshot.config.client_ip.trusted_proxies.iter().any(|n| n.contains(&ip))
         {

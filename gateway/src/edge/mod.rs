@@ -5,5 +5,6 @@ pub mod blacklist;
 pub mod client_ip;
 pub mod ipset;
 pub mod limits;
+pub mod path;
 pub mod rate_limit;
 pub mod static_lists;

@@ -28,18 +28,44 @@ pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration
     let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
     tracing::info!(
         target: "access",
-        request_id = %ctx.request_id,
-        client = %client,
-        method = %req.method,
-        path = %req.uri.path(),
+        // Client-controlled values are passed as `&str`: the text format
+        // writes them quoted and escaped (Debug), so they cannot forge fields.
+        request_id = ctx.request_id.as_str(),
+        client = client.as_str(),
+        method = req.method.as_str(),
+        path = req.uri.path(),
         route,
         version,
         reason,
         pool,
-        upstream = %upstream,
+        upstream = upstream.as_str(),
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         attempts = ctx.upstream.tried.len(),
         error = error.map(|e| e.etype().as_str()).unwrap_or(""),
+    );
+}
+
+/// A request refused before the proxy saw it (a late or unparsable head):
+/// no method, path or route is known.
+pub fn refused(snapshot: &crate::snapshot::Snapshot, status: u16, error: &'static str, elapsed: Duration) {
+    if snapshot.config.server.access_log == AccessLogFormat::Off {
+        return;
+    }
+    tracing::info!(
+        target: "access",
+        request_id = "",
+        client = "",
+        method = "",
+        path = "",
+        route = "",
+        version = "",
+        reason = "",
+        pool = "",
+        upstream = "",
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        attempts = 0,
+        error,
     );
 }

@@ -37,22 +37,12 @@ impl Arrived {
         Self { inner, head: Vec::new(), taken: 0 }
     }
 
-    /// Reads what the client has sent into a buffer on the poll's stack and
-    /// keeps it for the session: true when something arrived, false on close.
-    pub fn poll_arrival(&mut self, cx: &mut Context<'_>, stack: &mut [u8]) -> Poll<io::Result<bool>> {
-        // Bytes the last session left unread are the next request's start;
-        // reading again would overwrite them.
-        if self.taken < self.head.len() {
-            return Poll::Ready(Ok(true));
-        }
-        let mut read = ReadBuf::new(stack);
-        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
-        if read.filled().is_empty() {
-            return Poll::Ready(Ok(false));
-        }
-        self.head = read.filled().to_vec();
+    /// Keep `bytes` (read by the wait) to be returned first by the next reads.
+    pub fn keep(&mut self, bytes: &[u8]) {
+        // Bytes the last session left unread were read again by the wait and
+        // are among `bytes`: they replace what is left, not add to it.
+        self.head = bytes.to_vec();
         self.taken = 0;
-        Poll::Ready(Ok(true))
     }
 }
 

@@ -22,43 +22,93 @@
 //! `benches/README.md` (variant d). HTTP/2, h2c and custom protocols are
 //! handed to Pingora's loop unchanged.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as TcpStream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
+use pingora_http::RequestHeader;
 use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use super::arrived::Arrived;
-use tokio::io::{AsyncRead, ReadBuf};
+use crate::snapshot::SnapshotHandle;
 
 /// How long an idle keep-alive connection is kept: Pingora's default.
 const KEEPALIVE_SECS: u64 = 60;
+/// The largest request head read here: Pingora refuses a larger one (400).
+const MAX_HEAD: usize = 1 << 20;
 
 pub struct ConnectionLoop<A> {
     pub inner: Arc<A>,
-    pub open: IntGauge,
+    /// `gateway_downstream_connections`, for the proxy listeners.
+    pub open: Option<IntGauge>,
+    /// Where `server.header_timeout` and `server.body_timeout` are read, live.
+    pub snapshots: SnapshotHandle,
+    /// Log (access log) and count (`gateway_requests_total`, route `""`)
+    /// requests refused before the proxy sees them: the proxy listeners, not
+    /// the admin one.
+    pub account_refusals: bool,
 }
 
-struct Open(IntGauge);
+struct Open(Option<IntGauge>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.dec();
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
     }
+}
+
+tokio::task_local! {
+    /// What the wait learned about the request being served: read by the
+    /// proxy's phases through [`head_parsed`] and [`pipelined_after`].
+    static ARRIVED: ArrivedHead;
+}
+
+struct ArrivedHead {
+    /// Bytes that came after the head in the same reads.
+    extra: usize,
+    /// Set once Pingora's parser accepted the head.
+    parsed: Cell<bool>,
+}
+
+/// Called by the proxy once Pingora parsed the head: a request whose head
+/// arrived whole and that never gets here was refused by the parser.
+pub fn head_parsed() {
+    let _ = ARRIVED.try_with(|head| head.parsed.set(true));
+}
+
+/// True when bytes of a next request arrived with this one. Pingora does not
+/// serve pipelined requests (it closes after the first answer), so the proxy
+/// answers this one with `Connection: close` instead of promising a
+/// keep-alive it will not keep.
+pub fn pipelined_after(req: &RequestHeader) -> bool {
+    // A chunked body's length is unknown here: its extra bytes are taken as body.
+    let body = if req.headers.contains_key(TRANSFER_ENCODING) {
+        usize::MAX
+    } else {
+        req.headers.get(CONTENT_LENGTH).map_or(Some(0), |v| v.to_str().ok()?.trim().parse().ok()).unwrap_or(usize::MAX)
+    };
+    ARRIVED.try_with(|head| head.extra > body).unwrap_or(false)
 }
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLoop<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        self.open.inc();
+        if let Some(g) = &self.open {
+            g.inc();
+        }
         // Decrements even if the connection task is cancelled at shutdown.
         let open = Open(self.open.clone());
         let options = self.inner.server_options();
@@ -86,20 +136,51 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLoop<A> {
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
-    /// The same steps as Pingora's HTTP/1 loop, with the idle wait moved in
-    /// front of the session. Two assumptions, both true of the gateway:
-    /// pipelining is never enabled, so a reused stream carries no pipelined
-    /// bytes that the wait could miss (Pingora refuses reuse when bytes were
-    /// over-read); and the keep-alive timeout is always `KEEPALIVE_SECS`, the
-    /// one the wait uses (the carried settings repeat it).
+    /// The same steps as Pingora's HTTP/1 loop, with the idle wait and the
+    /// reading of the request head moved in front of the session. Two
+    /// assumptions, both true of the gateway: pipelining is never enabled, so
+    /// a reused stream carries no pipelined bytes that the wait could miss
+    /// (Pingora refuses reuse when bytes were over-read); and the keep-alive
+    /// timeout is always `KEEPALIVE_SECS`, the one the wait uses (the carried
+    /// settings repeat it).
+    ///
+    /// Deadlines: a new connection's first request head must arrive whole
+    /// within `server.header_timeout` of the accept; a kept-alive
+    /// connection may idle `KEEPALIVE_SECS`, and once a request's first byte
+    /// arrives its whole head must follow within `header_timeout`. A head
+    /// that is late gets 408 and the connection is closed; a connection that
+    /// sent nothing is closed without an answer.
     async fn serve_http1(&self, mut stream: Stream, mut shutdown: ShutdownWatch) {
         let mut carried: Option<HttpPersistentSettings> = None;
+        let mut first = true;
         loop {
-            let Some(arrived) = next_request(stream, &mut shutdown).await else {
-                return;
+            let header_timeout = self.snapshots.load().config.server.header_timeout;
+            let idle = if first { header_timeout } else { Duration::from_secs(KEEPALIVE_SECS) };
+            let started = Instant::now();
+            let (back, head) = next_request(stream, &mut shutdown, idle, header_timeout, first).await;
+            let extra = match head {
+                Head::Complete { extra } => extra,
+                Head::Closed => return,
+                Head::Late => {
+                    if let Some(mut late) = back {
+                        self.refuse(&mut late, Refusal::HeadTimeout, started).await;
+                    }
+                    return;
+                }
             };
+            let Some(arrived) = back else { return };
+            first = false;
             let session = self.session(arrived, carried.take(), &shutdown);
-            let Some(reused) = self.inner.process_new_http(session, &shutdown).await else {
+            let serve = async {
+                let reused = self.inner.process_new_http(session, &shutdown).await;
+                (reused, ARRIVED.with(|head| head.parsed.get()))
+            };
+            let (reused, parsed) = ARRIVED.scope(ArrivedHead { extra, parsed: Cell::new(false) }, serve).await;
+            if !parsed && self.account_refusals {
+                // The whole head had arrived, so Pingora refused it (and answered 400).
+                self.account(Refusal::Unparsable, started);
+            }
+            let Some(reused) = reused else {
                 return;
             };
             (stream, carried) = reused.consume();
@@ -124,42 +205,134 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
                 session.set_keepalive_reuses_remaining(limit);
             }
         }
+        // The admin listener's body reads; the proxy sets it again per request.
+        session.set_read_timeout(Some(self.snapshots.load().config.server.body_timeout));
         session
     }
+
+    /// Answer a request refused before any session exists, then account for it.
+    async fn refuse(&self, stream: &mut Stream, refusal: Refusal, started: Instant) {
+        let (status, body) = refusal.answer();
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
+             cache-control: no-store\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        // The client may be gone or not reading; the write is bounded like any read.
+        let write = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body.as_bytes()).await?;
+            stream.flush().await
+        };
+        let _ = pingora_timeout::timeout(Duration::from_secs(5), write).await;
+        if self.account_refusals {
+            self.account(refusal, started);
+        }
+    }
+
+    fn account(&self, refusal: Refusal, started: Instant) {
+        let snapshot = self.snapshots.load();
+        let status = refusal.status();
+        snapshot.unrouted_metrics.observe(status, started.elapsed().as_secs_f64());
+        super::access_log::refused(&snapshot, status, refusal.label(), started.elapsed());
+    }
+}
+
+/// Why a request was refused before the proxy saw it.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The head did not arrive whole within `server.header_timeout`.
+    HeadTimeout,
+    /// Pingora's parser refused the head (it answered 400 itself).
+    Unparsable,
+}
+
+impl Refusal {
+    fn status(self) -> u16 {
+        match self {
+            Self::HeadTimeout => 408,
+            Self::Unparsable => 400,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::HeadTimeout => "header_timeout",
+            Self::Unparsable => "bad_request",
+        }
+    }
+
+    fn answer(self) -> (&'static str, &'static str) {
+        match self {
+            Self::HeadTimeout => (
+                "408 Request Timeout",
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>408 Request Timeout</title></head>\
+<body><h1>408 Request Timeout</h1><p>The request did not arrive in time.</p></body></html>\n",
+            ),
+            Self::Unparsable => (
+                "400 Bad Request",
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>400 Bad Request</title></head>\
+<body><h1>400 Bad Request</h1><p>The request could not be read.</p></body></html>\n",
+            ),
+        }
+    }
+}
+
+/// What the wait for a request head found.
+enum Head {
+    /// The whole head arrived (and `extra` bytes after it); it was handed
+    /// back to the stream for the session to parse.
+    Complete { extra: usize },
+    /// The client closed, or sent nothing in time, or shutdown came first.
+    Closed,
+    /// Part of a head arrived, the rest not in time (or the client closed).
+    Late,
 }
 
 /// Wait, holding nothing but the stream, until the client sends its next
-/// request; the stream comes back with those bytes put back for the session
-/// to parse. None on close, error, keep-alive timeout or shutdown. A request
-/// that has already arrived wins over shutdown: it is served and, as in
-/// Pingora's own loop, the proxy then answers without keep-alive.
+/// request head; the stream comes back with those bytes put back for the
+/// session to parse. The first bytes may take `idle`; the whole head must
+/// then arrive within `header_timeout` (counted from now for a connection's
+/// first request, from the first byte for the next ones). A request that has
+/// already arrived wins over shutdown: it is served and, as in Pingora's own
+/// loop, the proxy then answers without keep-alive.
 ///
 /// Plain TCP streams take the bytes back themselves (`rewind`); any other
 /// stream (TLS) is wrapped once in [`Arrived`], which keeps them.
-async fn next_request(stream: Stream, shutdown: &mut ShutdownWatch) -> Option<Stream> {
+async fn next_request(
+    stream: Stream,
+    shutdown: &mut ShutdownWatch,
+    idle: Duration,
+    header_timeout: Duration,
+    first: bool,
+) -> (Option<Stream>, Head) {
+    let limits = Limits { idle, header_timeout, head_clock_from_start: first };
     // The downcasts cannot fail after the `is` checks; a failure would drop
     // the connection.
     if stream.as_any().is::<TcpStream>() {
-        let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
-        return until_arrival(shutdown, arrival(&mut tcp)).await.then_some(tcp as Stream);
+        let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else { return (None, Head::Closed) };
+        let head = until_arrival(shutdown, read_head(&mut *tcp, limits)).await;
+        return (Some(tcp as Stream), head);
     }
     let mut wrapped = if stream.as_any().is::<Arrived>() {
-        stream.into_any().downcast::<Arrived>().ok()?
+        match stream.into_any().downcast::<Arrived>() {
+            Ok(a) => a,
+            Err(_) => return (None, Head::Closed),
+        }
     } else {
         Box::new(Arrived::new(stream))
     };
-    let wait = std::future::poll_fn(|cx| wrapped.poll_arrival(cx, &mut [0u8; ARRIVAL_READ]));
-    until_arrival(shutdown, wait).await.then_some(wrapped as Stream)
+    let head = until_arrival(shutdown, read_head(&mut *wrapped, limits)).await;
+    (Some(wrapped as Stream), head)
 }
 
-/// True when `arrival` finds a request within the keep-alive timeout and
-/// before shutdown (checked second, so a request already there wins).
-async fn until_arrival(shutdown: &mut ShutdownWatch, arrival: impl Future<Output = std::io::Result<bool>>) -> bool {
-    let wait = pingora_timeout::timeout(Duration::from_secs(KEEPALIVE_SECS), arrival);
+/// Shutdown before the first byte closes the connection; once a request has
+/// started to arrive it is read (a request already there wins).
+async fn until_arrival(shutdown: &mut ShutdownWatch, read: impl Future<Output = Head>) -> Head {
     tokio::select! {
         biased;
-        read = wait => matches!(read, Ok(Ok(true))),
-        _ = shutdown_signalled(shutdown) => false,
+        head = read => head,
+        _ = shutdown_signalled(shutdown) => Head::Closed,
     }
 }
 
@@ -167,21 +340,96 @@ async fn until_arrival(shutdown: &mut ShutdownWatch, arrival: impl Future<Output
 /// request head is as large.
 const ARRIVAL_READ: usize = 4096;
 
-/// Resolves when the client has sent something (true) or closed (false).
-/// The buffer lives on the stack of each poll, not in the future, so it costs
-/// an idle connection nothing; what was read is handed back to the stream
-/// with `rewind`, which the session's first read returns.
-fn arrival(tcp: &mut TcpStream) -> impl Future<Output = std::io::Result<bool>> + '_ {
-    std::future::poll_fn(move |cx| {
+#[derive(Clone, Copy)]
+struct Limits {
+    idle: Duration,
+    header_timeout: Duration,
+    head_clock_from_start: bool,
+}
+
+/// A stream the wait reads from and gives the bytes back to.
+trait HeadSource: AsyncRead + Unpin + Send {
+    fn give_back(&mut self, bytes: &[u8]);
+}
+
+impl HeadSource for TcpStream {
+    fn give_back(&mut self, bytes: &[u8]) {
+        self.rewind(bytes);
+    }
+}
+
+impl HeadSource for Arrived {
+    fn give_back(&mut self, bytes: &[u8]) {
+        self.keep(bytes);
+    }
+}
+
+/// The common case reads the whole head at once into a buffer on the stack of
+/// each poll, not in the future, so an idle connection holds no buffer; what
+/// was read is handed back to the stream, which the session's first read
+/// returns. A head that comes in pieces is gathered on the heap.
+async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
+    let started = Instant::now();
+    let mut partial: Vec<u8> = Vec::new();
+    let first = std::future::poll_fn(|cx| {
         let mut buf = [0u8; ARRIVAL_READ];
         let mut read = ReadBuf::new(&mut buf);
-        std::task::ready!(Pin::new(&mut *tcp).poll_read(cx, &mut read))?;
-        if read.filled().is_empty() {
-            return Poll::Ready(Ok(false));
+        std::task::ready!(Pin::new(&mut *source).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if got.is_empty() {
+            return Poll::Ready(Ok::<_, std::io::Error>(None));
         }
-        tcp.rewind(read.filled());
-        Poll::Ready(Ok(true))
-    })
+        if let Some(end) = head_end(got, 0) {
+            source.give_back(got);
+            return Poll::Ready(Ok(Some(got.len() - end)));
+        }
+        partial.extend_from_slice(got);
+        Poll::Ready(Ok(None))
+    });
+    match pingora_timeout::timeout(limits.idle, first).await {
+        Ok(Ok(Some(extra))) => return Head::Complete { extra },
+        Ok(Ok(None)) if !partial.is_empty() => {}
+        // Nothing arrived: closed, failed, idle too long.
+        _ => return Head::Closed,
+    }
+    let deadline = if limits.head_clock_from_start { started } else { Instant::now() } + limits.header_timeout;
+    let rest = std::future::poll_fn(|cx| loop {
+        let mut buf = [0u8; ARRIVAL_READ];
+        let mut read = ReadBuf::new(&mut buf);
+        std::task::ready!(Pin::new(&mut *source).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if got.is_empty() {
+            return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
+        }
+        let from = partial.len().saturating_sub(3);
+        partial.extend_from_slice(got);
+        // Past the limit, Pingora's parser refuses the head with 400.
+        if let Some(end) = head_end(&partial, from).or((partial.len() > MAX_HEAD).then_some(partial.len())) {
+            source.give_back(&partial);
+            return Poll::Ready(Ok(partial.len() - end));
+        }
+    });
+    match tokio::time::timeout_at(deadline.into(), rest).await {
+        Ok(Ok(extra)) => Head::Complete { extra },
+        _ => Head::Late,
+    }
+}
+
+/// Where a request head ends (just past its empty line), searching from
+/// `from`. Line ends are CRLF or, as Pingora's parser also accepts, a bare LF;
+/// empty lines before the request line are skipped (RFC 9112 section 2.2).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?.max(from);
+    let mut i = start;
+    while let Some(p) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+        let lf = i + p;
+        match (buf.get(lf + 1), buf.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+            _ => i = lf + 1,
+        }
+    }
+    None
 }
 
 /// Resolves when shutdown is signalled; never if the sender is gone.

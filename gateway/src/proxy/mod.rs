@@ -15,6 +15,7 @@ mod arrived;
 pub mod connections;
 pub mod ctx;
 pub mod phases;
+mod request_head;
 pub mod request_id;
 pub mod respond;
 pub mod shadow_capture;
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -61,16 +62,32 @@ impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        // Called once Pingora has parsed the head.
+        connections::head_parsed();
         RequestCtx::new(self.snapshots.load_full())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = Arc::clone(&ctx.snapshot);
+        let server = &snapshot.config.server;
+        // A body read waits at most this long for its next bytes (then 408);
+        // what is left of a body after the answer is drained as long.
+        session.set_read_timeout(Some(server.body_timeout));
+        session.set_total_drain_timeout(Some(server.body_timeout));
         let peer = peer_ip(session);
         let ip = client_ip::resolve(peer, &session.req_header().headers, &snapshot.config.client_ip.trusted_proxies);
         ctx.client_ip = Some(ip);
         ctx.request_id = ensure_request_id(session.req_header_mut());
+        if connections::pipelined_after(session.req_header()) {
+            // Bytes of a next request came with this one, and Pingora does not
+            // serve pipelined requests: say so now rather than close silently.
+            session.set_keepalive(None);
+        }
 
+        if let Err(page) = request_head::check(session.req_header_mut(), server.normalize_path) {
+            session.set_keepalive(None);
+            return answer(session, ctx, &page).await;
+        }
         if let Some(page) = phases::check_blacklist(&snapshot, &self.runtime, ip) {
             return answer(session, ctx, &page).await;
         }
@@ -78,6 +95,7 @@ impl ProxyHttp for GatewayProxy {
             RouteOutcome::Proxy(routed) => routed,
             RouteOutcome::Respond(resp) => return answer(session, ctx, &resp).await,
         };
+        strip_client_controls(session.req_header_mut(), &snapshot, &routed);
         let local = phases::check_https_redirect(&snapshot, &routed, session.req_header(), crate::tls::is_tls(session))
             .map(|page| (page, None))
             .or_else(|| {
@@ -87,7 +105,7 @@ impl ProxyHttp for GatewayProxy {
             .or_else(|| phases::check_rate_limits(&snapshot, &routed, ip).map(|page| (page, None)));
         if local.is_none() {
             let method = &session.req_header().method;
-            ctx.shadow = shadow_capture::start(&self.shadow, &snapshot, &routed, method, &ctx.request_id);
+            ctx.shadow = shadow_capture::start(&snapshot, &routed, method, &ctx.request_id);
         }
         ctx.routed = Some(routed);
         match local {
@@ -182,10 +200,13 @@ impl ProxyHttp for GatewayProxy {
     ) -> Result<()> {
         // `req` is a copy of the client's request head, which already carries
         // the X-Request-Id set in `request_filter`.
-        let xff = forwarded_for(req.headers.get("x-forwarded-for"), peer_ip(session));
         let proto = HeaderValue::from_static(if crate::tls::is_tls(session) { "https" } else { "http" });
-        req.insert_header("x-forwarded-for", xff)?;
-        req.insert_header("x-forwarded-proto", proto)?;
+        match forwarded_for(req.headers.get_all(&X_FORWARDED_FOR), peer_ip(session)) {
+            Some(xff) => req.insert_header(&X_FORWARDED_FOR, xff)?,
+            // Unreachable: the client's entries were already a header value.
+            None => req.insert_header(&X_FORWARDED_FOR, peer_ip(session).to_string())?,
+        }
+        req.insert_header(&X_FORWARDED_PROTO, proto)?;
         if let Some(capture) = ctx.shadow.as_mut() {
             capture.request_sent(req);
         }
@@ -332,6 +353,10 @@ async fn answer(session: &mut Session, ctx: &RequestCtx, page: &LocalResponse) -
 
 /// What went wrong, in the words of `fallback.on`.
 fn failure_cause(e: &Error, ctx: &RequestCtx) -> Option<FallbackCause> {
+    // The client's own failures (a late body, a reset) are not the backend's.
+    if e.esource() == &ErrorSource::Downstream {
+        return None;
+    }
     match e.etype() {
         ErrorType::HTTPStatus(503) if ctx.upstream.error == Some(UpstreamErrorKind::NoHealthyBackend) => {
             Some(FallbackCause::NoHealthyBackend)
@@ -352,6 +377,10 @@ fn failure_cause(e: &Error, ctx: &RequestCtx) -> Option<FallbackCause> {
 /// The gateway's own small page for a failure no fallback covers.
 fn error_page(e: &Error) -> Option<LocalResponse> {
     let (code, title, detail) = match e.etype() {
+        // `server.body_timeout` passed between two reads of the client's body.
+        ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => {
+            (408, "Request Timeout", "The request body did not arrive in time.")
+        }
         ErrorType::HTTPStatus(503) => {
             (503, "Service Unavailable", "No healthy backend can take this request right now.")
         }
@@ -371,33 +400,61 @@ fn error_page(e: &Error) -> Option<LocalResponse> {
     Some(LocalResponse::page(code, title, detail))
 }
 
+/// The TCP peer, an IPv4-mapped IPv6 address as its IPv4 address.
 fn peer_ip(session: &Session) -> IpAddr {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| client_ip::canonical(a.ip()))
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
-/// `X-Forwarded-For` for the upstream: the client's list with the peer
-/// appended, built in one allocation.
-fn forwarded_for(previous: Option<&HeaderValue>, peer: IpAddr) -> String {
-    use std::fmt::Write;
-    let previous = previous.and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-    // 39 bytes: the longest textual IPv6 address.
-    let mut xff = String::with_capacity(previous.map_or(0, |p| p.len() + 2) + 39);
-    if let Some(p) = previous {
-        xff.push_str(p);
-        xff.push_str(", ");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The marker of mirrored requests when a route sets none.
+static DEFAULT_SHADOW_MARKER: HeaderName = HeaderName::from_static("x-shadow");
+
+/// Remove what a client may not control on the way upstream: `Connection`
+/// tokens naming a header the gateway sets, and shadow markers.
+fn strip_client_controls(req: &mut RequestHeader, snapshot: &crate::snapshot::Snapshot, routed: &ctx::Routed) {
+    let version = snapshot.config.server.version_header.as_ref();
+    let owned = [&X_REQUEST_ID, &X_FORWARDED_FOR, &X_FORWARDED_PROTO];
+    let owned: &[&HeaderName] = &owned;
+    let route = &snapshot.router.routes()[routed.route_index].spec;
+    let marker = route.shadow.as_ref().map(|s| &s.marker.0).unwrap_or(&DEFAULT_SHADOW_MARKER);
+    let markers = [&DEFAULT_SHADOW_MARKER, marker];
+    match version {
+        Some(v) => request_head::strip_client_controls(req, &[owned, &[v]].concat(), &markers),
+        None => request_head::strip_client_controls(req, owned, &markers),
     }
-    let _ = write!(xff, "{peer}");
-    xff
 }
 
-/// Keep the client's `X-Request-Id` when it sent a sane one; otherwise make one.
+/// `X-Forwarded-For` for the upstream: the client's entries (all its
+/// headers, as bytes: an entry that is not text is kept, not dropped) with
+/// the peer appended, built in one allocation.
+fn forwarded_for(previous: http::header::GetAll<'_, HeaderValue>, peer: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    let entries = || previous.iter().map(|v| v.as_bytes().trim_ascii()).filter(|v| !v.is_empty());
+    // 39 bytes: the longest textual IPv6 address.
+    let mut xff = Vec::with_capacity(entries().map(|v| v.len() + 2).sum::<usize>() + 39);
+    for entry in entries() {
+        xff.extend_from_slice(entry);
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(xff, "{peer}");
+    HeaderValue::from_bytes(&xff).ok()
+}
+
+/// Keep the client's `X-Request-Id` when it is short and printable (1 to 128
+/// visible ASCII characters, so it cannot break a log line or a header);
+/// otherwise make one.
 fn ensure_request_id(req: &mut RequestHeader) -> String {
-    let existing =
-        req.headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 128);
+    let existing = req
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
     if let Some(id) = existing.map(str::to_string) {
         // One id upstream, like the one we log: drop any further copies.
         if req.headers.get_all("x-request-id").iter().nth(1).is_some() {

@@ -12,7 +12,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::ShadowSpec;
 use crate::routing::Version;
-use crate::shadow::engine::{Reservation, ShadowEngine};
+use crate::shadow::engine::ShadowEngine;
 use crate::shadow::mirror::ShadowJob;
 use crate::shadow::Answer;
 use crate::snapshot::Snapshot;
@@ -21,7 +21,6 @@ use super::ctx::Routed;
 
 pub struct ShadowCapture {
     spec: Arc<ShadowSpec>,
-    reservation: Reservation,
     request: Option<RequestHeader>,
     body: Vec<u8>,
     body_too_large: bool,
@@ -34,14 +33,11 @@ pub struct ShadowCapture {
 }
 
 /// Whether this request is mirrored: the route shadows, the method is listed,
-/// the request falls in the sampled share, and the route is under `max_in_flight`.
-pub fn start(
-    engine: &ShadowEngine,
-    snapshot: &Snapshot,
-    routed: &Routed,
-    method: &http::Method,
-    request_id: &str,
-) -> Option<ShadowCapture> {
+/// and the request falls in the sampled share. A slot of the route's
+/// `max_in_flight` is taken only in [`ShadowCapture::finish`], once the
+/// client's request has fully arrived and been answered, so slow clients
+/// cannot hold the slots.
+pub fn start(snapshot: &Snapshot, routed: &Routed, method: &http::Method, request_id: &str) -> Option<ShadowCapture> {
     let route = &snapshot.router.routes()[routed.route_index].spec;
     let spec = route.shadow.as_ref()?;
     if !spec.methods.contains(method) {
@@ -52,14 +48,9 @@ pub fn start(
     if (xxh3_64(request_id.as_bytes()) % 10_000) as u32 >= spec.basis_points {
         return None;
     }
-    let metrics = snapshot.route_metrics[routed.route_index].shadow.as_ref()?;
-    let Some(reservation) = engine.reserve(&route.name, spec.max_in_flight) else {
-        metrics.outcome("dropped");
-        return None;
-    };
+    snapshot.route_metrics[routed.route_index].shadow.as_ref()?;
     Some(ShadowCapture {
         spec: Arc::clone(spec),
-        reservation,
         request: None,
         body: Vec::new(),
         body_too_large: false,
@@ -161,7 +152,11 @@ impl ShadowCapture {
             metrics: Arc::clone(&metrics),
             max_stored_body: snapshot.config.shadow_store.max_stored_body,
         };
-        if !engine.submit(job, self.reservation) {
+        let Some(reservation) = engine.reserve(&route.name, self.spec.max_in_flight) else {
+            metrics.outcome("dropped");
+            return;
+        };
+        if !engine.submit(job, reservation) {
             metrics.outcome("dropped");
         }
     }

@@ -1,0 +1,167 @@
+//! What the gateway refuses or rewrites in a client's request head before
+//! anything routes on it: the rules where RFC 9112 is strict and Pingora's
+//! parser is not, path normalization, and the headers the gateway owns.
+//!
+//! Runs first in `request_filter`, before the client IP is used, so a refused
+//! request is logged and counted like any other local answer (route `""`).
+
+use http::header::{CONNECTION, HOST};
+use http::{HeaderName, HeaderValue, Version};
+use pingora_http::RequestHeader;
+
+use crate::edge::path;
+
+use super::respond::LocalResponse;
+
+/// Refuse a request head the RFCs call invalid, and route on the normalized
+/// path: `Err(400 page)` to answer, else the head (possibly rewritten) goes on.
+pub fn check(req: &mut RequestHeader, normalize_path: bool) -> Result<(), LocalResponse> {
+    match req.headers.get(HOST) {
+        // RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+        None if req.version == Version::HTTP_11 => return Err(bad_request("The request has no Host header.")),
+        Some(host) if !is_host_value(host.as_bytes()) => {
+            return Err(bad_request("The Host header is not a host name."));
+        }
+        _ => {}
+    }
+    if normalize_path {
+        normalize(req)?;
+    }
+    Ok(())
+}
+
+/// `uri-host [ ":" port ]`: no whitespace, no control characters, nothing
+/// that cannot be part of a name or an IP literal (RFC 3986 section 3.2.2).
+fn is_host_value(host: &[u8]) -> bool {
+    host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'%' | b'!' | b'$' | b'&' | b'\'')
+            || matches!(b, b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=')
+    })
+}
+
+fn normalize(req: &mut RequestHeader) -> Result<(), LocalResponse> {
+    if !req.raw_path_is_utf8() {
+        return Err(bad_request("The request target is not valid."));
+    }
+    let normalized = match path::normalize(req.uri.path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(e) => return Err(bad_request(&format!("The path is refused: {e}."))),
+    };
+    let path_and_query = match req.uri.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query =
+        Some(path_and_query.parse().map_err(|_| bad_request("The normalized path is not a valid request target."))?);
+    let uri = http::Uri::from_parts(parts).map_err(|_| bad_request("The request target is not valid."))?;
+    req.set_uri(uri);
+    Ok(())
+}
+
+fn bad_request(detail: &str) -> LocalResponse {
+    LocalResponse::page(400, "Bad Request", detail)
+}
+
+/// Headers the gateway sets itself. A client may not remove them on the way
+/// to the upstream by naming them in `Connection` (a hop-by-hop header the
+/// gateway forwards), and may not send the shadow marker that tells a backend
+/// "this is a mirrored request, skip side effects".
+pub fn strip_client_controls(req: &mut RequestHeader, owned: &[&HeaderName], markers: &[&HeaderName]) {
+    for marker in markers {
+        if req.headers.contains_key(*marker) {
+            req.remove_header(*marker);
+        }
+    }
+    let Some(kept) = connection_without(req, owned) else { return };
+    if kept.is_empty() {
+        req.remove_header(&CONNECTION);
+    } else if let Ok(value) = HeaderValue::from_str(&kept) {
+        let _ = req.insert_header(CONNECTION, value);
+    }
+}
+
+/// The `Connection` tokens that do not name an owned header, joined; None
+/// when there is nothing to remove (the common case, allocation-free).
+fn connection_without(req: &RequestHeader, owned: &[&HeaderName]) -> Option<String> {
+    let names_owned = |token: &[u8]| owned.iter().any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(token));
+    let tokens = || req.headers.get_all(CONNECTION).iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    if !tokens().any(|t| names_owned(t.trim_ascii())) {
+        return None;
+    }
+    let kept: Vec<&str> = tokens()
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty() && !names_owned(t))
+        .filter_map(|t| std::str::from_utf8(t).ok())
+        .collect();
+    Some(kept.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(version: Version, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", path.as_bytes(), None).expect("head");
+        req.set_version(version);
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).expect("header");
+        }
+        req
+    }
+
+    fn status(r: Result<(), LocalResponse>) -> u16 {
+        r.err().map_or(0, |p| p.status)
+    }
+
+    #[test]
+    fn http11_needs_a_host_and_a_host_is_a_name() {
+        assert_eq!(status(check(&mut head(Version::HTTP_11, "/", &[]), true)), 400);
+        assert_eq!(status(check(&mut head(Version::HTTP_10, "/", &[]), true)), 0);
+        for bad in ["shop .example", "shop\t.example", "a b", "shop.example/x", "\"x\""] {
+            assert_eq!(status(check(&mut head(Version::HTTP_11, "/", &[("host", bad)]), true)), 400, "{bad:?}");
+        }
+        for good in ["shop.example", "shop.example:8080", "127.0.0.1:80", "[::1]:8080", ""] {
+            assert_eq!(status(check(&mut head(Version::HTTP_11, "/", &[("host", good)]), true)), 0, "{good:?}");
+        }
+    }
+
+    #[test]
+    fn the_path_is_normalized_and_the_query_kept() {
+        let mut req = head(Version::HTTP_11, "/recommendations/%2e%2e/cart/x?a=/../b", &[("host", "h")]);
+        assert_eq!(status(check(&mut req, true)), 0);
+        assert_eq!(req.uri.path(), "/cart/x");
+        assert_eq!(req.uri.query(), Some("a=/../b"));
+        assert_eq!(req.raw_path(), b"/cart/x?a=/../b");
+        let mut raw = head(Version::HTTP_11, "/recommendations/../cart/x", &[("host", "h")]);
+        assert_eq!(status(check(&mut raw, false)), 0);
+        assert_eq!(raw.uri.path(), "/recommendations/../cart/x");
+        assert_eq!(status(check(&mut head(Version::HTTP_11, "/../x", &[("host", "h")]), true)), 400);
+    }
+
+    #[test]
+    fn connection_cannot_strip_owned_headers_and_markers_are_removed() {
+        let rid = HeaderName::from_static("x-request-id");
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let marker = HeaderName::from_static("x-shadow");
+        let mut req = head(
+            Version::HTTP_11,
+            "/",
+            &[("connection", "keep-alive, X-Request-Id"), ("connection", "x-forwarded-for"), ("x-shadow", "1")],
+        );
+        strip_client_controls(&mut req, &[&rid, &xff], &[&marker]);
+        let connection: Vec<_> = req.headers.get_all(CONNECTION).iter().collect();
+        assert_eq!(connection, [&HeaderValue::from_static("keep-alive")]);
+        assert!(req.headers.get("x-shadow").is_none());
+
+        let mut only = head(Version::HTTP_11, "/", &[("connection", "x-request-id")]);
+        strip_client_controls(&mut only, &[&rid], &[]);
+        assert!(only.headers.get(CONNECTION).is_none());
+
+        let mut untouched = head(Version::HTTP_11, "/", &[("connection", "Upgrade")]);
+        strip_client_controls(&mut untouched, &[&rid], &[]);
+        assert_eq!(untouched.headers.get(CONNECTION), Some(&HeaderValue::from_static("Upgrade")));
+    }
+}

@@ -351,3 +351,20 @@ async fn a_client_cannot_remove_or_forge_the_headers_the_gateway_owns() {
     assert!(line.contains("status=200"), "{line}");
     assert_eq!(v1.requests(), 5, "one backend request per client request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_lf_in_chunked_framing_is_a_400_and_never_a_second_request() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let gateway = Gateway::start(&cart_config_with(&[&v1], &[&v2], 0.0, "")).await;
+    let addr = gateway.listen_addr();
+    let smuggling: [&[u8]; 3] = [
+        b"POST /cart/x HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+        b"POST /cart/x HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\nabc\r\n0\r\n\r\n",
+        b"POST /cart/x HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\n\r\nGET /cart/smuggled HTTP/1.1\r\nHost: shop\r\n\r\n",
+    ];
+    for request in smuggling {
+        let reply = exchange(addr, request, Duration::from_secs(5)).await;
+        assert_eq!(reply.status(), 400, "{:?}: {}", String::from_utf8_lossy(request), reply.text);
+    }
+    assert!(v1.received().iter().all(|r| r.path != "/cart/smuggled"), "no second request reached the backend");
+}

@@ -15,6 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use super::chunk_framing::ChunkFraming;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
@@ -30,11 +32,36 @@ pub struct Arrived {
     /// (and freed) once they are.
     head: Vec<u8>,
     taken: usize,
+    /// A chunked request body being checked as it is read: the bytes of the
+    /// head still to pass first, and the check (see `chunk_framing`).
+    framing: Option<(usize, ChunkFraming)>,
 }
 
 impl Arrived {
     pub fn new(inner: Stream) -> Self {
-        Self { inner, head: Vec::new(), taken: 0 }
+        Self { inner, head: Vec::new(), taken: 0, framing: None }
+    }
+
+    /// Check the chunked framing of the body that follows the next
+    /// `head_len` bytes read (the request head).
+    pub fn check_chunked_body(&mut self, head_len: usize) {
+        self.framing = Some((head_len, ChunkFraming::default()));
+    }
+
+    /// Run the framing check over bytes just read.
+    fn check_framing(&mut self, read: &[u8]) -> io::Result<()> {
+        let Some((skip, framing)) = self.framing.as_mut() else { return Ok(()) };
+        let passed = (*skip).min(read.len());
+        *skip -= passed;
+        if let Err(e) = framing.check(&read[passed..]) {
+            self.framing = None;
+            super::connections::framing_refused();
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        if framing.is_done() {
+            self.framing = None;
+        }
+        Ok(())
     }
 
     /// Keep `bytes` (read by the wait) to be returned first by the next reads.
@@ -48,17 +75,33 @@ impl Arrived {
 
 impl AsyncRead for Arrived {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        // While a checked body's head is still passing, a read returns no
+        // more than the head: the session's parser reads the head alone and
+        // the body's bytes come with its body reads, where a refusal is a
+        // 400 and not a broken head.
+        let limit = match &self.framing {
+            Some((skip, _)) if *skip > 0 => *skip,
+            _ => usize::MAX,
+        };
         if self.taken < self.head.len() {
-            let n = buf.remaining().min(self.head.len() - self.taken);
-            buf.put_slice(&self.head[self.taken..self.taken + n]);
+            let n = buf.remaining().min(self.head.len() - self.taken).min(limit);
+            let (from, to) = (self.taken, self.taken + n);
+            buf.put_slice(&self.head[from..to]);
             self.taken += n;
             if self.taken == self.head.len() {
                 self.head = Vec::new();
                 self.taken = 0;
             }
-            return Poll::Ready(Ok(()));
+        } else if limit < buf.remaining() {
+            let mut stack = [0u8; 4096];
+            let mut part = ReadBuf::new(&mut stack[..limit.min(4096)]);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut part))?;
+            buf.put_slice(part.filled());
+        } else {
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        Poll::Ready(self.check_framing(&buf.filled()[before..]))
     }
 }
 

@@ -81,6 +81,19 @@ struct ArrivedHead {
     extra: usize,
     /// Set once Pingora's parser accepted the head.
     parsed: Cell<bool>,
+    /// Set when the body's chunked framing was refused (`chunk_framing`).
+    bad_framing: Cell<bool>,
+}
+
+/// Called by the stream when the body's chunked framing is invalid; the
+/// proxy then answers 400 (the read fails with `InvalidData`).
+pub fn framing_refused() {
+    let _ = ARRIVED.try_with(|head| head.bad_framing.set(true));
+}
+
+/// True when this request's chunked framing was refused.
+pub fn framing_was_refused() -> bool {
+    ARRIVED.try_with(|head| head.bad_framing.get()).unwrap_or(false)
 }
 
 /// Called by the proxy once Pingora parsed the head: a request whose head
@@ -159,7 +172,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             let started = Instant::now();
             let (back, head) = next_request(stream, &mut shutdown, idle, header_timeout, first).await;
             let extra = match head {
-                Head::Complete { extra } => extra,
+                Head::Complete { extra, .. } => extra,
                 Head::Closed => return,
                 Head::Late => {
                     if let Some(mut late) = back {
@@ -175,7 +188,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
                 let reused = self.inner.process_new_http(session, &shutdown).await;
                 (reused, ARRIVED.with(|head| head.parsed.get()))
             };
-            let (reused, parsed) = ARRIVED.scope(ArrivedHead { extra, parsed: Cell::new(false) }, serve).await;
+            let arrived_head = ArrivedHead { extra, parsed: Cell::new(false), bad_framing: Cell::new(false) };
+            let (reused, parsed) = ARRIVED.scope(arrived_head, serve).await;
             if !parsed && self.account_refusals {
                 // The whole head had arrived, so Pingora refused it (and answered 400).
                 self.account(Refusal::Unparsable, started);
@@ -281,8 +295,9 @@ impl Refusal {
 /// What the wait for a request head found.
 enum Head {
     /// The whole head arrived (and `extra` bytes after it); it was handed
-    /// back to the stream for the session to parse.
-    Complete { extra: usize },
+    /// back to the stream for the session to parse. `chunked`: the head's
+    /// length, when it declares a `Transfer-Encoding` (a chunked body).
+    Complete { extra: usize, chunked: Option<usize> },
     /// The client closed, or sent nothing in time, or shutdown came first.
     Closed,
     /// Part of a head arrived, the rest not in time (or the client closed).
@@ -312,6 +327,12 @@ async fn next_request(
     if stream.as_any().is::<TcpStream>() {
         let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else { return (None, Head::Closed) };
         let head = until_arrival(shutdown, read_head(&mut *tcp, limits)).await;
+        if let Head::Complete { chunked: Some(head_len), .. } = head {
+            // A chunked body is read through the wrapper that checks its framing.
+            let mut wrapped = Arrived::new(tcp as Stream);
+            wrapped.check_chunked_body(head_len);
+            return (Some(Box::new(wrapped) as Stream), head);
+        }
         return (Some(tcp as Stream), head);
     }
     let mut wrapped = if stream.as_any().is::<Arrived>() {
@@ -323,6 +344,9 @@ async fn next_request(
         Box::new(Arrived::new(stream))
     };
     let head = until_arrival(shutdown, read_head(&mut *wrapped, limits)).await;
+    if let Head::Complete { chunked: Some(head_len), .. } = head {
+        wrapped.check_chunked_body(head_len);
+    }
     (Some(wrapped as Stream), head)
 }
 
@@ -381,13 +405,13 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
         }
         if let Some(end) = head_end(got, 0) {
             source.give_back(got);
-            return Poll::Ready(Ok(Some(got.len() - end)));
+            return Poll::Ready(Ok(Some(complete(got, end))));
         }
         partial.extend_from_slice(got);
         Poll::Ready(Ok(None))
     });
     match pingora_timeout::timeout(limits.idle, first).await {
-        Ok(Ok(Some(extra))) => return Head::Complete { extra },
+        Ok(Ok(Some(head))) => return head,
         Ok(Ok(None)) if !partial.is_empty() => {}
         // Nothing arrived: closed, failed, idle too long.
         _ => return Head::Closed,
@@ -406,13 +430,28 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
         // Past the limit, Pingora's parser refuses the head with 400.
         if let Some(end) = head_end(&partial, from).or((partial.len() > MAX_HEAD).then_some(partial.len())) {
             source.give_back(&partial);
-            return Poll::Ready(Ok(partial.len() - end));
+            return Poll::Ready(Ok(complete(&partial, end)));
         }
     });
     match tokio::time::timeout_at(deadline.into(), rest).await {
-        Ok(Ok(extra)) => Head::Complete { extra },
+        Ok(Ok(head)) => head,
         _ => Head::Late,
     }
+}
+
+/// A whole head found in `read`, ending at `end`.
+fn complete(read: &[u8], end: usize) -> Head {
+    let chunked = declares_transfer_encoding(&read[..end]).then_some(end);
+    Head::Complete { extra: read.len() - end, chunked }
+}
+
+/// A `Transfer-Encoding` field among the head's lines (Pingora accepts only
+/// chunked as the last coding, so a body it reads is then chunked). No
+/// whitespace may come between a field name and its colon (RFC 9112 5.1).
+fn declares_transfer_encoding(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n')
+        .skip(1)
+        .any(|line| line.get(..18).is_some_and(|p| p.eq_ignore_ascii_case(b"transfer-encoding:")))
 }
 
 /// Where a request head ends (just past its empty line), searching from

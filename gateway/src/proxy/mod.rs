@@ -12,6 +12,7 @@
 
 pub mod access_log;
 mod arrived;
+mod chunk_framing;
 pub mod connections;
 pub mod ctx;
 pub mod phases;
@@ -391,6 +392,10 @@ fn error_page(e: &Error) -> Option<LocalResponse> {
         _ => match e.esource() {
             ErrorSource::Upstream => (502, "Bad Gateway", "The backend could not be reached."),
             ErrorSource::Downstream => match e.etype() {
+                // The body's chunked framing was refused as it was read.
+                ErrorType::ReadError if connections::framing_was_refused() => {
+                    (400, "Bad Request", "The request body's chunked framing is invalid.")
+                }
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => return None,
                 _ => (400, "Bad Request", "The request could not be read."),
             },

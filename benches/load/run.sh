@@ -122,10 +122,14 @@ done
 # --- CPUs ---------------------------------------------------------------------
 NCPU=$(nproc)
 expand_cpus() { # "0,2-3" -> "0 2 3"
-    local part out=()
+    local part n out=()
     IFS=',' read -r -a parts <<<"$1"
     for part in "${parts[@]}"; do
-        if [[ "$part" == *-* ]]; then out+=($(seq "${part%-*}" "${part#*-}")); else out+=("$part"); fi
+        if [[ "$part" == *-* ]]; then
+            for ((n = ${part%-*}; n <= ${part#*-}; n++)); do out+=("$n"); done
+        else
+            out+=("$part")
+        fi
     done
     echo "${out[@]}"
 }
@@ -189,9 +193,9 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/gateway-bench.XXXXXX")"
 PGIDS=()     # process groups we started (each started with setsid: pgid == pid)
 HELPERS=()   # helper pids (samplers, reloaders)
 stop_group() { # pid [signal]: stop a process group we started, wait up to 5 s, then SIGKILL
-    local pid=$1 sig=${2:-TERM} i
+    local pid=$1 sig=${2:-TERM}
     kill -"$sig" -- "-$pid" 2>/dev/null || return 0
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         kill -0 -- "-$pid" 2>/dev/null || return 0
         sleep 0.1
     done

@@ -44,6 +44,12 @@ pub fn explain(config: &GatewayConfig, router: &Router, req: &ExplainRequest) ->
         Some((p, q)) => (p, Some(q)),
         None => (req.path.as_str(), None),
     };
+    // Routed on the normalized path, as the proxy does.
+    let normalized = match config.server.normalize_path {
+        true => crate::edge::path::normalize(path).map_err(|e| format!("the proxy answers 400: {e}"))?,
+        false => std::borrow::Cow::Borrowed(path),
+    };
+    let path = normalized.as_ref();
     let peer = req.ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     let ip = client_ip::resolve(peer, &headers, &config.client_ip.trusted_proxies);
     let host = req.host.as_deref().or_else(|| headers.get("host").and_then(|h| h.to_str().ok()));

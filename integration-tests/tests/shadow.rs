@@ -219,3 +219,31 @@ async fn records_survive_a_restart_retention_holds_and_secrets_are_redacted() {
     let kept = store_read.list(Some("cart"), None, None, 100).expect("list");
     assert!(!kept.is_empty(), "records survived the restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_does_not_hold_a_shadow_slot() {
+    use tokio::io::AsyncWriteExt;
+    let (stable, _) = Shop::new(10).start().await;
+    let (canary, canary_shop) = Shop::new(10).start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let shadow = "percent = 100.0\nmax_in_flight = 1\nmethods = [\"GET\", \"POST\"]";
+    let gateway = Gateway::start(&config(stable, canary, shadow, &store)).await;
+    // A POST whose body stalls after 10 of its 100 bytes: routed, being
+    // proxied, and (before the fix) holding the route's only shadow slot.
+    let mut slow = tokio::net::TcpStream::connect(gateway.listen_addr()).await.expect("connect");
+    let head = "POST /cart/items HTTP/1.1\r\nHost: shop\r\nx-user-id: slow\r\nContent-Length: 100\r\n\r\n0123456789";
+    slow.write_all(head.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile every complete request is still mirrored, one after the other.
+    for i in 0..3 {
+        assert_eq!(get(&gateway, &format!("u{i}")).await, 200);
+        let mirrored = integration_tests::wait_until(
+            || async { canary_shop.shadow_requests().len() > i },
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(mirrored, "request {i} was mirrored although a slow client is mid-body");
+    }
+    drop(slow);
+}

@@ -220,8 +220,10 @@ fn run(path: &std::path::Path, opts: RunOptions, demo: bool) -> ExitCode {
     }
 }
 
+/// Every load step `run` takes before it listens (config, state file, list
+/// files, diff store, snapshot), so that exit 0 means `run` will start.
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load_file(path) {
+    match gateway::reload::check(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 println!("{w}");

@@ -19,6 +19,9 @@ pub struct Metrics {
     latency: HistogramVec,
     upstream_errors: IntCounterVec,
     reloads: IntCounterVec,
+    /// 1 while the config in use is what the file says, 0 while the last reload attempt failed.
+    last_reload_ok: IntGauge,
+    last_reload_success_time: IntGauge,
     pub config_generation: IntGauge,
     pub downstream_connections: IntGauge,
     pub in_flight: IntGauge,
@@ -52,6 +55,9 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
+    pub const ALL: [UpstreamErrorKind; 5] =
+        [Self::Connect, Self::Timeout, Self::Status5xx, Self::NoHealthyBackend, Self::Other];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
@@ -88,6 +94,15 @@ impl Metrics {
         let reloads = must(IntCounterVec::new(
             Opts::new("gateway_config_reloads_total", "Config reloads by result (ok, error)"),
             &["result"],
+        ));
+        // Named as Prometheus names its own (prometheus_config_last_reload_successful).
+        let last_reload_ok = must(IntGauge::new(
+            "gateway_config_last_reload_successful",
+            "1 when the last config load or reload succeeded, 0 while the last attempt failed",
+        ));
+        let last_reload_success_time = must(IntGauge::new(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load or reload",
         ));
         let config_generation = must(IntGauge::new("gateway_config_generation", "Generation of the config in use"));
         let downstream_connections =
@@ -150,6 +165,8 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(reloads.clone()),
+            Box::new(last_reload_ok.clone()),
+            Box::new(last_reload_success_time.clone()),
             Box::new(config_generation.clone()),
             Box::new(downstream_connections.clone()),
             Box::new(in_flight.clone()),
@@ -158,6 +175,11 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
+        // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds,
+        // process_max_fds, process_virtual_memory_bytes, process_start_time_seconds,
+        // process_threads: read from /proc at each scrape.
+        #[cfg(target_os = "linux")]
+        must(registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())));
         // Make both reload results visible from the first scrape.
         reloads.with_label_values(&["ok"]);
         reloads.with_label_values(&["error"]);
@@ -167,6 +189,8 @@ impl Metrics {
             latency,
             upstream_errors,
             reloads,
+            last_reload_ok,
+            last_reload_success_time,
             config_generation,
             downstream_connections,
             in_flight,
@@ -231,8 +255,36 @@ impl Metrics {
         self.upstream_errors.with_label_values(&[pool, kind.as_str()]).inc();
     }
 
+    /// Bind `gateway_upstream_errors_total{pool, kind}` at 0 for every kind;
+    /// runs for every pool of every snapshot, so alerts see a series from the start.
+    pub fn init_upstream_errors(&self, pool: &str) {
+        for kind in UpstreamErrorKind::ALL {
+            self.upstream_errors.with_label_values(&[pool, kind.as_str()]);
+        }
+    }
+
+    /// Drop the upstream error series of a pool that no longer exists.
+    pub fn forget_upstream_errors(&self, pool: &str) {
+        for kind in UpstreamErrorKind::ALL {
+            let _ = self.upstream_errors.remove_label_values(&[pool, kind.as_str()]);
+        }
+    }
+
+    /// A reload attempt: counted by result; the last-reload gauges follow.
     pub fn reload(&self, ok: bool) {
         self.reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        self.loaded(ok);
+    }
+
+    /// Whether the config in use is what the file says: true after the load
+    /// at start, a reload applied, or the file restored to the running
+    /// config; false after a rejected attempt.
+    pub fn loaded(&self, ok: bool) {
+        self.last_reload_ok.set(i64::from(ok));
+        if ok {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            self.last_reload_success_time.set(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn set_backend_health(&self, pool: &str, addr: SocketAddr, up: bool) {
@@ -321,3 +373,6 @@ impl VersionMetrics {
         self.latency.observe(seconds);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,11 +13,13 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{self, GatewayConfig, LoadedConfig};
+use crate::config::{self, ConfigError, GatewayConfig, LoadedConfig};
 use crate::metrics::Metrics;
 use crate::runtime::RuntimeState;
 use crate::shadow::engine::ShadowEngine;
+use crate::shadow::DiffStore;
 use crate::snapshot::{BuildDeps, Snapshot, SnapshotHandle};
+use crate::state::OpenMode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -66,25 +68,31 @@ pub struct Reloader {
 
 impl Reloader {
     /// Load the initial config; errors here stop the process before it listens.
-    pub fn start(
-        path: &Path,
-        metrics: Arc<Metrics>,
-        shadow: Arc<ShadowEngine>,
-    ) -> Result<Arc<Self>, Vec<config::ConfigError>> {
+    pub fn start(path: &Path, metrics: Arc<Metrics>, shadow: Arc<ShadowEngine>) -> Result<Arc<Self>, Vec<ConfigError>> {
         let loaded = config::load_file(path)?;
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        let runtime = RuntimeState::open(&loaded.config.state_path).map_err(|message| {
-            vec![config::ConfigError { file: path.to_path_buf(), line: 0, key: "state.path".into(), message }]
-        })?;
+        Self::start_with(path, loaded, metrics, shadow).map(Arc::new)
+    }
+
+    /// The steps of [`Reloader::start`] after the config file parsed.
+    fn start_with(
+        path: &Path,
+        loaded: LoadedConfig,
+        metrics: Arc<Metrics>,
+        shadow: Arc<ShadowEngine>,
+    ) -> Result<Self, Vec<ConfigError>> {
         let deps = BuildDeps::new(Arc::clone(&metrics), Arc::clone(&shadow));
+        let runtime = prepare(path, &loaded, Steps::Run(&shadow), &deps)?;
         let started_with = loaded.config.clone();
         let tls = crate::tls::CertResolver::new(&metrics.registry, loaded.config.server.tls.as_ref());
         let snapshot = Snapshot::build(loaded, 1, &deps)?;
         metrics.config_generation.set(1);
         metrics.degrade_level.set(i64::from(runtime.degrade_level(snapshot.config.degrade_level)));
-        Ok(Arc::new(Self {
+        init_series(&metrics, &snapshot);
+        metrics.loaded(true);
+        Ok(Self {
             path: path.to_path_buf(),
             snapshots: Arc::new(ArcSwap::from_pointee(snapshot)),
             deps,
@@ -97,7 +105,7 @@ impl Reloader {
             status: Mutex::new(ReloadStatus::default()),
             started_with,
             reload_lock: Mutex::new(None),
-        }))
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -127,7 +135,14 @@ impl Reloader {
         // What a rejected attempt is remembered by: text, certificate files, list files.
         let lists = crate::edge::static_lists::fingerprint(&current.config.blacklist);
         let attempt = format!("{hash}/{certs}/{lists}");
-        if only_if_changed && (unchanged || last_rejected.as_deref() == Some(attempt.as_str())) {
+        if only_if_changed && unchanged {
+            // The file is the running config again (an edit was rejected, then
+            // undone): nothing to apply, and nothing is failing any more.
+            *last_rejected = None;
+            self.clear_error(trigger);
+            return ReloadOutcome::Unchanged { generation: current.generation };
+        }
+        if only_if_changed && last_rejected.as_deref() == Some(attempt.as_str()) {
             return ReloadOutcome::Unchanged { generation: current.generation };
         }
         match config::parse(&self.path, &text).and_then(|loaded| self.apply(trigger, loaded, current.generation + 1)) {
@@ -162,6 +177,7 @@ impl Reloader {
         self.deps.retain_for(&snapshot);
         self.metrics.degrade_level.set(i64::from(self.runtime.degrade_level(snapshot.config.degrade_level)));
         forget_removed_series(&self.metrics, &old, &snapshot);
+        init_series(&self.metrics, &snapshot);
         self.metrics.reload(true);
         self.metrics.config_generation.set(generation as i64);
         {
@@ -175,6 +191,16 @@ impl Reloader {
         }
         tracing::info!(trigger, generation, hash = %snapshot.hash, "config reloaded");
         Ok(ReloadOutcome::Applied { generation, restart_needed })
+    }
+
+    /// Forget the last rejected attempt once the file matches the running config.
+    fn clear_error(&self, trigger: &str) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.last_error.take().is_some() {
+            status.last_error_at = None;
+            self.metrics.loaded(true);
+            tracing::info!(trigger, "the config file is the running config again; the last reload error is cleared");
+        }
     }
 
     fn reject(&self, trigger: &str, errors: Vec<String>) -> ReloadOutcome {
@@ -228,8 +254,83 @@ fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
     out
 }
 
-/// Drop metric series for routes and backends that no longer exist, so
-/// dashboards do not show ghosts.
+/// Who runs the load steps: `gateway run` opens and creates, `gateway
+/// check` runs the same steps but only looks where `run` would create.
+enum Steps<'a> {
+    Run(&'a ShadowEngine),
+    Check,
+}
+
+/// Every load step between a parsed config and a snapshot, shared by `run`
+/// and `check`: the state file (readable, values in range, its directory
+/// writable), the list files, the diff store when a route shadows. The
+/// errors of every step come back together, as `file:line: key: message`.
+/// List files are read again by `Snapshot::build`, which reuses this parse.
+fn prepare(
+    path: &Path,
+    loaded: &LoadedConfig,
+    steps: Steps<'_>,
+    deps: &BuildDeps,
+) -> Result<RuntimeState, Vec<ConfigError>> {
+    let config = &loaded.config;
+    let mut errors = Vec::new();
+    let mode = match steps {
+        Steps::Run(_) => OpenMode::Create,
+        Steps::Check => OpenMode::Inspect,
+    };
+    let runtime = RuntimeState::open(&config.state_path, mode)
+        .map_err(|e| {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                key: "state.path".into(),
+                message: e.to_string(),
+            })
+        })
+        .ok();
+    if let Err(mut e) = deps.lists.build(&config.blacklist) {
+        errors.append(&mut e);
+    }
+    if config.routes.iter().any(|r| r.shadow.is_some()) {
+        let store = &config.shadow_store;
+        let opened = match steps {
+            Steps::Run(engine) => engine.ensure_started(store),
+            Steps::Check => DiffStore::check(&store.path),
+        };
+        if let Err(message) = opened {
+            let shown = store.path.display().to_string();
+            let message = if message.contains(&shown) { message } else { format!("{shown}: {message}") };
+            errors.push(ConfigError { file: config.source.clone(), line: 0, key: "shadow.store".into(), message });
+        }
+    }
+    match runtime {
+        Some(runtime) if errors.is_empty() => Ok(runtime),
+        _ => Err(errors),
+    }
+}
+
+/// `gateway check`: the load steps of `gateway run` ([`prepare`], then the
+/// snapshot), without listening and without creating the state directory or
+/// the diff store. Returns the config for the summary.
+pub fn check(path: &Path) -> Result<LoadedConfig, Vec<ConfigError>> {
+    let loaded = config::load_file(path)?;
+    // No shadow engine: the snapshot does not open the store, `prepare` checked it.
+    let deps = BuildDeps { metrics: Arc::new(Metrics::new()), ..BuildDeps::default() };
+    prepare(path, &loaded, Steps::Check, &deps)?;
+    Snapshot::build(loaded.clone(), 1, &deps)?;
+    Ok(loaded)
+}
+
+/// Series that must exist at 0 before their first event, so `rate()` and
+/// alerts work from the first scrape: upstream errors of every pool and kind.
+fn init_series(metrics: &Metrics, snapshot: &Snapshot) {
+    for pool in snapshot.pools.keys() {
+        metrics.init_upstream_errors(pool);
+    }
+}
+
+/// Drop metric series for routes, pools and backends that no longer exist,
+/// so dashboards do not show ghosts.
 fn forget_removed_series(metrics: &Metrics, old: &Snapshot, new: &Snapshot) {
     for r in old.router.routes() {
         if new.router.by_name(&r.spec.name).is_none() {
@@ -237,6 +338,9 @@ fn forget_removed_series(metrics: &Metrics, old: &Snapshot, new: &Snapshot) {
         }
     }
     for (name, pool) in &old.pools {
+        if !new.pools.contains_key(name) {
+            metrics.forget_upstream_errors(name);
+        }
         for b in &pool.backends {
             let kept = new.pools.get(name).is_some_and(|p| p.backends.iter().any(|nb| nb.addr == b.addr));
             if !kept {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI16, Ordering};
 use std::sync::Arc;
 
 use crate::edge::blacklist::RuntimeBlacklist;
-use crate::state::StateFile;
+use crate::state::{OpenMode, StateError, StateFile};
 
 pub struct RuntimeState {
     pub state: Arc<StateFile>,
@@ -17,11 +17,16 @@ pub struct RuntimeState {
 }
 
 impl RuntimeState {
-    /// Open the state file; an unreadable or corrupt one stops the start
-    /// (starting empty would silently unblock every blocked address).
-    pub fn open(path: &std::path::Path) -> Result<Self, String> {
+    /// Open the state file at start-up (and in `gateway check`). An
+    /// unreadable or corrupt file, a value out of range, or a directory the
+    /// file cannot be written in stops the start: starting empty would
+    /// silently unblock every blocked address, and a gateway that cannot
+    /// persist would fail every block ops enter. `mode` says whether a
+    /// missing directory is created (`run`) or only judged (`check`).
+    pub fn open(path: &std::path::Path, mode: OpenMode) -> Result<Self, StateError> {
         let state = Arc::new(StateFile::open(path));
         let persisted = state.load()?;
+        state.check_writable(mode)?;
         let blacklist = RuntimeBlacklist::open(Arc::clone(&state))?;
         let degrade_override = persisted.degrade_level.map(i16::from).unwrap_or(-1);
         Ok(Self { state, blacklist, degrade_override: AtomicI16::new(degrade_override) })
@@ -38,7 +43,7 @@ impl RuntimeState {
     }
 
     /// Set (or, with `None`, clear) the run-time level; persisted before it applies.
-    pub fn set_degrade(&self, level: Option<u8>) -> Result<(), String> {
+    pub fn set_degrade(&self, level: Option<u8>) -> Result<(), StateError> {
         self.state.update(|s| s.degrade_level = level)?;
         self.degrade_override.store(level.map(i16::from).unwrap_or(-1), Ordering::Relaxed);
         Ok(())

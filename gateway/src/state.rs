@@ -13,6 +13,26 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Number;
+
+use crate::config::values;
+
+/// The highest degrade level; the config accepts the same range (`degrade.level`, `degrade_at`).
+pub const MAX_DEGRADE_LEVEL: u8 = 10;
+
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 (and `/api/blacklist`) can
+/// write: a time past it in the file is a typo or corruption, not a plan.
+pub const MAX_UNIX_TIME: u64 = 253_402_300_799;
+
+/// What opening may do about what is missing (the state directory, the diff
+/// store): `gateway run` creates it, `gateway check` only looks, so that a
+/// check run as another user (root, say) leaves nothing behind that the
+/// gateway's own user could not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    Create,
+    Inspect,
+}
 
 /// The whole state file. Fields default so that files written by older versions load.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +55,85 @@ pub struct PersistedBlock {
     pub expires_at_unix: Option<u64>,
 }
 
+/// Why the state file cannot be used; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "state file {} is not valid JSON ({source}); it holds what ops entered at run time, \
+         so fix it or move it aside rather than have it ignored",
+        path.display()
+    )]
+    Parse { path: PathBuf, source: serde_json::Error },
+    /// A value that parses but is out of range: `field` is its path in the file, e.g. `blacklist[2].expires_at_unix`.
+    #[error("state file {}: {field}: {message}; fix the value or remove the entry", path.display())]
+    Field { path: PathBuf, field: String, message: String },
+    #[error("cannot encode state: {0}")]
+    Encode(serde_json::Error),
+    #[error("cannot write state file {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    /// The directory cannot take the file: every run-time block would fail to persist.
+    #[error("state file {}: its directory is not writable: {source}", path.display())]
+    NotWritable { path: PathBuf, source: std::io::Error },
+}
+
+/// The file as read: numbers kept as JSON numbers so that an out-of-range
+/// value is reported with its field, not as a serde type error.
+#[derive(Deserialize)]
+struct RawState {
+    #[serde(default)]
+    blacklist: Vec<RawBlock>,
+    #[serde(default)]
+    degrade_level: Option<Number>,
+}
+
+#[derive(Deserialize)]
+struct RawBlock {
+    cidr: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    added_at_unix: Option<Number>,
+    #[serde(default)]
+    expires_at_unix: Option<Number>,
+}
+
+impl RawState {
+    /// Check every value against the range the gateway can use; the first
+    /// bad one is the error (the file is small and hand edits are rare).
+    fn validate(self) -> Result<PersistedState, (String, String)> {
+        let degrade_level = match &self.degrade_level {
+            None => None,
+            Some(n) => Some(
+                n.as_u64()
+                    .and_then(|l| u8::try_from(l).ok())
+                    .filter(|l| *l <= MAX_DEGRADE_LEVEL)
+                    .ok_or_else(|| ("degrade_level".to_string(), format!("{n} is outside 0..={MAX_DEGRADE_LEVEL}")))?,
+            ),
+        };
+        let mut blacklist = Vec::with_capacity(self.blacklist.len());
+        for (i, b) in self.blacklist.into_iter().enumerate() {
+            let field = |name: &str| format!("blacklist[{i}].{name}");
+            let time = |name: &str, n: &Number| {
+                n.as_u64()
+                    .filter(|t| *t <= MAX_UNIX_TIME)
+                    .ok_or_else(|| (field(name), format!("{n} is outside 0..={MAX_UNIX_TIME} (9999-12-31T23:59:59Z)")))
+            };
+            values::cidr(&b.cidr).map_err(|e| (field("cidr"), e))?;
+            let added_at_unix = b.added_at_unix.as_ref().map(|n| time("added_at_unix", n)).transpose()?;
+            let expires_at_unix = b.expires_at_unix.as_ref().map(|n| time("expires_at_unix", n)).transpose()?;
+            blacklist.push(PersistedBlock {
+                cidr: b.cidr,
+                reason: b.reason,
+                added_at_unix: added_at_unix.unwrap_or(0),
+                expires_at_unix,
+            });
+        }
+        Ok(PersistedState { blacklist, degrade_level })
+    }
+}
+
 /// The state file at one path; every writer in the process goes through one of these.
 #[derive(Debug)]
 pub struct StateFile {
@@ -53,46 +152,82 @@ impl StateFile {
         &self.path
     }
 
-    /// Read the state; runs at start-up and inside `update`. A missing or
-    /// empty file is the default state; an unreadable or corrupt one is an
-    /// error naming the path.
-    pub fn load(&self) -> Result<PersistedState, String> {
+    /// Read the state; runs at start-up (and in `gateway check`) and inside
+    /// `update`. A missing or empty file is the default state; an unreadable
+    /// or corrupt one, or one with a value out of range, is an error naming
+    /// the path (and the field).
+    pub fn load(&self) -> Result<PersistedState, StateError> {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(PersistedState::default()),
-            Err(e) => return Err(format!("cannot read state file {}: {e}", self.path.display())),
+            Err(source) => return Err(StateError::Read { path: self.path.clone(), source }),
         };
         if text.trim().is_empty() {
             return Ok(PersistedState::default());
         }
-        serde_json::from_str(&text).map_err(|e| {
-            format!(
-                "state file {} is not valid JSON ({e}); it holds what ops entered at run time, \
-                 so fix it or move it aside rather than have it ignored",
-                self.path.display()
-            )
-        })
+        let raw: RawState =
+            serde_json::from_str(&text).map_err(|source| StateError::Parse { path: self.path.clone(), source })?;
+        raw.validate().map_err(|(field, message)| StateError::Field { path: self.path.clone(), field, message })
+    }
+
+    /// Make sure updates will be able to write the file. Runs at start-up
+    /// and in `gateway check`, so a gateway that could not persist a block
+    /// refuses to start instead of failing the first block.
+    pub fn check_writable(&self, mode: OpenMode) -> Result<(), StateError> {
+        probe_writable(parent_dir(&self.path), mode)
+            .map_err(|source| StateError::NotWritable { path: self.path.clone(), source })
     }
 
     /// Load, apply `f`, and write the result atomically; runs on every
     /// run-time change. The file is left as it was when any step fails.
-    pub fn update(&self, f: impl FnOnce(&mut PersistedState)) -> Result<(), String> {
+    pub fn update(&self, f: impl FnOnce(&mut PersistedState)) -> Result<(), StateError> {
         // The guard protects no data, only the file: a panic elsewhere leaves nothing inconsistent.
         let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut state = self.load()?;
         f(&mut state);
-        let mut json = serde_json::to_vec_pretty(&state).map_err(|e| format!("cannot encode state: {e}"))?;
+        let mut json = serde_json::to_vec_pretty(&state).map_err(StateError::Encode)?;
         json.push(b'\n');
-        write_atomic(&self.path, &json).map_err(|e| format!("cannot write state file {}: {e}", self.path.display()))
+        write_atomic(&self.path, &json).map_err(|source| StateError::Write { path: self.path.clone(), source })
+    }
+}
+
+/// Whether files can be created in `dir`: a probe file is created and
+/// removed. With `Create`, `dir` is created first (as the first write would);
+/// with `Inspect`, a missing `dir` is judged by its nearest existing
+/// ancestor, where `create_dir_all` would start, and nothing is left behind.
+pub fn probe_writable(dir: &Path, mode: OpenMode) -> std::io::Result<()> {
+    let mut at = dir;
+    match mode {
+        OpenMode::Create => fs::create_dir_all(dir)?,
+        OpenMode::Inspect => {
+            // `exists` is false under a regular file too; the probe then fails there.
+            while !at.exists() {
+                match at.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => at = p,
+                    _ => {
+                        at = Path::new(".");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // A name of its own: a running gateway's `.tmp` file must not be touched.
+    let probe = at.join(format!(".gateway-probe-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    File::create(&probe)?;
+    fs::remove_file(&probe)
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 
 /// Replace `path` with `bytes` so that a crash leaves the old or the new content.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     fs::create_dir_all(dir)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -141,87 +276,4 @@ pub(crate) mod testutil {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::testutil::TempDir;
-    use super::*;
-    use std::sync::Arc;
-
-    fn block(cidr: &str) -> PersistedBlock {
-        PersistedBlock {
-            cidr: cidr.into(),
-            reason: Some("abuse".into()),
-            added_at_unix: 1_700_000_000,
-            expires_at_unix: None,
-        }
-    }
-
-    #[test]
-    fn missing_file_is_default_and_update_creates_parent_dirs() {
-        let dir = TempDir::new("gw-state");
-        let state = StateFile::open(dir.path().join("var/lib/gateway/state.json"));
-        assert_eq!(state.load(), Ok(PersistedState::default()));
-        state.update(|s| s.degrade_level = Some(2)).expect("update");
-        assert_eq!(state.load().expect("load").degrade_level, Some(2));
-    }
-
-    #[test]
-    fn round_trip_survives_reopen_and_leaves_no_temp_file() {
-        let dir = TempDir::new("gw-state");
-        let path = dir.path().join("state.json");
-        let state = StateFile::open(&path);
-        state.update(|s| s.blacklist.push(block("192.0.2.0/24"))).expect("first update");
-        state.update(|s| s.blacklist.push(block("2001:db8::/32"))).expect("second update");
-
-        let reopened = StateFile::open(&path).load().expect("load");
-        assert_eq!(reopened.blacklist, vec![block("192.0.2.0/24"), block("2001:db8::/32")]);
-        let names: Vec<_> =
-            fs::read_dir(dir.path()).expect("read dir").map(|e| e.expect("entry").file_name()).collect();
-        assert_eq!(names, ["state.json"]);
-    }
-
-    #[test]
-    fn older_files_without_new_fields_load() {
-        let dir = TempDir::new("gw-state");
-        let path = dir.path().join("state.json");
-        fs::write(&path, r#"{"blacklist": [{"cidr": "192.0.2.1/32", "added_at_unix": 5}]}"#).expect("write");
-        let s = StateFile::open(&path).load().expect("load");
-        assert_eq!(s.degrade_level, None);
-        assert_eq!(s.blacklist[0].cidr, "192.0.2.1/32");
-        assert_eq!(s.blacklist[0].reason, None);
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error_and_is_not_overwritten() {
-        let dir = TempDir::new("gw-state");
-        let path = dir.path().join("state.json");
-        fs::write(&path, "{\"blacklist\": [").expect("write");
-        let state = StateFile::open(&path);
-        let err = state.load().expect_err("corrupt file must not load");
-        assert!(err.contains(&path.display().to_string()), "{err}");
-        assert!(state.update(|s| s.degrade_level = Some(1)).is_err());
-        assert_eq!(fs::read_to_string(&path).expect("read"), "{\"blacklist\": [");
-    }
-
-    #[test]
-    fn concurrent_updates_all_land() {
-        let dir = TempDir::new("gw-state");
-        let state = Arc::new(StateFile::open(dir.path().join("state.json")));
-        let threads: Vec<_> = (0..2)
-            .map(|t| {
-                let state = Arc::clone(&state);
-                std::thread::spawn(move || {
-                    for i in 0..20 {
-                        state.update(|s| s.blacklist.push(block(&format!("10.{t}.{i}.0/24")))).expect("update");
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().expect("thread");
-        }
-        let mut cidrs: Vec<_> = state.load().expect("load").blacklist.into_iter().map(|b| b.cidr).collect();
-        cidrs.sort();
-        cidrs.dedup();
-        assert_eq!(cidrs.len(), 40);
-    }
-}
+mod tests;

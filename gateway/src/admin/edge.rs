@@ -1,6 +1,6 @@
 //! Admin endpoints for ops: run-time blocks and the degrade level.
 //!
-//! `POST /api/blacklist` `{"cidr": "203.0.113.0/24", "reason": "card testing", "ttl": "1h"}`
+//! `POST /api/blacklist` `{"cidr": "203.0.113.0/24", "reason": "card testing", "ttl": "1h"}` (ttl at most 10 years)
 //! `DELETE /api/blacklist/{cidr}` (a `/` in the CIDR may be sent as `%2F`)
 //! `GET /api/blacklist` — every entry, run-time and static, with its source
 //! `GET /api/degrade`, `PUT /api/degrade {"level": 2}`, `DELETE /api/degrade` (back to the config's level)
@@ -8,15 +8,16 @@
 //! Every change is written to the state file before it answers, so an
 //! answered block survives a crash.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::values;
-use crate::edge::blacklist::BlockEntry;
+use crate::edge::blacklist::{BlockEntry, BlockError};
 use crate::reload::Reloader;
+use crate::state::MAX_DEGRADE_LEVEL;
 
 use super::{json_reply, Reply};
 
@@ -58,7 +59,10 @@ pub fn add_block(reloader: &Reloader, body: &[u8]) -> Reply {
             tracing::warn!(target: "blacklist", cidr = %entry.cidr, reason = entry.reason.as_deref().unwrap_or(""), "blocked by admin API");
             json_reply(StatusCode::CREATED, &entry_json(&entry))
         }
-        Err(e) => json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e})),
+        Err(e @ BlockError::TtlTooLong(_)) => bad(e.to_string()),
+        Err(e @ BlockError::State(_)) => {
+            json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()}))
+        }
     }
 }
 
@@ -81,7 +85,7 @@ pub fn remove_block(reloader: &Reloader, raw_cidr: &str) -> Reply {
             };
             json_reply(StatusCode::NOT_FOUND, &json!({"error": msg}))
         }
-        Err(e) => json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e})),
+        Err(e) => json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
     }
 }
 
@@ -109,14 +113,14 @@ pub fn set_degrade(reloader: &Reloader, body: Option<&[u8]>) -> Reply {
     let level = match body {
         None => None,
         Some(body) => match serde_json::from_slice::<DegradeRequest>(body) {
-            Ok(DegradeRequest { level: Some(l) }) if l <= 10 => Some(l),
+            Ok(DegradeRequest { level: Some(l) }) if l <= MAX_DEGRADE_LEVEL => Some(l),
             Ok(DegradeRequest { level: None }) => None,
-            Ok(_) => return bad("level must be 0..=10"),
+            Ok(_) => return bad(format!("level must be 0..={MAX_DEGRADE_LEVEL}")),
             Err(e) => return bad(format!("expected {{\"level\": 2}}: {e}")),
         },
     };
     if let Err(e) = reloader.runtime.set_degrade(level) {
-        return json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e}));
+        return json_reply(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()}));
     }
     let in_force = reloader.runtime.degrade_level(reloader.snapshots.load().config.degrade_level);
     reloader.metrics.degrade_level.set(i64::from(in_force));
@@ -144,9 +148,7 @@ pub fn degrade_json(reloader: &Reloader) -> Value {
 }
 
 fn unix(t: Option<SystemTime>) -> Value {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| Value::String(humantime::format_rfc3339_seconds(UNIX_EPOCH + d).to_string()))
-        .unwrap_or(Value::Null)
+    t.map(|t| Value::String(super::times::rfc3339_seconds(t))).unwrap_or(Value::Null)
 }
 
 fn entry_json(e: &BlockEntry) -> Value {

@@ -3,12 +3,13 @@
 //! Served by Pingora's own HTTP service (`ServeHttp`), so requests are parsed
 //! by the same battle-tested code as the proxy's. With `admin.token_file`,
 //! every call but the `/healthz` and `/readyz` probes needs
-//! `Authorization: Bearer <token>` (compared in constant time); without it,
-//! only loopback clients are served.
+//! `Authorization: Bearer <token>` (scheme in any case, RFC 9110; token
+//! compared in constant time); without it, only loopback clients are served.
 
 mod diffs;
 mod edge;
 mod status;
+pub(crate) mod times;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -104,10 +105,9 @@ impl AdminApp {
                     .req_header()
                     .headers
                     .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or("");
-                let ok: bool = presented.as_bytes().ct_eq(token.as_bytes()).into();
+                    .and_then(|v| bearer_token(v.as_bytes()))
+                    .unwrap_or(b"");
+                let ok: bool = presented.ct_eq(token.as_bytes()).into();
                 (!ok).then(|| json_reply(StatusCode::UNAUTHORIZED, &json!({"error": "missing or wrong bearer token"})))
             }
             None => {
@@ -174,6 +174,21 @@ impl AdminApp {
             Err(e) => json_reply(StatusCode::NOT_FOUND, &json!({"error": e})),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. RFC 9110 §11.1: the
+/// scheme is case-insensitive (`bearer`, `BEARER`) and is followed by one or
+/// more spaces; surrounding whitespace is not part of the token (RFC 6750's
+/// token68 has none). Bytes, not text: the comparison that follows is
+/// constant-time over whatever was sent.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let value = value.trim_ascii();
+    let (scheme, rest) = value.split_at_checked(SCHEME.len())?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) || !rest.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        return None;
+    }
+    Some(rest.trim_ascii_start())
 }
 
 /// The request body, at most 64 KiB (admin calls are small JSON documents).
@@ -250,6 +265,18 @@ pub(crate) fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+        for header in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "bEaReR   s3cret", " Bearer\ts3cret "] {
+            assert_eq!(bearer_token(header.as_bytes()), Some(&b"s3cret"[..]), "{header:?}");
+        }
+        for header in ["Bearers3cret", "Basic s3cret", "Bearer", "", "Bear s3cret", "Token s3cret"] {
+            assert!(bearer_token(header.as_bytes()).is_none_or(<[u8]>::is_empty), "{header:?}");
+        }
+        // The token's case is its own: only the scheme is case-insensitive.
+        assert_eq!(bearer_token(b"bearer S3CRET"), Some(&b"S3CRET"[..]));
+    }
 
     #[test]
     fn query_strings_are_decoded() {

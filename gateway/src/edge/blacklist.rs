@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,7 +20,25 @@ use ipnet::IpNet;
 use super::ipset::IpSet;
 use crate::config::values;
 use crate::config::ConfigError;
-use crate::state::{PersistedBlock, StateFile};
+use crate::state::{PersistedBlock, StateError, StateFile, MAX_UNIX_TIME};
+
+/// A humantime year (365.25 days), so that `ttl = "10y"` is exactly the limit.
+const YEAR: Duration = Duration::from_secs(31_557_600);
+
+/// The longest TTL of a run-time block. Longer is a typo (`10000y` for
+/// `10000s`) more often than a plan; a block meant to last is given no TTL.
+pub const MAX_BLOCK_TTL: Duration = Duration::from_secs(10 * YEAR.as_secs());
+
+/// Why a run-time block was not added.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The caller's mistake (400): over [`MAX_BLOCK_TTL`].
+    #[error("ttl {} is longer than the limit of 10 years; leave the ttl out for a block without end", humantime::format_duration(*.0))]
+    TtlTooLong(Duration),
+    /// The state file could not be written (500); nothing changed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
 
 /// Where a block was entered; shown in logs, metrics and `/api/blacklist`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,16 +77,53 @@ impl BlockEntry {
 /// Errors listed in full before the rest are summed up in one line.
 const MAX_LISTED_ERRORS: usize = 20;
 
-/// Parse a block-list file; runs on the reload thread, never per request.
+/// [`read_list_file`] without a size cap (benches and tools).
+pub fn parse_list_file(path: &Path, key: &str) -> Result<Vec<BlockEntry>, Vec<ConfigError>> {
+    read_list_file(path, key, u64::MAX)
+}
+
+/// The error for a list file over `blacklist.max_file_size`.
+pub fn too_large(path: &Path, key: &str, size: u64, max_size: u64) -> ConfigError {
+    ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        key: key.into(),
+        message: format!(
+            "{} is {}, over blacklist.max_file_size ({}); split the list or raise the limit",
+            path.display(),
+            human_size(size),
+            human_size(max_size)
+        ),
+    }
+}
+
+/// `268435456 bytes (256 MiB)`, `1000 bytes`.
+fn human_size(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    match bytes {
+        b if b >= MIB => format!("{b} bytes ({:.1} MiB)", b as f64 / MIB as f64).replace(".0 MiB", " MiB"),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Parse a block-list file of at most `max_size` bytes; runs on the reload
+/// thread, never per request.
 ///
 /// One address or CIDR per line, then an optional free-text reason; `#`
 /// starts a comment. Every malformed line is reported (the first 20, then a
 /// count) so that one `gateway check` shows them all; `key` names the config
-/// entry that points at the file, e.g. `blacklist.files[0]`.
-pub fn parse_list_file(path: &Path, key: &str) -> Result<Vec<BlockEntry>, Vec<ConfigError>> {
+/// entry that points at the file, e.g. `blacklist.files[0]`. A larger file
+/// is one error, checked before reading and while reading (it may grow).
+pub fn read_list_file(path: &Path, key: &str, max_size: u64) -> Result<Vec<BlockEntry>, Vec<ConfigError>> {
     let error = |line: usize, message: String| ConfigError { file: path.to_path_buf(), line, key: key.into(), message };
     let file = File::open(path).map_err(|e| vec![error(0, format!("cannot read block list: {e}"))])?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > max_size {
+        return Err(vec![too_large(path, key, size, max_size)]);
+    }
+    // One byte over the cap is enough to know the file grew past it.
+    let mut reader = BufReader::with_capacity(1 << 16, file.take(max_size.saturating_add(1)));
+    let mut read = 0u64;
     let mut entries = Vec::new();
     let mut errors = Vec::new();
     let mut unlisted = 0usize;
@@ -79,7 +134,13 @@ pub fn parse_list_file(path: &Path, key: &str) -> Result<Vec<BlockEntry>, Vec<Co
         buf.clear();
         match reader.read_until(b'\n', &mut buf) {
             Ok(0) => break,
-            Ok(_) => line_no += 1,
+            Ok(n) => {
+                line_no += 1;
+                read = read.saturating_add(n as u64);
+                if read > max_size {
+                    return Err(vec![too_large(path, key, read, max_size)]);
+                }
+            }
             Err(e) => return Err(vec![error(line_no + 1, format!("cannot read block list: {e}"))]),
         }
         match parse_line(&buf) {
@@ -163,18 +224,22 @@ pub struct RuntimeBlacklist {
 impl RuntimeBlacklist {
     /// Load the persisted blocks at start-up, dropping those already expired.
     /// A corrupt state file or entry is an error: starting empty would unblock them all.
-    pub fn open(state: Arc<StateFile>) -> Result<Self, String> {
+    pub fn open(state: Arc<StateFile>) -> Result<Self, StateError> {
         let persisted = state.load()?;
         let now = SystemTime::now();
         let mut entries = Vec::with_capacity(persisted.blacklist.len());
-        for p in persisted.blacklist {
-            let cidr = values::cidr(&p.cidr).map_err(|e| format!("state file {}: {e}", state.path().display()))?;
+        for (i, p) in persisted.blacklist.into_iter().enumerate() {
+            let cidr = values::cidr(&p.cidr).map_err(|message| StateError::Field {
+                path: state.path().to_path_buf(),
+                field: format!("blacklist[{i}].cidr"),
+                message,
+            })?;
             let entry = BlockEntry {
                 cidr,
                 source: BlockSource::Api,
                 reason: p.reason,
-                added_at: Some(UNIX_EPOCH + Duration::from_secs(p.added_at_unix)),
-                expires_at: p.expires_at_unix.map(|t| UNIX_EPOCH + Duration::from_secs(t)),
+                added_at: Some(from_unix(p.added_at_unix)),
+                expires_at: p.expires_at_unix.map(from_unix),
             };
             if !entry.is_expired(now) {
                 entries.push(entry);
@@ -191,11 +256,18 @@ impl RuntimeBlacklist {
 
     /// Block `cidr` (normalised to its network), replacing an existing block of
     /// the same CIDR; runs on an admin request. Persisted before it takes effect.
-    pub fn add(&self, cidr: IpNet, reason: Option<String>, ttl: Option<Duration>) -> Result<BlockEntry, String> {
+    /// A TTL over [`MAX_BLOCK_TTL`] is refused before anything changes.
+    pub fn add(&self, cidr: IpNet, reason: Option<String>, ttl: Option<Duration>) -> Result<BlockEntry, BlockError> {
         let now = SystemTime::now();
         let expires_at = match ttl {
             None => None,
-            Some(ttl) => Some(now.checked_add(ttl).ok_or_else(|| format!("ttl {ttl:?} is too far in the future"))?),
+            // Also refused when the clock is so far ahead that the expiry would pass
+            // what the state file can hold: the block would not load after a restart.
+            Some(ttl) => Some(
+                now.checked_add(ttl)
+                    .filter(|t| ttl <= MAX_BLOCK_TTL && unix_secs(*t) <= MAX_UNIX_TIME)
+                    .ok_or(BlockError::TtlTooLong(ttl))?,
+            ),
         };
         let entry =
             BlockEntry { cidr: cidr.trunc(), source: BlockSource::Api, reason, added_at: Some(now), expires_at };
@@ -210,7 +282,7 @@ impl RuntimeBlacklist {
     }
 
     /// Unblock exactly `cidr` (not the addresses inside it); `Ok(false)` when it was not blocked.
-    pub fn remove(&self, cidr: IpNet) -> Result<bool, String> {
+    pub fn remove(&self, cidr: IpNet) -> Result<bool, StateError> {
         let cidr = cidr.trunc();
         self.change(|entries| {
             let before = entries.len();
@@ -265,7 +337,7 @@ impl RuntimeBlacklist {
 
     /// Apply `f` to a copy of the entries; if it reports a change, persist the
     /// copy and only then make it live, so memory never runs ahead of the file.
-    fn change(&self, f: impl FnOnce(&mut Vec<BlockEntry>) -> bool) -> Result<bool, String> {
+    fn change(&self, f: impl FnOnce(&mut Vec<BlockEntry>) -> bool) -> Result<bool, StateError> {
         let mut entries = self.lock();
         let mut next = entries.clone();
         if !f(&mut next) {
@@ -277,7 +349,7 @@ impl RuntimeBlacklist {
         Ok(true)
     }
 
-    fn persist(&self, entries: &[BlockEntry]) -> Result<(), String> {
+    fn persist(&self, entries: &[BlockEntry]) -> Result<(), StateError> {
         let blocks: Vec<PersistedBlock> = entries.iter().map(to_persisted).collect();
         self.state.update(|s| s.blacklist = blocks)
     }
@@ -292,205 +364,29 @@ fn build_set(entries: &[BlockEntry]) -> IpSet<Arc<BlockEntry>> {
     IpSet::build(entries.iter().map(|e| (e.cidr, Arc::new(e.clone()))))
 }
 
+/// A time read from the state file (at most [`MAX_UNIX_TIME`] once loaded); never panics.
+fn from_unix(secs: u64) -> SystemTime {
+    let secs = Duration::from_secs(secs.min(MAX_UNIX_TIME));
+    UNIX_EPOCH.checked_add(secs).unwrap_or(UNIX_EPOCH)
+}
+
+/// Whole seconds since the epoch, rounded up; 0 before it.
+fn unix_secs(t: SystemTime) -> u64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
+/// Capped at [`MAX_UNIX_TIME`]: the gateway never writes a file it would refuse to load.
 fn to_persisted(e: &BlockEntry) -> PersistedBlock {
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs().min(MAX_UNIX_TIME);
     PersistedBlock {
         cidr: e.cidr.to_string(),
         reason: e.reason.clone(),
-        added_at_unix: e.added_at.map_or(0, |t| secs(t).as_secs()),
+        added_at_unix: e.added_at.map_or(0, secs),
         // Rounded up: after a restart a block may last a fraction of a second longer, never shorter.
-        expires_at_unix: e.expires_at.map(secs).map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+        expires_at_unix: e.expires_at.map(|t| unix_secs(t).min(MAX_UNIX_TIME)),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::testutil::TempDir;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("ip")
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().expect("net")
-    }
-
-    #[test]
-    fn list_file_with_comments_reasons_and_v6() {
-        let dir = TempDir::new("gw-blacklist");
-        let path = dir.path().join("blocked.txt");
-        let text = "# abusive ranges, reviewed weekly\n\
-                    \n\
-                    203.0.113.0/24  card testing 2026-11-11\n\
-                    198.51.100.7    # scraper, no reason given\n\
-                    \t2001:db8:bad::/48 credential stuffing # ticket 4411\n\
-                    192.0.2.77/24\n";
-        std::fs::write(&path, text).expect("write");
-        let entries = parse_list_file(&path, "blacklist.files[0]").expect("parses");
-        let got: Vec<_> = entries.iter().map(|e| (e.cidr, e.reason.as_deref(), e.source.clone())).collect();
-        let file = |line| BlockSource::File { path: path.clone(), line };
-        assert_eq!(
-            got,
-            vec![
-                (net("203.0.113.0/24"), Some("card testing 2026-11-11"), file(3)),
-                (net("198.51.100.7/32"), None, file(4)),
-                (net("2001:db8:bad::/48"), Some("credential stuffing"), file(5)),
-                // Host bits are dropped, as everywhere else in the config.
-                (net("192.0.2.0/24"), None, file(6)),
-            ]
-        );
-        assert_eq!(entries[0].source.label(), "file");
-    }
-
-    #[test]
-    fn every_bad_line_is_reported_with_file_and_line() {
-        let dir = TempDir::new("gw-blacklist");
-        let path = dir.path().join("blocked.txt");
-        std::fs::write(&path, "192.0.2.1\n300.1.2.3 typo\n# fine\n2001:db8::/129\n10.0.0.0/8\n").expect("write");
-        let errors = parse_list_file(&path, "blacklist.files[1]").expect_err("bad lines");
-        let shown: Vec<_> = errors.iter().map(|e| e.to_string()).collect();
-        assert_eq!(
-            shown,
-            [
-                "blocked.txt:2: blacklist.files[1]: \"300.1.2.3\" is not an IP address or CIDR",
-                "blocked.txt:4: blacklist.files[1]: \"2001:db8::/129\" is not an IP address or CIDR",
-            ]
-        );
-    }
-
-    #[test]
-    fn a_garbage_file_reports_twenty_lines_and_a_count() {
-        let dir = TempDir::new("gw-blacklist");
-        let path = dir.path().join("garbage.bin");
-        std::fs::write(&path, "junk\n".repeat(1000)).expect("write");
-        let errors = parse_list_file(&path, "k").expect_err("garbage");
-        assert_eq!(errors.len(), 21);
-        assert_eq!(errors[19].line, 20);
-        assert_eq!(errors[20].message, "… and 980 more malformed lines");
-    }
-
-    #[test]
-    fn unreadable_file_is_one_error() {
-        let dir = TempDir::new("gw-blacklist");
-        let errors = parse_list_file(&dir.path().join("missing.txt"), "blacklist.files[0]").expect_err("missing");
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].message.starts_with("cannot read block list"), "{}", errors[0].message);
-    }
-
-    #[test]
-    fn static_list_finds_the_most_specific_block() {
-        let entry =
-            |cidr: &str, source| BlockEntry { cidr: net(cidr), source, reason: None, added_at: None, expires_at: None };
-        let list = StaticBlacklist::build(vec![
-            entry("10.0.0.0/8", BlockSource::Config),
-            entry("10.1.2.3/32", BlockSource::File { path: "a.txt".into(), line: 9 }),
-        ]);
-        assert_eq!(list.len(), 2);
-        assert_eq!(list.lookup(ip("10.1.2.3")).map(|e| e.source.label()), Some("file"));
-        assert_eq!(list.lookup(ip("10.9.9.9")).map(|e| e.source.label()), Some("config"));
-        assert!(list.lookup(ip("11.0.0.1")).is_none());
-    }
-
-    fn runtime(dir: &TempDir) -> RuntimeBlacklist {
-        RuntimeBlacklist::open(Arc::new(StateFile::open(dir.path().join("state.json")))).expect("open")
-    }
-
-    #[test]
-    fn runtime_add_lookup_remove() {
-        let dir = TempDir::new("gw-blacklist");
-        let list = runtime(&dir);
-        assert!(list.lookup(ip("198.51.100.7")).is_none());
-
-        let added = list.add(net("198.51.100.7/24"), Some("scraper".into()), None).expect("add");
-        assert_eq!(added.cidr, net("198.51.100.0/24"));
-        let hit = list.lookup(ip("::ffff:198.51.100.200")).expect("blocked");
-        assert_eq!((hit.source.label(), hit.reason.as_deref()), ("api", Some("scraper")));
-
-        // Re-adding replaces the reason instead of adding a second block.
-        list.add(net("198.51.100.0/24"), Some("scraper, escalated".into()), None).expect("re-add");
-        assert_eq!(list.list().len(), 1);
-        assert_eq!(
-            list.lookup(ip("198.51.100.1")).and_then(|e| e.reason.clone()).as_deref(),
-            Some("scraper, escalated")
-        );
-
-        assert_eq!(list.remove(net("198.51.100.0/24")), Ok(true));
-        assert_eq!(list.remove(net("198.51.100.0/24")), Ok(false));
-        assert!(list.lookup(ip("198.51.100.1")).is_none());
-        assert!(list.list().is_empty());
-    }
-
-    #[test]
-    fn expired_block_stops_matching_before_the_sweep_and_the_broader_block_still_does() {
-        let dir = TempDir::new("gw-blacklist");
-        let list = runtime(&dir);
-        list.add(net("10.0.0.0/8"), Some("wide".into()), None).expect("add wide");
-        list.add(net("10.1.2.3/32"), Some("short".into()), Some(Duration::from_millis(1))).expect("add short");
-        std::thread::sleep(Duration::from_millis(20));
-
-        let hit = list.lookup(ip("10.1.2.3")).expect("still blocked by the /8");
-        assert_eq!(hit.reason.as_deref(), Some("wide"));
-        assert_eq!(list.list().len(), 1);
-
-        assert_eq!(list.sweep_expired(), 1);
-        assert_eq!(list.sweep_expired(), 0);
-        assert_eq!(list.len(), 1);
-        let on_disk = StateFile::open(dir.path().join("state.json")).load().expect("load");
-        assert_eq!(on_disk.blacklist.iter().map(|b| b.cidr.as_str()).collect::<Vec<_>>(), ["10.0.0.0/8"]);
-    }
-
-    #[test]
-    fn blocks_survive_a_restart() {
-        let dir = TempDir::new("gw-blacklist");
-        {
-            let list = runtime(&dir);
-            list.add(net("203.0.113.0/24"), Some("card testing".into()), Some(Duration::from_secs(3600))).expect("add");
-            list.add(net("2001:db8::/32"), None, None).expect("add v6");
-            list.add(net("192.0.2.1/32"), None, None).expect("add");
-            list.remove(net("192.0.2.1/32")).expect("remove");
-        }
-        let list = runtime(&dir);
-        let cidrs: Vec<_> = list.list().iter().map(|e| e.cidr.to_string()).collect();
-        assert_eq!(cidrs, ["203.0.113.0/24", "2001:db8::/32"]);
-        let hit = list.lookup(ip("203.0.113.50")).expect("still blocked");
-        assert_eq!(hit.reason.as_deref(), Some("card testing"));
-        assert!(hit.expires_at.is_some());
-        assert!(list.lookup(ip("2001:db8::1")).is_some());
-        assert!(list.lookup(ip("192.0.2.1")).is_none());
-    }
-
-    #[test]
-    fn expired_blocks_are_dropped_on_open_and_other_state_is_kept() {
-        let dir = TempDir::new("gw-blacklist");
-        let state = StateFile::open(dir.path().join("state.json"));
-        let block = |cidr: &str, expires_at_unix| PersistedBlock {
-            cidr: cidr.into(),
-            reason: None,
-            added_at_unix: 1_700_000_000,
-            expires_at_unix,
-        };
-        state
-            .update(|s| {
-                s.degrade_level = Some(3);
-                s.blacklist = vec![block("192.0.2.0/24", Some(1_700_000_060)), block("198.51.100.0/24", None)];
-            })
-            .expect("seed");
-        let list = runtime(&dir);
-        assert!(list.lookup(ip("192.0.2.1")).is_none());
-        assert!(list.lookup(ip("198.51.100.1")).is_some());
-
-        list.add(net("203.0.113.0/24"), None, None).expect("add");
-        let on_disk = state.load().expect("load");
-        assert_eq!(on_disk.degrade_level, Some(3));
-        assert_eq!(on_disk.blacklist.len(), 2);
-    }
-
-    #[test]
-    fn corrupt_state_refuses_to_open() {
-        let dir = TempDir::new("gw-blacklist");
-        std::fs::write(dir.path().join("state.json"), r#"{"blacklist": [{"cidr": "not-an-ip"}]}"#).expect("write");
-        let state = Arc::new(StateFile::open(dir.path().join("state.json")));
-        assert!(RuntimeBlacklist::open(state).is_err());
-    }
-}
+mod tests;

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use crate::config::{BlacklistSpec, ConfigError};
 
-use super::blacklist::{parse_list_file, BlockEntry, BlockSource, StaticBlacklist};
+use super::blacklist::{read_list_file, too_large, BlockEntry, BlockSource, StaticBlacklist};
 
 /// Size and modification time: enough to tell an edited list file.
 type FileStamp = (u64, Option<SystemTime>);
@@ -34,7 +34,8 @@ pub struct ListCache {
 }
 
 impl ListCache {
-    /// The static blacklist for `spec`; every malformed line of every file is an error.
+    /// The static blacklist for `spec`; every malformed line of every file,
+    /// and every file over `spec.max_file_size`, is an error.
     pub fn build(&self, spec: &BlacklistSpec) -> Result<Arc<StaticBlacklist>, Vec<ConfigError>> {
         let mut stamps = Vec::with_capacity(spec.files.len());
         let mut errors = Vec::new();
@@ -42,7 +43,7 @@ impl ListCache {
         for (path, key) in &spec.files {
             let stamp = stamp(path);
             stamps.push((path.clone(), stamp));
-            match self.file(path, key, stamp) {
+            match self.file(path, key, stamp, spec.max_file_size) {
                 Ok(entries) => file_entries.push(entries),
                 Err(mut e) => errors.append(&mut e),
             }
@@ -76,14 +77,24 @@ impl ListCache {
         }
     }
 
-    fn file(&self, path: &PathBuf, key: &str, stamp: FileStamp) -> Result<Arc<Vec<Arc<BlockEntry>>>, Vec<ConfigError>> {
+    fn file(
+        &self,
+        path: &PathBuf,
+        key: &str,
+        stamp: FileStamp,
+        max_size: u64,
+    ) -> Result<Arc<Vec<Arc<BlockEntry>>>, Vec<ConfigError>> {
+        // Checked before the cache too: a reload may lower the limit under an unchanged file.
+        if stamp.0 > max_size {
+            return Err(vec![too_large(path, key, stamp.0, max_size)]);
+        }
         if let Some((s, entries)) = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
             if *s == stamp {
                 return Ok(Arc::clone(entries));
             }
         }
         // Shared entries: a rebuilt set points at the same parsed lines, no copies.
-        let entries = Arc::new(parse_list_file(path, key)?.into_iter().map(Arc::new).collect::<Vec<_>>());
+        let entries = Arc::new(read_list_file(path, key, max_size)?.into_iter().map(Arc::new).collect::<Vec<_>>());
         self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone(), (stamp, Arc::clone(&entries)));
         Ok(entries)
     }
@@ -104,3 +115,6 @@ fn stamp(path: &PathBuf) -> FileStamp {
         Err(_) => (0, None),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -240,6 +240,21 @@ impl DiffStore {
         })
     }
 
+    /// `gateway check`: whether [`DiffStore::open`] will succeed, changing
+    /// nothing. An existing file must be a SQLite database this user can
+    /// write; a missing one, a directory where it can be created. Either way
+    /// the directory must take new files (SQLite's `-wal` and `-shm`).
+    pub fn check(path: &Path) -> Result<(), String> {
+        let failed = |e: &dyn std::fmt::Display| format!("shadow store {}: {e}", path.display());
+        if path.exists() {
+            let conn = connect(path, false)?;
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(|e| failed(&e))?;
+            std::fs::OpenOptions::new().write(true).open(path).map_err(|e| failed(&e))?;
+        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        crate::state::probe_writable(dir, crate::state::OpenMode::Inspect).map_err(|e| failed(&e))
+    }
+
     /// Replaces the redaction list (lower-cased here); applies to records written from now on.
     pub fn set_redacted_headers(&self, names: impl IntoIterator<Item = impl AsRef<str>>) {
         let names = names.into_iter().map(|n| n.as_ref().to_ascii_lowercase()).collect();

@@ -128,7 +128,7 @@ pub fn summary_page_context(
         "known_routes": known_routes,
         "route": route,
         "since": since,
-        "now": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "now": crate::admin::times::rfc3339_seconds(SystemTime::now()),
     })
 }
 

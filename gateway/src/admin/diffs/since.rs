@@ -25,7 +25,9 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
         return Some(t);
     }
     // humantime reads `Z` only; apply a `±HH:MM` offset ourselves.
-    let (local, offset) = text.split_at(text.len().checked_sub(6)?);
+    // `get`, not `split_at`: six bytes from the end may fall inside a character.
+    let cut = text.len().checked_sub(6)?;
+    let (local, offset) = (text.get(..cut)?, text.get(cut..)?);
     let sign = match offset.as_bytes().first()? {
         b'+' => 1,
         b'-' => -1,
@@ -53,9 +55,9 @@ pub(super) fn unix_ms(t: SystemTime) -> i64 {
     }
 }
 
+/// Never panics, whatever the store holds (see `admin::times`).
 pub(super) fn rfc3339_ms(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
+    crate::admin::times::rfc3339_millis(ms)
 }
 
 #[cfg(test)]
@@ -76,5 +78,13 @@ mod tests {
         assert_eq!(parse_since("2026-05-01T10:00:00-01:30", now), Ok(unix_ms(at("2026-05-01T11:30:00Z"))));
         assert!(parse_since("yesterday", now).is_err_and(|e| e.contains("neither a duration")));
         assert!(parse_since("2026-05-01T10:00:00+25:00", now).is_err());
+    }
+
+    #[test]
+    fn since_with_a_character_across_the_offset_cut_is_an_error_not_a_panic() {
+        let now = at("2026-05-01T12:00:00Z");
+        // 7 bytes: the cut six bytes from the end falls inside the first '€'.
+        assert!(parse_since("€a€", now).is_err());
+        assert!(parse_since("2026-05-01T10:00:00€0", now).is_err());
     }
 }

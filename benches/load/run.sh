@@ -28,7 +28,9 @@ usage: benches/load/run.sh [options]
                      others; one thread) instead of wrk; latency counts from each request's
                      due time, so it is free of coordinated omission. Pick R below every
                      proxy's saturation. Default: none, closed-loop wrk. Variant d ignores it
-  --proxies LIST     comma-separated subset of gateway,nginx,haproxy,bare-pingora
+  --proxies LIST     comma-separated subset of gateway,nginx,haproxy,bare-pingora,gateway-base
+  --base-bin PATH    a second gateway binary (e.g. the previous commit's release build), run as
+                     proxy 'gateway-base' with the same config, to compare two builds in one run
   --idle-conns N     variant d: idle connections per proxy (default 10000)
   --reload-ms MS     variant e: reload interval (default 100)
   --blacklist N      variant b: blacklist entries (default 100000)
@@ -45,6 +47,7 @@ EOF
 
 VARIANT=a DURATION=10 ROUNDS=3 WARMUP=2 CONNS=64 WRK_THREADS="" PROXIES="" IDLE_CONNS=10000 RELOAD_MS=100 RATE=""
 BLACKLIST_N=100000 PROXY_CPUS="" LOAD_CPUS="" BASE_PORT=18000 BUILD=1 INSTALL=1 KEEP_TMP=0 ALLOW_MISMATCH=0
+BASE_BIN=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --variant) VARIANT="$2"; shift 2 ;;
@@ -65,6 +68,7 @@ while [[ $# -gt 0 ]]; do
         --no-install) INSTALL=0; shift ;;
         --keep-tmp) KEEP_TMP=1; shift ;;
         --allow-mismatch) ALLOW_MISMATCH=1; shift ;;
+        --base-bin) BASE_BIN="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -98,8 +102,8 @@ die() { log "error: $*"; exit 1; }
 STABLE_PORT=$((BASE_PORT + 1)) CANARY_PORT=$((BASE_PORT + 2)) SHADOW_PORT=$((BASE_PORT + 3))
 STATUS_PORT=$((BASE_PORT + 4))
 declare -A PORT=([gateway]=$((BASE_PORT + 10)) [gateway-shadow]=$((BASE_PORT + 20)) [nginx]=$((BASE_PORT + 30))
-    [haproxy]=$((BASE_PORT + 40)) [bare-pingora]=$((BASE_PORT + 50)))
-declare -A ADMIN_PORT=([gateway]=$((BASE_PORT + 11)) [gateway-shadow]=$((BASE_PORT + 21)))
+    [haproxy]=$((BASE_PORT + 40)) [bare-pingora]=$((BASE_PORT + 50)) [gateway-base]=$((BASE_PORT + 60)))
+declare -A ADMIN_PORT=([gateway]=$((BASE_PORT + 11)) [gateway-shadow]=$((BASE_PORT + 21)) [gateway-base]=$((BASE_PORT + 61)))
 
 # --- variant ------------------------------------------------------------------
 SALT="cart-2026-11" CANARY_PERCENT=10 SEED=2026
@@ -116,8 +120,11 @@ case "$VARIANT" in
 esac
 IFS=',' read -r -a LIST <<<"${PROXIES:-$DEFAULT_PROXIES}"
 for p in "${LIST[@]}"; do
-    [[ -n "${PORT[$p]:-}" ]] || die "unknown proxy '$p' (gateway, gateway-shadow, nginx, haproxy, bare-pingora)"
+    [[ -n "${PORT[$p]:-}" ]] || die "unknown proxy '$p' (gateway, gateway-shadow, nginx, haproxy, bare-pingora, gateway-base)"
 done
+if [[ " ${LIST[*]} " == *" gateway-base "* ]]; then
+    [[ -x "$BASE_BIN" ]] || die "proxy gateway-base needs --base-bin PATH (an executable gateway binary)"
+fi
 
 # --- CPUs ---------------------------------------------------------------------
 NCPU=$(nproc)
@@ -255,7 +262,7 @@ for p in "${LIST[@]}"; do
     d="$TMP/$p"
     mkdir -p "$d/tmp"
     case "$p" in
-        gateway|gateway-shadow)
+        gateway|gateway-shadow|gateway-base)
             # Its own directory: the gateway watches its config file's directory.
             gflags=("${FLAGS[@]}")
             [[ "$VARIANT" == c ]] && gflags+=(--flag shadow_upstream)
@@ -266,7 +273,9 @@ for p in "${LIST[@]}"; do
                 --set "PORT=${PORT[$p]}" --set "ADMIN_PORT=${ADMIN_PORT[$p]}" --set "THREADS=1" \
                 --set "ACCESS_LOG=off" --set "WHITELIST_USERS=$WHITELIST_TOML"
             CONFIG[$p]="$d/conf/gateway.toml"
-            if ! "$GATEWAY_BIN" check -c "${CONFIG[$p]}" >"$d/check.log" 2>&1; then
+            bin=$GATEWAY_BIN
+            [[ "$p" == gateway-base ]] && bin=$BASE_BIN
+            if ! "$bin" check -c "${CONFIG[$p]}" >"$d/check.log" 2>&1; then
                 cat "$d/check.log" >&2
                 what="this config"
                 [[ "$VARIANT" == b ]] && what="[blacklist] files / [routes.rate_limit] per_ip (variant b)"
@@ -307,6 +316,7 @@ start_proxy() { # name -> PROXY_PID
     local p=$1 d="$TMP/$1"
     case "$p" in
         gateway|gateway-shadow) start "$p" "$PROXY_CPUS" "$GATEWAY_BIN" run -c "${CONFIG[$p]}" ;;
+        gateway-base) start "$p" "$PROXY_CPUS" "$BASE_BIN" run -c "${CONFIG[$p]}" ;;
         nginx) start "$p" "$PROXY_CPUS" nginx -p "$d" -c "$d/nginx.conf" ;;
         haproxy) rm -f "$d/master.sock"
             start "$p" "$PROXY_CPUS" haproxy -W -S "$d/master.sock" -f "$d/haproxy.cfg" ;;

@@ -388,7 +388,7 @@ impl Drop for Gateway {
 /// Whether a socket listens on `addr`, from the kernel's table
 /// (`/proc/net/tcp`), without connecting: a connection would be seen by the
 /// gateway (counted, or blocked at accept by a test's blacklist).
-fn is_listening(addr: SocketAddr) -> bool {
+pub fn is_listening(addr: SocketAddr) -> bool {
     const LISTEN: &str = "0A";
     let std::net::IpAddr::V4(ip) = addr.ip() else { return true };
     // The kernel prints the address as the u32 in memory order, in hex.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 pub use backend::{Backend, ReceivedRequest};
 pub use binary::{dead_addr, free_addr, gateway_bin, run_cli, temp_dir};
 pub use client::{fresh_connection_client, get_json, http_client, try_get_json, ws_connect, ws_echo_once, WsStream};
-pub use gateway::Gateway;
+pub use gateway::{is_listening, Gateway};
 /// Signals for [`Gateway::signal`].
 pub use libc::{SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGTERM};
 /// Re-exported so tests can build WebSocket messages without their own dep.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::{free_addr, gateway_bin, http_client, temp_dir, wait_until, Backend};
+use integration_tests::{free_addr, gateway_bin, http_client, is_listening, temp_dir, wait_until, Backend};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
@@ -291,7 +291,9 @@ async fn readme_systemd_steps_install_a_gateway_that_starts_serves_and_writes_on
     let ready = wait_until(
         || async {
             let probe = client.get(format!("http://{admin}/readyz")).timeout(Duration::from_secs(1)).send().await;
-            probe.is_ok_and(|r| r.status() == 200)
+            // Ready, and the proxy listener bound: Pingora announces Running
+            // while it may still be binding (see Gateway::wait_ready).
+            probe.is_ok_and(|r| r.status() == 200) && is_listening(listen)
         },
         Duration::from_secs(30),
     )

@@ -69,6 +69,14 @@ pub enum StateError {
     /// A value that parses but is out of range: `field` is its path in the file, e.g. `blacklist[2].expires_at_unix`.
     #[error("state file {}: {field}: {message}; fix the value or remove the entry", path.display())]
     Field { path: PathBuf, field: String, message: String },
+    /// Empty, or JSON that is not an object: never what the gateway writes
+    /// (it replaces the file whole), so something else damaged it.
+    #[error(
+        "state file {} is {what}: the gateway never writes that (it replaces the file whole); \
+         restore it, or remove it to start with no run-time blocks and no degrade level",
+        path.display()
+    )]
+    NotAnObject { path: PathBuf, what: &'static str },
     #[error("cannot encode state: {0}")]
     Encode(serde_json::Error),
     #[error("cannot write state file {}: {source}", path.display())]
@@ -162,8 +170,13 @@ impl StateFile {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(PersistedState::default()),
             Err(source) => return Err(StateError::Read { path: self.path.clone(), source }),
         };
+        // An empty file would otherwise read as "no blocks": silently unblocking everyone.
         if text.trim().is_empty() {
-            return Ok(PersistedState::default());
+            return Err(StateError::NotAnObject { path: self.path.clone(), what: "empty" });
+        }
+        // serde reads a struct from an array too (`[]` would be "no blocks").
+        if !text.trim_start().starts_with('{') {
+            return Err(StateError::NotAnObject { path: self.path.clone(), what: "not a JSON object" });
         }
         let raw: RawState =
             serde_json::from_str(&text).map_err(|source| StateError::Parse { path: self.path.clone(), source })?;

@@ -201,6 +201,21 @@ async fn dot_segments_cannot_walk_from_one_route_into_another() {
     // An encoded slash is not a separator: one segment, routed as written.
     let reply = one_answer(addr, b"GET /recommendations/..%2Fcart HTTP/1.1\r\nHost: shop\r\n\r\n").await;
     assert!(reply.text.contains("\"backend\":\"recs\""), "{}", reply.text);
+    // Forms other servers read as separators or dot segments, and targets
+    // that are not a path, are refused rather than routed as something else.
+    for target in [
+        "/recommendations/..;/cart/x",
+        "/recommendations/%2e%2e;/cart",
+        "/recommendations/..\\cart\\x",
+        "cart/x",
+        "../cart",
+    ] {
+        let reply =
+            exchange(addr, format!("GET {target} HTTP/1.1\r\nHost: shop\r\n\r\n").as_bytes(), Duration::from_secs(5))
+                .await;
+        assert_eq!(reply.status(), 400, "{target}: {}", reply.text);
+    }
+    assert_eq!(cart.requests() + recs.requests(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,13 +253,15 @@ async fn requests_the_rfc_calls_invalid_get_400_and_never_reach_a_backend() {
             .await;
     assert_eq!(reply.status(), 200, "{}", reply.text);
     assert_eq!(v1.requests(), 1);
+    assert_eq!(v1.received()[0].headers.get_all("content-length").iter().count(), 1, "one Content-Length upstream");
     assert_eq!(v1.received()[0].header("content-length").as_deref(), Some("3"));
     // Each refusal is counted with route "" and written to the access log.
     let text = metrics(&gateway).await;
     assert_eq!(unrouted(&text, "4xx"), invalid.len() as u64, "{text}");
     let log = gateway.log();
-    let refused = log.lines().filter(|l| l.contains("access") && l.contains("status=400")).count();
-    assert_eq!(refused, invalid.len(), "{log}");
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("access") && l.contains("status=400")).collect();
+    assert_eq!(refused.len(), invalid.len(), "{log}");
+    assert!(refused.iter().all(|l| l.contains("client=\"127.0.0.1\"")), "each names the client: {refused:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,5 +383,31 @@ async fn a_bare_lf_in_chunked_framing_is_a_400_and_never_a_second_request() {
         let reply = exchange(addr, request, Duration::from_secs(5)).await;
         assert_eq!(reply.status(), 400, "{:?}: {}", String::from_utf8_lossy(request), reply.text);
     }
+    // Sent in one write, the bad framing is seen with the head: no upstream is asked.
+    assert_eq!(v1.requests() + v2.requests(), 0, "no backend saw any of them");
+
+    // Sent in two writes, the bad line arrives while the body streams: the
+    // head has gone upstream, nothing after the bad line does, and the client gets 400.
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"POST /cart/x HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n").await.expect("head");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.write_all(b"3\nabc\r\n0\r\n\r\nGET /cart/smuggled HTTP/1.1\r\nHost: shop\r\n\r\n").await.expect("body");
+    let reply = read_reply(&mut conn, Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), 400, "{}", reply.text);
     assert!(v1.received().iter().all(|r| r.path != "/cart/smuggled"), "no second request reached the backend");
+    assert!(v1.requests() <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_after_a_chunked_body_is_never_promised_a_keep_alive() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let gateway = Gateway::start(&cart_config_with(&[&v1], &[&v2], 0.0, "")).await;
+    let two = b"POST /cart/1 HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /cart/2 HTTP/1.1\r\nHost: shop\r\n\r\n";
+    let reply = exchange(gateway.listen_addr(), two, Duration::from_secs(5)).await;
+    match reply.statuses().as_slice() {
+        [200, 200] => {}
+        [200] => assert!(reply.head().contains("connection: close"), "{}", reply.text),
+        other => panic!("unexpected answers {other:?}: {}", reply.text),
+    }
+    assert_eq!(v1.requests(), reply.statuses().len());
 }

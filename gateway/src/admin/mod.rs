@@ -204,7 +204,18 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
                 }
             }
             Ok(None) => return Ok(body),
-            Err(e) => return Err(json_reply(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()}))),
+            // `server.body_timeout` passed between two reads: the client is late, not wrong.
+            Err(e) if e.etype() == &pingora_error::ErrorType::ReadTimedout => {
+                session.set_keepalive(None);
+                return Err(json_reply(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &json!({"error": "the request body did not arrive in time"}),
+                ));
+            }
+            Err(e) => {
+                session.set_keepalive(None);
+                return Err(json_reply(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})));
+            }
         }
     }
 }

@@ -12,7 +12,10 @@
 //! 3. dot segments are removed (`/a/./b/../c` is `/a/c`).
 //!
 //! A path that climbs above `/` and a `%` not followed by two hex digits are
-//! refused (400). An encoded slash (`%2F`) is not a separator: it stays as it
+//! refused (400), and so are two forms that some backends read as something
+//! this normalization does not: a backslash (IIS and some Node servers take
+//! it for `/`) and a dot segment with parameters (`/..;/`, which Tomcat and
+//! Spring resolve as `..`). An encoded slash (`%2F`) is not a separator: it stays as it
 //! is, so `/a%2F..%2Fb` is one segment, routed and forwarded unchanged; a
 //! backend that decodes `%2F` before resolving dot segments must not be
 //! trusted with route-level rules either way. The query is never touched.
@@ -26,6 +29,10 @@ pub enum PathError {
     AboveRoot,
     #[error("a % is not followed by two hex digits")]
     BadEscape,
+    #[error("a backslash is not a path character")]
+    Backslash,
+    #[error("a dot segment with parameters (`..;`) is ambiguous")]
+    DotSegmentParameter,
 }
 
 /// The normalized form of `path` (a request path without its query);
@@ -35,15 +42,20 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         // `*` (OPTIONS *) and other non-paths are not ours to change.
         return Ok(Cow::Borrowed(path));
     }
+    if path.contains('\\') {
+        return Err(PathError::Backslash);
+    }
     let decoded = decode_unreserved(path)?;
     let normalized = remove_dot_segments(&decoded)?;
     // `/.well-known/x` looks like work and is already normal.
     Ok(if normalized == path { Cow::Borrowed(path) } else { Cow::Owned(normalized) })
 }
 
-/// No escape, no empty segment, no segment starting with a dot: nothing to do.
+/// No escape, no backslash, no empty segment, no segment starting with a
+/// dot: nothing to do.
 fn is_normal(path: &[u8]) -> bool {
-    !path.contains(&b'%') && !path.windows(2).any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'))
+    !path.iter().any(|b| *b == b'%' || *b == b'\\')
+        && !path.windows(2).any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'))
 }
 
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
@@ -94,6 +106,7 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
                 kept.pop().ok_or(PathError::AboveRoot)?;
                 trailing_slash = last;
             }
+            s if matches!(s.split(';').next(), Some("." | "..")) => return Err(PathError::DotSegmentParameter),
             s => {
                 kept.push(s);
                 trailing_slash = false;
@@ -164,5 +177,16 @@ mod tests {
         for p in ["/a%", "/a%2", "/a%zz", "/%%41"] {
             assert_eq!(norm(p), Err(PathError::BadEscape), "{p}");
         }
+    }
+
+    #[test]
+    fn forms_other_servers_read_as_separators_or_dot_segments_are_refused() {
+        for p in ["/reco/..\\cart", "/a\\b", "\\"] {
+            assert_eq!(norm(&format!("/{p}")), Err(PathError::Backslash), "{p}");
+        }
+        for p in ["/reco/..;/cart/x", "/reco/%2e%2e;/admin", "/reco/.;x/y"] {
+            assert_eq!(norm(p), Err(PathError::DotSegmentParameter), "{p}");
+        }
+        assert_eq!(norm("/a;b/c").as_deref(), Ok("/a;b/c"), "parameters on a name are kept");
     }
 }

@@ -48,14 +48,21 @@ pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration
 
 /// A request refused before the proxy saw it (a late or unparsable head):
 /// no method, path or route is known.
-pub fn refused(snapshot: &crate::snapshot::Snapshot, status: u16, error: &'static str, elapsed: Duration) {
+pub fn refused(
+    snapshot: &crate::snapshot::Snapshot,
+    peer: Option<std::net::IpAddr>,
+    status: u16,
+    error: &'static str,
+    elapsed: Duration,
+) {
     if snapshot.config.server.access_log == AccessLogFormat::Off {
         return;
     }
+    let client = peer.map(|ip| ip.to_string()).unwrap_or_default();
     tracing::info!(
         target: "access",
         request_id = "",
-        client = "",
+        client = client.as_str(),
         method = "",
         path = "",
         route = "",

@@ -53,13 +53,20 @@ impl Arrived {
         let Some((skip, framing)) = self.framing.as_mut() else { return Ok(()) };
         let passed = (*skip).min(read.len());
         *skip -= passed;
-        if let Err(e) = framing.check(&read[passed..]) {
-            self.framing = None;
-            super::connections::framing_refused();
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-        }
-        if framing.is_done() {
-            self.framing = None;
+        match framing.check(&read[passed..]) {
+            Err(e) => {
+                self.framing = None;
+                super::connections::framing_refused();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            Ok(Some(end)) => {
+                self.framing = None;
+                if passed + end < read.len() {
+                    // A next request came with the body's end.
+                    super::connections::pipelined_seen();
+                }
+            }
+            Ok(None) => {}
         }
         Ok(())
     }

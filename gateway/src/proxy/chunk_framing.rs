@@ -61,8 +61,13 @@ impl ChunkFraming {
         self.state == State::Done
     }
 
-    /// Check the next bytes of the body; bytes after the end are not looked at.
-    pub fn check(&mut self, bytes: &[u8]) -> Result<(), FramingError> {
+    /// Check the next bytes of the body. When the body ends within them,
+    /// returns where (bytes after the end, a pipelined request's, are not
+    /// looked at).
+    pub fn check(&mut self, bytes: &[u8]) -> Result<Option<usize>, FramingError> {
+        if self.is_done() {
+            return Ok(Some(0));
+        }
         let mut i = 0;
         while i < bytes.len() {
             if let State::Data { left } = self.state {
@@ -74,10 +79,10 @@ impl ChunkFraming {
             self.state = next(self.state, bytes[i])?;
             i += 1;
             if self.state == State::Done {
-                return Ok(());
+                return Ok(Some(i));
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -120,6 +125,14 @@ mod tests {
         let mut f = ChunkFraming::default();
         f.check(body)?;
         Ok(f.is_done())
+    }
+
+    #[test]
+    fn the_end_of_the_body_is_found_before_a_pipelined_request() {
+        let mut f = ChunkFraming::default();
+        let bytes = b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
+        assert_eq!(f.check(bytes), Ok(Some(13)));
+        assert_eq!(&bytes[13..16], b"GET");
     }
 
     /// Every split of `body` into two reads gives the same verdict as one read.

@@ -34,13 +34,15 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as TcpStream;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::{SocketDigest, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_http::RequestHeader;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use super::arrived::Arrived;
+use super::chunk_framing::ChunkFraming;
+use crate::edge::client_ip;
 use crate::snapshot::SnapshotHandle;
 
 /// How long an idle keep-alive connection is kept: Pingora's default.
@@ -83,6 +85,13 @@ struct ArrivedHead {
     parsed: Cell<bool>,
     /// Set when the body's chunked framing was refused (`chunk_framing`).
     bad_framing: Cell<bool>,
+    /// Set when bytes of a next request followed a chunked body in one read.
+    pipelined: Cell<bool>,
+}
+
+/// Called by the stream when a next request's bytes follow a chunked body.
+pub fn pipelined_seen() {
+    let _ = ARRIVED.try_with(|head| head.pipelined.set(true));
 }
 
 /// Called by the stream when the body's chunked framing is invalid; the
@@ -107,13 +116,14 @@ pub fn head_parsed() {
 /// answers this one with `Connection: close` instead of promising a
 /// keep-alive it will not keep.
 pub fn pipelined_after(req: &RequestHeader) -> bool {
-    // A chunked body's length is unknown here: its extra bytes are taken as body.
+    // A chunked body's end is found by the framing check as it is read
+    // ([`pipelined_seen`]); here its extra bytes are taken as body.
     let body = if req.headers.contains_key(TRANSFER_ENCODING) {
         usize::MAX
     } else {
         req.headers.get(CONTENT_LENGTH).map_or(Some(0), |v| v.to_str().ok()?.trim().parse().ok()).unwrap_or(usize::MAX)
     };
-    ARRIVED.try_with(|head| head.extra > body).unwrap_or(false)
+    ARRIVED.try_with(|head| head.extra > body || head.pipelined.get()).unwrap_or(false)
 }
 
 #[async_trait]
@@ -180,19 +190,32 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
                     }
                     return;
                 }
+                Head::BadFraming => {
+                    if let Some(mut bad) = back {
+                        self.refuse(&mut bad, Refusal::BadFraming, started).await;
+                    }
+                    return;
+                }
             };
             let Some(arrived) = back else { return };
             first = false;
+            // Kept for the access line of a head the parser refuses (an Arc clone).
+            let digest = arrived.get_socket_digest();
             let session = self.session(arrived, carried.take(), &shutdown);
             let serve = async {
                 let reused = self.inner.process_new_http(session, &shutdown).await;
                 (reused, ARRIVED.with(|head| head.parsed.get()))
             };
-            let arrived_head = ArrivedHead { extra, parsed: Cell::new(false), bad_framing: Cell::new(false) };
+            let arrived_head = ArrivedHead {
+                extra,
+                parsed: Cell::new(false),
+                bad_framing: Cell::new(false),
+                pipelined: Cell::new(false),
+            };
             let (reused, parsed) = ARRIVED.scope(arrived_head, serve).await;
             if !parsed && self.account_refusals {
                 // The whole head had arrived, so Pingora refused it (and answered 400).
-                self.account(Refusal::Unparsable, started);
+                self.account(Refusal::Unparsable, started, digest.as_deref());
             }
             let Some(reused) = reused else {
                 return;
@@ -240,15 +263,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
         };
         let _ = pingora_timeout::timeout(Duration::from_secs(5), write).await;
         if self.account_refusals {
-            self.account(refusal, started);
+            self.account(refusal, started, stream.get_socket_digest().as_deref());
         }
     }
 
-    fn account(&self, refusal: Refusal, started: Instant) {
+    fn account(&self, refusal: Refusal, started: Instant, digest: Option<&SocketDigest>) {
         let snapshot = self.snapshots.load();
         let status = refusal.status();
         snapshot.unrouted_metrics.observe(status, started.elapsed().as_secs_f64());
-        super::access_log::refused(&snapshot, status, refusal.label(), started.elapsed());
+        // The TCP peer: X-Forwarded-For is not read from a head that was refused.
+        let peer = digest.and_then(|d| d.peer_addr()).and_then(|a| a.as_inet()).map(|a| client_ip::canonical(a.ip()));
+        super::access_log::refused(&snapshot, peer, status, refusal.label(), started.elapsed());
     }
 }
 
@@ -259,13 +284,15 @@ enum Refusal {
     HeadTimeout,
     /// Pingora's parser refused the head (it answered 400 itself).
     Unparsable,
+    /// The chunked body that came with the head has invalid framing.
+    BadFraming,
 }
 
 impl Refusal {
     fn status(self) -> u16 {
         match self {
             Self::HeadTimeout => 408,
-            Self::Unparsable => 400,
+            Self::Unparsable | Self::BadFraming => 400,
         }
     }
 
@@ -273,6 +300,7 @@ impl Refusal {
         match self {
             Self::HeadTimeout => "header_timeout",
             Self::Unparsable => "bad_request",
+            Self::BadFraming => "bad_chunked_framing",
         }
     }
 
@@ -282,6 +310,11 @@ impl Refusal {
                 "408 Request Timeout",
                 "<!doctype html><html><head><meta charset=\"utf-8\"><title>408 Request Timeout</title></head>\
 <body><h1>408 Request Timeout</h1><p>The request did not arrive in time.</p></body></html>\n",
+            ),
+            Self::BadFraming => (
+                "400 Bad Request",
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>400 Bad Request</title></head>\
+<body><h1>400 Bad Request</h1><p>The request body's chunked framing is invalid.</p></body></html>\n",
             ),
             Self::Unparsable => (
                 "400 Bad Request",
@@ -302,6 +335,9 @@ enum Head {
     Closed,
     /// Part of a head arrived, the rest not in time (or the client closed).
     Late,
+    /// The chunked body bytes that came with the head break its framing:
+    /// refused before any upstream is asked.
+    BadFraming,
 }
 
 /// Wait, holding nothing but the stream, until the client sends its next
@@ -441,8 +477,14 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
 
 /// A whole head found in `read`, ending at `end`.
 fn complete(read: &[u8], end: usize) -> Head {
-    let chunked = declares_transfer_encoding(&read[..end]).then_some(end);
-    Head::Complete { extra: read.len() - end, chunked }
+    let chunked = declares_transfer_encoding(&read[..end]);
+    // The body bytes that came with the head are checked now, so that the
+    // common smuggling attempt (everything in one write) never reaches an
+    // upstream; later bytes are checked as they are read.
+    if chunked && ChunkFraming::default().check(&read[end..]).is_err() {
+        return Head::BadFraming;
+    }
+    Head::Complete { extra: read.len() - end, chunked: chunked.then_some(end) }
 }
 
 /// A `Transfer-Encoding` field among the head's lines (Pingora accepts only

@@ -237,7 +237,7 @@ impl ProxyHttp for GatewayProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -251,6 +251,11 @@ impl ProxyHttp for GatewayProxy {
                 header.insert_header(*name, value.as_str())?;
             }
             *resp = header;
+        }
+        if connections::pipelined_after(session.req_header()) {
+            // A next request followed this one's chunked body: it will not be
+            // served on this connection, so the answer says so.
+            session.set_keepalive(None);
         }
         if let (Some(name), Some(routed)) = (&ctx.snapshot.config.server.version_header, &ctx.routed) {
             resp.insert_header(name.clone(), HeaderValue::from_static(routed.decision.version.as_str()))?;

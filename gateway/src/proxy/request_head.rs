@@ -5,7 +5,7 @@
 //! Runs first in `request_filter`, before the client IP is used, so a refused
 //! request is logged and counted like any other local answer (route `""`).
 
-use http::header::{CONNECTION, HOST};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
 use http::{HeaderName, HeaderValue, Version};
 use pingora_http::RequestHeader;
 
@@ -24,10 +24,43 @@ pub fn check(req: &mut RequestHeader, normalize_path: bool) -> Result<(), LocalR
         }
         _ => {}
     }
+    // RFC 9112 section 3.2: origin-form starts with `/`; absolute-form has
+    // a scheme; `*` is for OPTIONS only. Anything else (`GET admin/x`) would
+    // be routed as `/` and forwarded as written.
+    let target = req.raw_path();
+    let origin_form = target.first() == Some(&b'/');
+    let asterisk = target == b"*" && req.method == http::Method::OPTIONS;
+    if !(origin_form || asterisk || is_absolute_form(target)) {
+        return Err(bad_request("The request target must start with /."));
+    }
+    single_content_length(req);
     if normalize_path {
         normalize(req)?;
     }
     Ok(())
+}
+
+/// `scheme "://" ...` (Pingora has checked the authority and keeps the URI's
+/// path only).
+fn is_absolute_form(target: &[u8]) -> bool {
+    let Some(colon) = target.windows(3).position(|w| w == b"://") else { return false };
+    let scheme = &target[..colon];
+    scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// Pingora accepts repeated `Content-Length` fields and `3, 3` lists when
+/// every value is the same, and refuses the rest; forward one value.
+fn single_content_length(req: &mut RequestHeader) {
+    let mut values = req.headers.get_all(CONTENT_LENGTH).iter();
+    let (Some(first), more) = (values.next(), values.next().is_some()) else { return };
+    if !more && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let one = first.as_bytes().split(|b| *b == b',').next().unwrap_or_default().trim_ascii();
+    if let Ok(value) = HeaderValue::from_bytes(one) {
+        let _ = req.insert_header(CONTENT_LENGTH, value);
+    }
 }
 
 /// `uri-host [ ":" port ]`: no whitespace, no control characters, nothing
@@ -41,6 +74,10 @@ fn is_host_value(host: &[u8]) -> bool {
 }
 
 fn normalize(req: &mut RequestHeader) -> Result<(), LocalResponse> {
+    // Checked on the bytes as received too: the URI may hold an escaped copy.
+    if req.raw_path().contains(&b'\\') {
+        return Err(bad_request("The path is refused: a backslash is not a path character."));
+    }
     if !req.raw_path_is_utf8() {
         return Err(bad_request("The request target is not valid."));
     }
@@ -139,6 +176,30 @@ mod tests {
         assert_eq!(status(check(&mut raw, false)), 0);
         assert_eq!(raw.uri.path(), "/recommendations/../cart/x");
         assert_eq!(status(check(&mut head(Version::HTTP_11, "/../x", &[("host", "h")]), true)), 400);
+    }
+
+    #[test]
+    fn a_target_is_a_path_an_absolute_url_or_an_options_asterisk() {
+        for bad in ["admin/secret", "../admin", ".", "*"] {
+            assert_eq!(status(check(&mut head(Version::HTTP_11, bad, &[("host", "h")]), false)), 400, "{bad}");
+        }
+        assert_eq!(status(check(&mut head(Version::HTTP_11, "http://h/cart", &[("host", "h")]), true)), 0);
+        let mut options = RequestHeader::build("OPTIONS", b"*", None).expect("head");
+        options.append_header("host", "h").expect("host");
+        assert_eq!(status(check(&mut options, true)), 0);
+    }
+
+    #[test]
+    fn identical_content_lengths_are_forwarded_as_one() {
+        for lengths in [&["3", "3"][..], &["3, 3"], &["3,3", "3"]] {
+            let mut req = head(Version::HTTP_11, "/", &[("host", "h")]);
+            for l in lengths {
+                req.append_header("content-length", *l).expect("cl");
+            }
+            assert_eq!(status(check(&mut req, true)), 0);
+            let values: Vec<_> = req.headers.get_all(CONTENT_LENGTH).iter().collect();
+            assert_eq!(values, [&HeaderValue::from_static("3")], "{lengths:?}");
+        }
     }
 
     #[test]

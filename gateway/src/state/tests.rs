@@ -23,6 +23,17 @@ fn missing_file_is_default_and_update_creates_parent_dirs() {
 }
 
 #[test]
+fn an_empty_file_or_an_array_is_refused_not_read_as_no_blocks() {
+    let dir = TempDir::new("gw-state");
+    let path = dir.path().join("state.json");
+    for (text, what) in [("", "is empty"), ("  \n", "is empty"), ("[]", "is not a JSON object")] {
+        fs::write(&path, text).expect("write");
+        let err = StateFile::open(&path).load().expect_err("refused");
+        assert!(err.to_string().contains(&format!("state.json {what}")), "{text:?}: {err}");
+    }
+}
+
+#[test]
 fn round_trip_survives_reopen_and_leaves_no_temp_file() {
     let dir = TempDir::new("gw-state");
     let path = dir.path().join("state.json");

@@ -116,6 +116,11 @@ pub fn head_parsed() {
 /// answers this one with `Connection: close` instead of promising a
 /// keep-alive it will not keep.
 pub fn pipelined_after(req: &RequestHeader) -> bool {
+    let Ok((extra, pipelined)) = ARRIVED.try_with(|head| (head.extra, head.pipelined.get())) else { return false };
+    // The common case, nothing after the head, needs no header lookup.
+    if pipelined || extra == 0 {
+        return pipelined;
+    }
     // A chunked body's end is found by the framing check as it is read
     // ([`pipelined_seen`]); here its extra bytes are taken as body.
     let body = if req.headers.contains_key(TRANSFER_ENCODING) {
@@ -123,7 +128,7 @@ pub fn pipelined_after(req: &RequestHeader) -> bool {
     } else {
         req.headers.get(CONTENT_LENGTH).map_or(Some(0), |v| v.to_str().ok()?.trim().parse().ok()).unwrap_or(usize::MAX)
     };
-    ARRIVED.try_with(|head| head.extra > body || head.pipelined.get()).unwrap_or(false)
+    extra > body
 }
 
 #[async_trait]
@@ -202,8 +207,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             // Kept for the access line of a head the parser refuses (an Arc clone).
             let digest = arrived.get_socket_digest();
             let session = self.session(arrived, carried.take(), &shutdown);
-            let serve = async {
-                let reused = self.inner.process_new_http(session, &shutdown).await;
+            // The request's future is boxed (async_trait) and made here, so
+            // the block below holds a pointer, not the session: every idle
+            // connection's task is as large as its largest state.
+            let request = self.inner.process_new_http(session, &shutdown);
+            let serve = async move {
+                let reused = request.await;
                 (reused, ARRIVED.with(|head| head.parsed.get()))
             };
             let arrived_head = ArrivedHead {
@@ -453,6 +462,13 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
         _ => return Head::Closed,
     }
     let deadline = if limits.head_clock_from_start { started } else { Instant::now() } + limits.header_timeout;
+    // Boxed: the rare slow path's timer would otherwise enlarge the future
+    // every idle connection holds.
+    Box::pin(read_rest(source, partial, deadline)).await
+}
+
+/// The rest of a head that came in pieces, by `deadline`.
+async fn read_rest<S: HeadSource>(source: &mut S, mut partial: Vec<u8>, deadline: Instant) -> Head {
     let rest = std::future::poll_fn(|cx| loop {
         let mut buf = [0u8; ARRIVAL_READ];
         let mut read = ReadBuf::new(&mut buf);

@@ -202,12 +202,14 @@ impl ProxyHttp for GatewayProxy {
         // `req` is a copy of the client's request head, which already carries
         // the X-Request-Id set in `request_filter`.
         let proto = HeaderValue::from_static(if crate::tls::is_tls(session) { "https" } else { "http" });
+        // Inserted by `&'static str`: by `&HeaderName`, Pingora would
+        // title-case a copy of the name on every request.
         match forwarded_for(req.headers.get_all(&X_FORWARDED_FOR), peer_ip(session)) {
-            Some(xff) => req.insert_header(&X_FORWARDED_FOR, xff)?,
+            Some(xff) => req.insert_header("x-forwarded-for", xff)?,
             // Unreachable: the client's entries were already a header value.
-            None => req.insert_header(&X_FORWARDED_FOR, peer_ip(session).to_string())?,
+            None => req.insert_header("x-forwarded-for", peer_ip(session).to_string())?,
         }
-        req.insert_header(&X_FORWARDED_PROTO, proto)?;
+        req.insert_header("x-forwarded-proto", proto)?;
         if let Some(capture) = ctx.shadow.as_mut() {
             capture.request_sent(req);
         }

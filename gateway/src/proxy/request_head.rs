@@ -107,8 +107,9 @@ fn bad_request(detail: &str) -> LocalResponse {
 /// gateway forwards), and may not send the shadow marker that tells a backend
 /// "this is a mirrored request, skip side effects".
 pub fn strip_client_controls(req: &mut RequestHeader, owned: &[&HeaderName], markers: &[&HeaderName]) {
-    for marker in markers {
-        if req.headers.contains_key(*marker) {
+    for (i, marker) in markers.iter().enumerate() {
+        // Usually the route's marker is the default one: look it up once.
+        if !markers[..i].contains(marker) && req.headers.contains_key(*marker) {
             req.remove_header(*marker);
         }
     }

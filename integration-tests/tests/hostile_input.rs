@@ -233,9 +233,10 @@ async fn requests_the_rfc_calls_invalid_get_400_and_never_reach_a_backend() {
     let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
     let gateway = Gateway::start(&cart_config_with(&[&v1], &[&v2], 0.0, "")).await;
     let addr = gateway.listen_addr();
-    let invalid: [&[u8]; 6] = [
+    let invalid: [&[u8]; 7] = [
         b"GET /cart/x HTTP/1.1\r\n\r\n",
         b"GET /cart/x HTTP/1.1\r\nHost: shop .example\r\n\r\n",
+        b"GET /cart/x HTTP/1.1\r\nHost: shop.example:abc\r\n\r\n",
         b"GET /cart/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         b"POST /cart/x HTTP/1.1\r\nHost: shop\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
         b"POST /cart/x HTTP/1.1\r\nHost: shop\r\nContent-Length: 3, 4\r\n\r\nabcd",
@@ -410,4 +411,20 @@ async fn a_request_pipelined_after_a_chunked_body_is_never_promised_a_keep_alive
         other => panic!("unexpected answers {other:?}: {}", reply.text),
     }
     assert_eq!(v1.requests(), reply.statuses().len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_is_as_strict_about_host_and_pipelining() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let gateway = Gateway::start(&cart_config_with(&[&v1], &[&v2], 0.0, "")).await;
+    let admin = gateway.admin_addr();
+    let reply = exchange(admin, b"GET /healthz HTTP/1.1\r\n\r\n", Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), 400, "{}", reply.text);
+    let two = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /readyz HTTP/1.1\r\nHost: a\r\n\r\n";
+    let reply = exchange(admin, two, Duration::from_secs(5)).await;
+    match reply.statuses().as_slice() {
+        [200, 200] => {}
+        [200] => assert!(reply.head().contains("connection: close"), "{}", reply.text),
+        other => panic!("unexpected answers {other:?}: {}", reply.text),
+    }
 }

@@ -37,6 +37,16 @@ pub(crate) type Reply = Response<Vec<u8>>;
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Reply {
+        // The proxy's rules where RFC 9112 is strict, for the admin listener too.
+        let req = session.req_header();
+        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+            session.set_keepalive(None);
+            return text(StatusCode::BAD_REQUEST, "an HTTP/1.1 request needs a Host header\n");
+        }
+        if crate::proxy::connections::pipelined_after(req) {
+            // Pingora's loop does not serve pipelined requests: say so.
+            session.set_keepalive(None);
+        }
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         // Liveness and readiness reveal nothing and must work for probes

@@ -63,14 +63,38 @@ fn single_content_length(req: &mut RequestHeader) {
     }
 }
 
-/// `uri-host [ ":" port ]`: no whitespace, no control characters, nothing
-/// that cannot be part of a name or an IP literal (RFC 3986 section 3.2.2).
+/// `uri-host [ ":" port ]` (RFC 9110 section 7.2, RFC 3986 section 3.2.2):
+/// a bracketed IP literal or a name of unreserved, sub-delim and
+/// percent-encoded characters (no whitespace, no control characters, no
+/// `/`, `@` or quotes), then an optional port of digits.
 fn is_host_value(host: &[u8]) -> bool {
-    host.iter().all(|&b| {
+    let (name, port) = match host.first() {
+        Some(b'[') => match host.iter().position(|b| *b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) {
+                    return false;
+                }
+                match &host[end + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&[][..], Some(port)),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match host.iter().rposition(|b| *b == b':') {
+            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+            None => (host, None),
+        },
+    };
+    let name_ok = name.iter().all(|&b| {
         b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'%' | b'!' | b'$' | b'&' | b'\'')
-            || matches!(b, b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=')
-    })
+            || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')')
+            || matches!(b, b'*' | b'+' | b',' | b';' | b'=')
+    });
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    name_ok && port_ok
 }
 
 fn normalize(req: &mut RequestHeader) -> Result<(), LocalResponse> {
@@ -158,10 +182,20 @@ mod tests {
     fn http11_needs_a_host_and_a_host_is_a_name() {
         assert_eq!(status(check(&mut head(Version::HTTP_11, "/", &[]), true)), 400);
         assert_eq!(status(check(&mut head(Version::HTTP_10, "/", &[]), true)), 0);
-        for bad in ["shop .example", "shop\t.example", "a b", "shop.example/x", "\"x\""] {
+        for bad in [
+            "shop .example",
+            "shop\t.example",
+            "a b",
+            "shop.example/x",
+            "\"x\"",
+            "shop.example:abc",
+            "a:b:c",
+            "[::1",
+            "[zz]",
+        ] {
             assert_eq!(status(check(&mut head(Version::HTTP_11, "/", &[("host", bad)]), true)), 400, "{bad:?}");
         }
-        for good in ["shop.example", "shop.example:8080", "127.0.0.1:80", "[::1]:8080", ""] {
+        for good in ["shop.example", "shop.example:8080", "127.0.0.1:80", "[::1]:8080", "[::1]", "shop.example.", ""] {
             assert_eq!(status(check(&mut head(Version::HTTP_11, "/", &[("host", good)]), true)), 0, "{good:?}");
         }
     }

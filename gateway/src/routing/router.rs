@@ -88,7 +88,9 @@ fn normalise_host(host: &str) -> String {
     } else {
         host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
     };
-    without_port.to_ascii_lowercase()
+    // `shop.example.` (a fully qualified name) is `shop.example`.
+    let name = without_port.strip_suffix('.').filter(|n| !n.is_empty()).unwrap_or(without_port);
+    name.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -154,6 +156,9 @@ mod tests {
         assert_eq!(name_of(&r, Some("a.example.com"), "/w").as_deref(), Some("wild"));
         assert_eq!(name_of(&r, Some("example.com"), "/w"), None);
         assert_eq!(name_of(&r, Some("badexample.com"), "/w"), None);
+        // A fully qualified name with its trailing dot is the same host.
+        assert_eq!(name_of(&r, Some("shop.example.com."), "/cart").as_deref(), Some("shop"));
+        assert_eq!(name_of(&r, Some("a.example.com.:443"), "/w").as_deref(), Some("wild"));
     }
 
     #[test]

@@ -73,9 +73,14 @@ impl Arrived {
 
     /// Keep `bytes` (read by the wait) to be returned first by the next reads.
     pub fn keep(&mut self, bytes: &[u8]) {
-        // Bytes the last session left unread were read again by the wait and
-        // are among `bytes`: they replace what is left, not add to it.
-        self.head = bytes.to_vec();
+        // The wait reads through `poll_read`, so bytes the last session left
+        // unread come first in `bytes`; any it did not reach yet (more than
+        // one read's worth) stay behind them.
+        let mut kept = bytes.to_vec();
+        if self.taken < self.head.len() {
+            kept.extend_from_slice(&self.head[self.taken..]);
+        }
+        self.head = kept;
         self.taken = 0;
     }
 }

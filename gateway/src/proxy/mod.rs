@@ -15,6 +15,7 @@ mod arrived;
 mod chunk_framing;
 pub mod connections;
 pub mod ctx;
+mod head_wait;
 pub mod phases;
 mod request_head;
 pub mod request_id;

@@ -1,0 +1,260 @@
+//! Waiting for a request head on a kept-alive or new connection, and reading
+//! it whole before Pingora's parser does: so a head has a deadline
+//! (`server.header_timeout`), a refused head can be told from a closed
+//! connection, and a chunked body that came with its head can be checked
+//! before any upstream is asked.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use pingora_core::protocols::l4::stream::Stream as TcpStream;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::arrived::Arrived;
+use super::chunk_framing::ChunkFraming;
+
+/// The largest request head read here: Pingora refuses a larger one (400).
+const MAX_HEAD: usize = 1 << 20;
+
+/// What the wait for a request head found.
+pub(super) enum Head {
+    /// The whole head arrived (and `extra` bytes after it); it was handed
+    /// back to the stream for the session to parse. `chunked`: the head's
+    /// length, when it declares a `Transfer-Encoding` (a chunked body).
+    Complete { extra: usize, chunked: Option<usize> },
+    /// The client closed, or sent nothing in time, or shutdown came first.
+    Closed,
+    /// Part of a head arrived, the rest not in time (or the client closed).
+    Late,
+    /// The chunked body bytes that came with the head break its framing:
+    /// refused before any upstream is asked.
+    BadFraming,
+}
+
+/// Wait, holding nothing but the stream, until the client sends its next
+/// request head; the stream comes back with those bytes put back for the
+/// session to parse. The first bytes may take `idle`; the whole head must
+/// then arrive within `header_timeout` (counted from now for a connection's
+/// first request, from the first byte for the next ones). A request that has
+/// already arrived wins over shutdown: it is served and, as in Pingora's own
+/// loop, the proxy then answers without keep-alive.
+///
+/// Plain TCP streams take the bytes back themselves (`rewind`); any other
+/// stream (TLS) is wrapped once in [`Arrived`], which keeps them.
+pub(super) async fn next_request(
+    stream: Stream,
+    shutdown: &mut ShutdownWatch,
+    idle: Duration,
+    header_timeout: Duration,
+    first: bool,
+) -> (Option<Stream>, Head) {
+    let limits = Limits { idle, header_timeout, head_clock_from_start: first };
+    // The downcasts cannot fail after the `is` checks; a failure would drop
+    // the connection.
+    if stream.as_any().is::<TcpStream>() {
+        let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else { return (None, Head::Closed) };
+        let head = until_arrival(shutdown, read_head(&mut *tcp, limits)).await;
+        if let Head::Complete { chunked: Some(head_len), .. } = head {
+            // A chunked body is read through the wrapper that checks its framing.
+            let mut wrapped = Arrived::new(tcp as Stream);
+            wrapped.check_chunked_body(head_len);
+            return (Some(Box::new(wrapped) as Stream), head);
+        }
+        return (Some(tcp as Stream), head);
+    }
+    let mut wrapped = if stream.as_any().is::<Arrived>() {
+        match stream.into_any().downcast::<Arrived>() {
+            Ok(a) => a,
+            Err(_) => return (None, Head::Closed),
+        }
+    } else {
+        Box::new(Arrived::new(stream))
+    };
+    let head = until_arrival(shutdown, read_head(&mut *wrapped, limits)).await;
+    if let Head::Complete { chunked: Some(head_len), .. } = head {
+        wrapped.check_chunked_body(head_len);
+    }
+    (Some(wrapped as Stream), head)
+}
+
+/// Shutdown before the first byte closes the connection; once a request has
+/// started to arrive it is read (a request already there wins).
+async fn until_arrival(shutdown: &mut ShutdownWatch, read: impl Future<Output = Head>) -> Head {
+    tokio::select! {
+        biased;
+        head = read => head,
+        _ = shutdown_signalled(shutdown) => Head::Closed,
+    }
+}
+
+/// Bytes read at once when a request arrives: Pingora's first read of a
+/// request head is as large.
+const ARRIVAL_READ: usize = 4096;
+
+#[derive(Clone, Copy)]
+struct Limits {
+    idle: Duration,
+    header_timeout: Duration,
+    head_clock_from_start: bool,
+}
+
+/// A stream the wait reads from and gives the bytes back to.
+trait HeadSource: AsyncRead + Unpin + Send {
+    fn give_back(&mut self, bytes: &[u8]);
+}
+
+impl HeadSource for TcpStream {
+    fn give_back(&mut self, bytes: &[u8]) {
+        self.rewind(bytes);
+    }
+}
+
+impl HeadSource for Arrived {
+    fn give_back(&mut self, bytes: &[u8]) {
+        self.keep(bytes);
+    }
+}
+
+/// The common case reads the whole head at once into a buffer on the stack of
+/// each poll, not in the future, so an idle connection holds no buffer; what
+/// was read is handed back to the stream, which the session's first read
+/// returns. A head that comes in pieces is gathered on the heap.
+async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
+    let started = Instant::now();
+    let mut partial: Vec<u8> = Vec::new();
+    let first = std::future::poll_fn(|cx| {
+        let mut buf = [0u8; ARRIVAL_READ];
+        let mut read = ReadBuf::new(&mut buf);
+        std::task::ready!(Pin::new(&mut *source).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if got.is_empty() {
+            return Poll::Ready(Ok::<_, std::io::Error>(None));
+        }
+        if let Some(end) = head_end(got, 0) {
+            source.give_back(got);
+            return Poll::Ready(Ok(Some(complete(got, end))));
+        }
+        partial.extend_from_slice(got);
+        Poll::Ready(Ok(None))
+    });
+    match pingora_timeout::timeout(limits.idle, first).await {
+        Ok(Ok(Some(head))) => return head,
+        Ok(Ok(None)) if !partial.is_empty() => {}
+        // Nothing arrived: closed, failed, idle too long.
+        _ => return Head::Closed,
+    }
+    let deadline = if limits.head_clock_from_start { started } else { Instant::now() } + limits.header_timeout;
+    // Boxed: the rare slow path's timer would otherwise enlarge the future
+    // every idle connection holds.
+    Box::pin(read_rest(source, partial, deadline)).await
+}
+
+/// The rest of a head that came in pieces, by `deadline`.
+async fn read_rest<S: HeadSource>(source: &mut S, mut partial: Vec<u8>, deadline: Instant) -> Head {
+    let rest = std::future::poll_fn(|cx| loop {
+        let mut buf = [0u8; ARRIVAL_READ];
+        let mut read = ReadBuf::new(&mut buf);
+        std::task::ready!(Pin::new(&mut *source).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if got.is_empty() {
+            return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
+        }
+        let from = partial.len().saturating_sub(3);
+        partial.extend_from_slice(got);
+        // Past the limit, Pingora's parser refuses the head with 400.
+        if let Some(end) = head_end(&partial, from).or((partial.len() > MAX_HEAD).then_some(partial.len())) {
+            source.give_back(&partial);
+            return Poll::Ready(Ok(complete(&partial, end)));
+        }
+    });
+    match tokio::time::timeout_at(deadline.into(), rest).await {
+        Ok(Ok(head)) => head,
+        _ => Head::Late,
+    }
+}
+
+/// A whole head found in `read`, ending at `end`.
+fn complete(read: &[u8], end: usize) -> Head {
+    let chunked = declares_transfer_encoding(&read[..end]);
+    // The body bytes that came with the head are checked now, so that the
+    // common smuggling attempt (everything in one write) never reaches an
+    // upstream; later bytes are checked as they are read.
+    if chunked && ChunkFraming::default().check(&read[end..]).is_err() {
+        return Head::BadFraming;
+    }
+    Head::Complete { extra: read.len() - end, chunked: chunked.then_some(end) }
+}
+
+/// A `Transfer-Encoding` field among the head's lines (Pingora accepts only
+/// chunked as the last coding, so a body it reads is then chunked). No
+/// whitespace may come between a field name and its colon (RFC 9112 5.1).
+fn declares_transfer_encoding(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n')
+        .skip(1)
+        .any(|line| line.get(..18).is_some_and(|p| p.eq_ignore_ascii_case(b"transfer-encoding:")))
+}
+
+/// Where a request head ends (just past its empty line), searching from
+/// `from`. Line ends are CRLF or, as Pingora's parser also accepts, a bare LF;
+/// empty lines before the request line are skipped (RFC 9112 section 2.2).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?.max(from);
+    let mut i = start;
+    while let Some(p) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+        let lf = i + p;
+        match (buf.get(lf + 1), buf.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+            _ => i = lf + 1,
+        }
+    }
+    None
+}
+
+/// Resolves when shutdown is signalled; never if the sender is gone.
+pub(super) async fn shutdown_signalled(shutdown: &mut ShutdownWatch) {
+    if shutdown.changed().await.is_err() {
+        std::future::pending::<()>().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_head_is_found_with_crlf_or_bare_lf_line_ends() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", 0), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(22), "blank lines before the request line");
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        // Searching from the end of an earlier read still finds a CRLF split across reads.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(head_end(head, head.len() - 2 - 3), Some(head.len()));
+    }
+
+    #[test]
+    fn a_transfer_encoding_field_is_recognised_in_any_case_but_not_in_a_value() {
+        assert!(declares_transfer_encoding(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(declares_transfer_encoding(b"POST / HTTP/1.1\r\ntransfer-encoding:chunked\r\n\r\n"));
+        assert!(!declares_transfer_encoding(b"POST / HTTP/1.1\r\nX-Note: transfer-encoding: chunked\r\n\r\n"));
+        assert!(!declares_transfer_encoding(b"POST /transfer-encoding: HTTP/1.1\r\n\r\n"));
+    }
+
+    #[test]
+    fn bad_framing_that_came_with_the_head_is_seen_before_any_upstream() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut bad = head.to_vec();
+        bad.extend_from_slice(b"3\nabc\r\n0\r\n\r\n");
+        assert!(matches!(complete(&bad, head.len()), Head::BadFraming));
+        let mut good = head.to_vec();
+        good.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
+        assert!(
+            matches!(complete(&good, head.len()), Head::Complete { chunked: Some(n), extra: 13 } if n == head.len())
+        );
+    }
+}

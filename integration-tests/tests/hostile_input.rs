@@ -428,3 +428,21 @@ async fn the_admin_listener_is_as_strict_about_host_and_pipelining() {
         other => panic!("unexpected answers {other:?}: {}", reply.text),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crlf_after_a_body_leaves_the_connection_idle_not_late() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let config = cart_config_with(&[&v1], &[&v2], 0.0, "").replace("[server]\n", "[server]\nheader_timeout = \"1s\"\n");
+    let gateway = Gateway::start(&config).await;
+    let mut conn = TcpStream::connect(gateway.listen_addr()).await.expect("connect");
+    conn.write_all(b"POST /cart/x HTTP/1.1\r\nHost: shop\r\nContent-Length: 3\r\n\r\nabc").await.expect("post");
+    let first = integration_tests::raw_http::read_one_response(&mut conn).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Old browsers send CRLF after a POST body (RFC 9112 2.2 lets servers ignore it).
+    conn.write_all(b"\r\n").await.expect("crlf");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    conn.write_all(b"GET /cart/y HTTP/1.1\r\nHost: shop\r\n\r\n").await.expect("get");
+    let second = integration_tests::raw_http::read_one_response(&mut conn).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "the kept-alive connection still serves: {second}");
+    assert_eq!(v1.requests(), 2);
+}

@@ -126,7 +126,7 @@ impl HeadSource for Arrived {
 async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
     let started = Instant::now();
     let mut partial: Vec<u8> = Vec::new();
-    let first = std::future::poll_fn(|cx| {
+    let first = std::future::poll_fn(|cx| loop {
         let mut buf = [0u8; ARRIVAL_READ];
         let mut read = ReadBuf::new(&mut buf);
         std::task::ready!(Pin::new(&mut *source).poll_read(cx, &mut read))?;
@@ -134,12 +134,18 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
         if got.is_empty() {
             return Poll::Ready(Ok::<_, std::io::Error>(None));
         }
+        // Empty lines before a request (some clients send CRLF after a POST
+        // body) are dropped, as RFC 9112 section 2.2 allows: the connection
+        // is still idle, and the head's clock has not started.
+        if got.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            continue;
+        }
         if let Some(end) = head_end(got, 0) {
             source.give_back(got);
             return Poll::Ready(Ok(Some(complete(got, end))));
         }
         partial.extend_from_slice(got);
-        Poll::Ready(Ok(None))
+        return Poll::Ready(Ok(None));
     });
     match pingora_timeout::timeout(limits.idle, first).await {
         Ok(Ok(Some(head))) => return head,

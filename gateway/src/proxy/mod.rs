@@ -211,6 +211,14 @@ impl ProxyHttp for GatewayProxy {
             None => req.insert_header("x-forwarded-for", peer_ip(session).to_string())?,
         }
         req.insert_header("x-forwarded-proto", proto)?;
+        if session.is_http2() && !req.headers.contains_key(http::header::CONTENT_LENGTH) && !session.is_body_empty() {
+            // Pingora 0.9.1 ends a streamed HTTP/2 body it sends upstream as
+            // chunked with a second last-chunk, which the backend reads as a
+            // request line `0` whose answer the next request on that pooled
+            // connection would get (found by testing). A connection that
+            // carried such a body is not reused: the backend closes it.
+            req.insert_header(http::header::CONNECTION, "close")?;
+        }
         if let Some(capture) = ctx.shadow.as_mut() {
             capture.request_sent(req);
         }

@@ -144,3 +144,105 @@ async fn plain_http_is_redirected_to_https_on_redirect_routes() {
     assert_eq!(response.url().as_str(), format!("https://shop.test:{}/cart/y", tls.port()));
     assert_eq!(backend.requests(), 1);
 }
+
+/// A lenient HTTP/1.1 backend, like many in the wild: it answers any line
+/// it is sent as a request (`{"path": ...}`), keeps the connection unless the
+/// request says `Connection: close`, and reads chunked and sized bodies.
+async fn lenient_backend() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or(line.trim()).to_string();
+                    let (mut chunked, mut length, mut close) = (false, 0usize, false);
+                    loop {
+                        let mut h = String::new();
+                        if conn.read_line(&mut h).await.unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                        let h = h.to_ascii_lowercase();
+                        chunked |= h.starts_with("transfer-encoding:") && h.contains("chunked");
+                        close |= h.starts_with("connection:") && h.contains("close");
+                        if let Some(v) = h.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = Vec::new();
+                    if chunked {
+                        loop {
+                            let mut size = String::new();
+                            let _ = conn.read_line(&mut size).await;
+                            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                            let mut chunk = vec![0u8; n + 2];
+                            let _ = conn.read_exact(&mut chunk).await;
+                            if n == 0 {
+                                break;
+                            }
+                            body.extend_from_slice(&chunk[..n]);
+                        }
+                    } else {
+                        body.resize(length, 0);
+                        let _ = conn.read_exact(&mut body).await;
+                    }
+                    let json = format!("{{\"path\":{path:?},\"body_len\":{}}}", body.len());
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+                        json.len()
+                    );
+                    if conn.get_mut().write_all(answer.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Pingora 0.9.1 sends a streamed HTTP/2 request body upstream as chunked with
+/// a second last-chunk, which a lenient backend answers as a request `0`; that
+/// answer waited on the pooled connection for the next request, so a later
+/// request (from anyone) got it. The gateway closes such a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_h2_upload_cannot_leave_an_answer_for_the_next_request() {
+    let pki = Pki::new();
+    let placeholder = Backend::start("unused").await;
+    let backend = lenient_backend().await;
+    let dir = integration_tests::temp_dir();
+    let tls = integration_tests::free_addr();
+    let shop = pki.leaf(&["shop.test"]);
+    install(&dir.path().join("certs"), "shop", &shop);
+    let config = single_cert_config(tls, backend);
+    drop(placeholder);
+    let gateway = integration_tests::Gateway::start_in(
+        dir,
+        "gateway.toml",
+        &config.replace("[server.tls]", "[server.tls]\nhttp2 = true"),
+    )
+    .await;
+    let h2 = tls_client(&pki, &["shop.test"], tls).build().expect("h2 client");
+    let url = format!("https://shop.test:{}/upload", tls.port());
+    for round in 0..3 {
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok("hel".into()), Ok("lo".into())];
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+        let resp = h2.put(&url).body(body).send().await.expect("streamed upload");
+        assert_eq!((resp.status(), resp.version()), (StatusCode::OK, Version::HTTP_2));
+        let echo: serde_json::Value = resp.json().await.expect("echo");
+        assert_eq!((echo["path"].as_str(), echo["body_len"].as_u64()), (Some("/upload"), Some(5)), "round {round}");
+        // Requests after it each get their own answer.
+        for i in 0..5 {
+            let path = format!("/after/{round}/{i}");
+            let resp = http_client().get(gateway.url(&path)).send().await.expect("plain request");
+            let echo: serde_json::Value = resp.json().await.expect("echo");
+            assert_eq!(echo["path"], path.as_str(), "another request's answer came back");
+        }
+    }
+}

@@ -2,8 +2,9 @@
 //! anything routes on it: the rules where RFC 9112 is strict and Pingora's
 //! parser is not, path normalization, and the headers the gateway owns.
 //!
-//! Runs first in `request_filter`, before the client IP is used, so a refused
-//! request is logged and counted like any other local answer (route `""`).
+//! Runs in `request_filter` before the blacklist and routing look at the
+//! request, so a refused request is logged and counted like any other local
+//! answer (route `""`).
 
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
 use http::{HeaderName, HeaderValue, Version};

@@ -42,6 +42,7 @@ use prometheus::IntGauge;
 use tokio::io::AsyncWriteExt;
 
 use super::head_wait::{next_request, Head};
+use super::respond::LocalResponse;
 use crate::edge::client_ip;
 use crate::snapshot::SnapshotHandle;
 
@@ -256,16 +257,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
 
     /// Answer a request refused before any session exists, then account for it.
     async fn refuse(&self, stream: &mut Stream, refusal: Refusal, started: Instant) {
-        let (status, body) = refusal.answer();
+        let page = refusal.page();
+        let reason = http::StatusCode::from_u16(page.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
         let head = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
+            "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\
              cache-control: no-store\r\nconnection: close\r\n\r\n",
-            body.len()
+            page.status,
+            page.content_type,
+            page.body.len()
         );
         // The client may be gone or not reading; the write is bounded like any read.
         let write = async {
             stream.write_all(head.as_bytes()).await?;
-            stream.write_all(body.as_bytes()).await?;
+            stream.write_all(&page.body).await?;
             stream.flush().await
         };
         let _ = pingora_timeout::timeout(Duration::from_secs(5), write).await;
@@ -311,23 +315,15 @@ impl Refusal {
         }
     }
 
-    fn answer(self) -> (&'static str, &'static str) {
+    /// The small page a refusal is answered with (Pingora writes its own
+    /// for `Unparsable`; this one says the same).
+    fn page(self) -> LocalResponse {
         match self {
-            Self::HeadTimeout => (
-                "408 Request Timeout",
-                "<!doctype html><html><head><meta charset=\"utf-8\"><title>408 Request Timeout</title></head>\
-<body><h1>408 Request Timeout</h1><p>The request did not arrive in time.</p></body></html>\n",
-            ),
-            Self::BadFraming => (
-                "400 Bad Request",
-                "<!doctype html><html><head><meta charset=\"utf-8\"><title>400 Bad Request</title></head>\
-<body><h1>400 Bad Request</h1><p>The request body's chunked framing is invalid.</p></body></html>\n",
-            ),
-            Self::Unparsable => (
-                "400 Bad Request",
-                "<!doctype html><html><head><meta charset=\"utf-8\"><title>400 Bad Request</title></head>\
-<body><h1>400 Bad Request</h1><p>The request could not be read.</p></body></html>\n",
-            ),
+            Self::HeadTimeout => LocalResponse::page(408, "Request Timeout", "The request did not arrive in time."),
+            Self::BadFraming => {
+                LocalResponse::page(400, "Bad Request", "The request body's chunked framing is invalid.")
+            }
+            Self::Unparsable => LocalResponse::page(400, "Bad Request", "The request could not be read."),
         }
     }
 }

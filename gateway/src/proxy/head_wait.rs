@@ -119,6 +119,18 @@ impl HeadSource for Arrived {
     }
 }
 
+/// One read into `buf` (on the caller's poll stack); empty at end of stream.
+fn poll_read_into<'b, S: HeadSource>(
+    source: &mut S,
+    cx: &mut std::task::Context<'_>,
+    buf: &'b mut [u8],
+) -> Poll<std::io::Result<&'b [u8]>> {
+    let mut read = ReadBuf::new(buf);
+    std::task::ready!(Pin::new(source).poll_read(cx, &mut read))?;
+    let n = read.filled().len();
+    Poll::Ready(Ok(&buf[..n]))
+}
+
 /// The common case reads the whole head at once into a buffer on the stack of
 /// each poll, not in the future, so an idle connection holds no buffer; what
 /// was read is handed back to the stream, which the session's first read
@@ -128,9 +140,7 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
     let mut partial: Vec<u8> = Vec::new();
     let first = std::future::poll_fn(|cx| loop {
         let mut buf = [0u8; ARRIVAL_READ];
-        let mut read = ReadBuf::new(&mut buf);
-        std::task::ready!(Pin::new(&mut *source).poll_read(cx, &mut read))?;
-        let got = read.filled();
+        let got = std::task::ready!(poll_read_into(source, cx, &mut buf))?;
         if got.is_empty() {
             return Poll::Ready(Ok::<_, std::io::Error>(None));
         }
@@ -163,9 +173,7 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
 async fn read_rest<S: HeadSource>(source: &mut S, mut partial: Vec<u8>, deadline: Instant) -> Head {
     let rest = std::future::poll_fn(|cx| loop {
         let mut buf = [0u8; ARRIVAL_READ];
-        let mut read = ReadBuf::new(&mut buf);
-        std::task::ready!(Pin::new(&mut *source).poll_read(cx, &mut read))?;
-        let got = read.filled();
+        let got = std::task::ready!(poll_read_into(source, cx, &mut buf))?;
         if got.is_empty() {
             return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
         }

@@ -1,0 +1,163 @@
+//! Validation of `[server]` and `[admin]`: listeners, threads, timeouts and
+//! deadlines, buffers, logging, the admin token. Same rules as
+//! `validate.rs`: collect every error, each with its line and key.
+
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::error::Diagnostics;
+use super::file::*;
+use super::model::*;
+use super::validate::resolve;
+use super::validate_tls;
+use super::values;
+
+/// No L4 read buffer by default: the keep-alive loop (proxy/connections.rs)
+/// reads a request's first bytes into a buffer on the stack and the session
+/// reads the rest into its own, so a per-connection buffer would only copy
+/// bytes twice and stay with every idle connection (Pingora's 64 KiB
+/// measured 67 KiB per idle connection, none 3.65; benches/README.md,
+/// variant d). Throughput was the same with 0 and 4 KiB.
+const DEFAULT_READ_BUFFER: usize = 0;
+/// nginx's `client_header_timeout` is 60 s; 10 s is ample for a head of at
+/// most a few KiB on any real link and frees a slowloris slot six times sooner.
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A gap between body bytes, as nginx's `client_body_timeout` (60 s there).
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) fn duration_or(d: &mut Diagnostics, key: &str, value: &Option<Sp<String>>, default: Duration) -> Duration {
+    match value {
+        None => default,
+        Some(v) => match values::duration(v.get_ref()) {
+            Ok(dur) => dur,
+            Err(e) => {
+                d.error(Some(v.span()), key, e);
+                default
+            }
+        },
+    }
+}
+
+/// A duration that must be above zero (a deadline of zero would refuse everything).
+fn positive_duration(d: &mut Diagnostics, key: &str, value: &Option<Sp<String>>, default: Duration) -> Duration {
+    match value {
+        Some(v) if matches!(values::duration(v.get_ref()), Ok(dur) if dur.is_zero()) => {
+            d.error(Some(v.span()), key, "must be above 0");
+            default
+        }
+        _ => duration_or(d, key, value, default),
+    }
+}
+
+pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
+    let default_listen = || vec!["0.0.0.0:8080".parse().expect("literal address")];
+    let listen = match &f.listen {
+        None => default_listen(),
+        Some(list) if list.is_empty() => {
+            d.error(None, "server.listen", "needs at least one address");
+            default_listen()
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| match values::socket_addr(a.get_ref()) {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    d.error(Some(a.span()), format!("server.listen[{i}]"), e);
+                    None
+                }
+            })
+            .collect(),
+    };
+    let threads = match &f.threads {
+        None => 2,
+        Some(t) if (1..=256).contains(t.get_ref()) => *t.get_ref() as usize,
+        Some(t) => {
+            d.error(Some(t.span()), "server.threads", format!("{} is outside 1..=256", t.get_ref()));
+            2
+        }
+    };
+    // Off by default: one single-threaded runtime per thread did 13% more
+    // requests per second than Pingora's work-stealing runtime on the load
+    // benchmark (benches/README.md).
+    let work_stealing = f.work_stealing.as_ref().is_some_and(|w| *w.get_ref());
+    let shutdown_grace = duration_or(d, "server.shutdown_grace", &f.shutdown_grace, Duration::from_secs(30));
+    let version_header = f.version_header.as_ref().and_then(|h| {
+        HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes())
+            .map_err(|_| {
+                d.error(
+                    Some(h.span()),
+                    "server.version_header",
+                    format!("{:?} is not a valid header name", h.get_ref()),
+                )
+            })
+            .ok()
+    });
+    let access_log = match f.access_log.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("text", _)) => AccessLogFormat::Text,
+        Some(("json", _)) => AccessLogFormat::Json,
+        Some(("off", _)) => AccessLogFormat::Off,
+        Some((other, span)) => {
+            d.error(Some(span), "server.access_log", format!("{other:?} must be \"text\", \"json\" or \"off\""));
+            AccessLogFormat::Text
+        }
+    };
+    let tls = validate_tls::server_tls(d, f.tls.as_ref(), &listen);
+    let read_buffer = match &f.read_buffer {
+        None => DEFAULT_READ_BUFFER,
+        Some(v) => match values::size(v.get_ref()) {
+            Ok(n) if n == 0 || (1024..=1 << 20).contains(&n) => n,
+            Ok(n) => {
+                d.error(Some(v.span()), "server.read_buffer", format!("{n} bytes: use 0 (no buffer) or 1KiB..=1MiB"));
+                DEFAULT_READ_BUFFER
+            }
+            Err(e) => {
+                d.error(Some(v.span()), "server.read_buffer", e);
+                DEFAULT_READ_BUFFER
+            }
+        },
+    };
+    let normalize_path = f.normalize_path.as_ref().is_none_or(|v| *v.get_ref());
+    let header_timeout = positive_duration(d, "server.header_timeout", &f.header_timeout, DEFAULT_HEADER_TIMEOUT);
+    let body_timeout = positive_duration(d, "server.body_timeout", &f.body_timeout, DEFAULT_BODY_TIMEOUT);
+    ServerSettings {
+        listen,
+        threads,
+        work_stealing,
+        shutdown_grace,
+        version_header,
+        access_log,
+        read_buffer,
+        normalize_path,
+        header_timeout,
+        body_timeout,
+        tls,
+    }
+}
+
+pub(super) fn admin(d: &mut Diagnostics, f: AdminFile) -> AdminSettings {
+    let default_listen = "127.0.0.1:9900".parse().expect("literal address");
+    let listen = match &f.listen {
+        None => default_listen,
+        Some(a) => values::socket_addr(a.get_ref()).unwrap_or_else(|e| {
+            d.error(Some(a.span()), "admin.listen", e);
+            default_listen
+        }),
+    };
+    let token = f.token_file.as_ref().and_then(|tf| {
+        let path = resolve(d.file(), tf.get_ref());
+        match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            Ok(_) => {
+                d.error(Some(tf.span()), "admin.token_file", format!("{} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                d.error(Some(tf.span()), "admin.token_file", format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    });
+    AdminSettings { listen, token }
+}

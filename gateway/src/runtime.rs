@@ -27,8 +27,8 @@ impl RuntimeState {
         let state = Arc::new(StateFile::open(path));
         let persisted = state.load()?;
         state.check_writable(mode)?;
-        let blacklist = RuntimeBlacklist::open(Arc::clone(&state))?;
         let degrade_override = persisted.degrade_level.map(i16::from).unwrap_or(-1);
+        let blacklist = RuntimeBlacklist::from_persisted(Arc::clone(&state), persisted.blacklist)?;
         Ok(Self { state, blacklist, degrade_override: AtomicI16::new(degrade_override) })
     }
 

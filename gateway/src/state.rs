@@ -17,8 +17,7 @@ use serde_json::Number;
 
 use crate::config::values;
 
-/// The highest degrade level; the config accepts the same range (`degrade.level`, `degrade_at`).
-pub const MAX_DEGRADE_LEVEL: u8 = 10;
+use crate::config::MAX_DEGRADE_LEVEL;
 
 /// 9999-12-31T23:59:59Z, the last second RFC 3339 (and `/api/blacklist`) can
 /// write: a time past it in the file is a typo or corruption, not a plan.

@@ -15,9 +15,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::values;
+use crate::config::MAX_DEGRADE_LEVEL;
 use crate::edge::blacklist::{BlockEntry, BlockError};
 use crate::reload::Reloader;
-use crate::state::MAX_DEGRADE_LEVEL;
 
 use super::{json_reply, Reply};
 

@@ -11,6 +11,9 @@ use std::time::Duration;
 use http::HeaderName;
 use ipnet::IpNet;
 
+/// The highest degrade level, in the config, the state file and the admin API.
+pub const MAX_DEGRADE_LEVEL: u8 = 10;
+
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// The file this was loaded from; relative paths inside resolve against its directory.

@@ -77,9 +77,9 @@ pub fn degrade_level(d: &mut Diagnostics, f: &DegradeFile) -> u8 {
 
 fn level(d: &mut Diagnostics, key: &str, l: &Sp<i64>) -> Option<u8> {
     match u8::try_from(*l.get_ref()) {
-        Ok(v) if v <= 10 => Some(v),
+        Ok(v) if v <= MAX_DEGRADE_LEVEL => Some(v),
         _ => {
-            d.error(Some(l.span()), key, format!("{} is outside 0..=10", l.get_ref()));
+            d.error(Some(l.span()), key, format!("{} is outside 0..={MAX_DEGRADE_LEVEL}", l.get_ref()));
             None
         }
     }

@@ -226,9 +226,14 @@ impl RuntimeBlacklist {
     /// A corrupt state file or entry is an error: starting empty would unblock them all.
     pub fn open(state: Arc<StateFile>) -> Result<Self, StateError> {
         let persisted = state.load()?;
+        Self::from_persisted(state, persisted.blacklist)
+    }
+
+    /// [`RuntimeBlacklist::open`] with the file already read (start-up reads it once).
+    pub fn from_persisted(state: Arc<StateFile>, blocks: Vec<PersistedBlock>) -> Result<Self, StateError> {
         let now = SystemTime::now();
-        let mut entries = Vec::with_capacity(persisted.blacklist.len());
-        for (i, p) in persisted.blacklist.into_iter().enumerate() {
+        let mut entries = Vec::with_capacity(blocks.len());
+        for (i, p) in blocks.into_iter().enumerate() {
             let cidr = values::cidr(&p.cidr).map_err(|message| StateError::Field {
                 path: state.path().to_path_buf(),
                 field: format!("blacklist[{i}].cidr"),

@@ -1,26 +1,32 @@
 //! A gray-release edge gateway on Pingora.
 //!
-//! Data flows one way: request -> snapshot -> phases -> decision -> upstream
-//! -> response -> metrics and logs. See `README.md` for the design.
+//! Data flows one way: request -> snapshot -> pipeline -> verdict -> upstream
+//! -> response -> metrics, logs, diff store. Where each concern lives:
+//!
+//! - `cli/`       the `gateway` command: run, check, explain, ops, diffs, demo
+//! - `config/`    file structs (serde) -> validated model; errors with file:line:key
+//! - `control/`   snapshot (one compiled `RouteRuntime` per route), reload, watch, run-time state
+//! - `listener/`  the connection loop (keep-alive, head deadlines, framing) and the Pingora server
+//! - `proxy/`     the `ProxyHttp` impl: thin, runs the pipeline
+//! - `pipeline/`  the phases in order, each returning a typed `Verdict`; failure handling; explain
+//! - `routing/`   route match, versions, buckets, overrides, sticky cookie -> `Decision`
+//! - `edge/`      client IP, path normalization, blacklist, rate limits, fallback pages
+//! - `upstream/`  pools, health, peer selection
+//! - `shadow/`    capture, mirror, compare (diff, noise), store
+//! - `telemetry/` metrics, logs
+//! - `admin/`     admin API and the QA pages
+//! - `tls/`       certificates for the TLS listener and upstream TLS
 
 pub mod admin;
+pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod diffs_cli;
+pub mod control;
 pub mod edge;
-pub mod explain;
-pub mod fallback;
-pub mod logging;
-pub mod metrics;
-pub mod ops_cli;
+pub mod listener;
+pub mod pipeline;
 pub mod proxy;
-pub mod reload;
 pub mod routing;
-pub mod runtime;
-pub mod server;
 pub mod shadow;
-pub mod snapshot;
-pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
-pub mod watch;

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use gateway::cli::ops as ops_cli;
 use gateway::config;
-use gateway::explain::{explain, ExplainRequest};
-use gateway::ops_cli;
+use gateway::listener::server::{self, RunOptions};
+use gateway::pipeline::explain::{explain, ExplainRequest};
 use gateway::routing::Router;
-use gateway::server::{self, RunOptions};
 
 /// mimalloc unless built with `--no-default-features`: glibc's malloc was
 /// about 11% of the proxy's CPU under load, mostly in its slow paths for the
@@ -167,7 +167,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Diffs { route, since, show, json, admin } => match admin_client(admin) {
-            Ok(c) => gateway::diffs_cli::run(&c, &gateway::diffs_cli::DiffsArgs { route, since, show, json }),
+            Ok(c) => gateway::cli::diffs::run(&c, &gateway::cli::diffs::DiffsArgs { route, since, show, json }),
             Err(code) => code,
         },
         Command::Explain { config, path, user, ip, headers, host } => {
@@ -200,8 +200,8 @@ fn run(path: &std::path::Path, opts: RunOptions, demo: bool) -> ExitCode {
     let extra = if demo {
         match config::load_file(path) {
             Ok(loaded) => {
-                eprintln!("{}", gateway::demo::banner(&loaded.config));
-                gateway::demo::services(&loaded.config)
+                eprintln!("{}", gateway::cli::demo::banner(&loaded.config));
+                gateway::cli::demo::services(&loaded.config)
             }
             Err(errors) => {
                 print_errors(&errors);
@@ -223,7 +223,7 @@ fn run(path: &std::path::Path, opts: RunOptions, demo: bool) -> ExitCode {
 /// Every load step `run` takes before it listens (config, state file, list
 /// files, diff store, snapshot), so that exit 0 means `run` will start.
 fn check(path: &std::path::Path) -> ExitCode {
-    match gateway::reload::check(path) {
+    match gateway::control::reload::check(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 println!("{w}");

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use crate::config::values;
 use crate::config::MAX_DEGRADE_LEVEL;
+use crate::control::reload::Reloader;
 use crate::edge::blacklist::{BlockEntry, BlockError};
-use crate::reload::Reloader;
 
 use super::{json_reply, Reply};
 
@@ -136,7 +136,7 @@ pub fn degrade_json(reloader: &Reloader) -> Value {
         .router
         .routes()
         .iter()
-        .filter(|r| crate::fallback::degraded(&r.spec, level))
+        .filter(|r| crate::edge::fallback::degraded(&r.spec, level))
         .map(|r| r.spec.name.as_str())
         .collect();
     json!({

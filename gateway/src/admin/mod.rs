@@ -23,8 +23,8 @@ use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::explain::{explain, ExplainRequest};
-use crate::reload::{ReloadOutcome, Reloader};
+use crate::control::reload::{ReloadOutcome, Reloader};
+use crate::pipeline::explain::{explain, ExplainRequest};
 
 pub struct AdminApp {
     pub reloader: Arc<Reloader>,
@@ -43,7 +43,7 @@ impl ServeHttp for AdminApp {
             session.set_keepalive(None);
             return text(StatusCode::BAD_REQUEST, "an HTTP/1.1 request needs a Host header\n");
         }
-        if crate::proxy::connections::pipelined_after(req) {
+        if crate::listener::connections::pipelined_after(req) {
             // Pingora's loop does not serve pipelined requests: say so.
             session.set_keepalive(None);
         }

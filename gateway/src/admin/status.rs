@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::reload::Reloader;
+use crate::control::reload::Reloader;
 
 pub fn render(reloader: &Reloader) -> Value {
     let snapshot = reloader.snapshots.load();

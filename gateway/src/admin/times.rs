@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::state::MAX_UNIX_TIME;
+use crate::control::state::MAX_UNIX_TIME;
 
 /// Clamped into 1970-01-01T00:00:00Z..=9999-12-31T23:59:59Z.
 fn clamp(t: SystemTime) -> SystemTime {

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora_core::listeners::ConnectionFilter;
 
-use crate::runtime::RuntimeState;
-use crate::snapshot::SnapshotHandle;
+use crate::control::runtime::RuntimeState;
+use crate::control::snapshot::SnapshotHandle;
 
 pub struct BlockAtAccept {
     pub snapshots: SnapshotHandle,

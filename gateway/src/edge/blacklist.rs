@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use super::ipset::IpSet;
 use crate::config::values;
 use crate::config::ConfigError;
-use crate::state::{PersistedBlock, StateError, StateFile, MAX_UNIX_TIME};
+use crate::control::state::{PersistedBlock, StateError, StateFile, MAX_UNIX_TIME};
 
 /// A humantime year (365.25 days), so that `ttl = "10y"` is exactly the limit.
 const YEAR: Duration = Duration::from_secs(31_557_600);

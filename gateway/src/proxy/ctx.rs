@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::FallbackCause;
-use crate::metrics::UpstreamErrorKind;
+use crate::control::snapshot::Snapshot;
 use crate::routing::Decision;
-use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::UpstreamErrorKind;
 use crate::upstream::Pool;
 
 /// What the gateway knows about one request; created in `new_ctx`.

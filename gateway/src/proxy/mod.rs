@@ -10,13 +10,7 @@
 //! fail_to_proxy   -> the fallback page, or a small error page
 //! logging         -> metrics and the access log line
 
-pub mod access_log;
-mod arrived;
-mod chunk_framing;
-pub mod connections;
 pub mod ctx;
-mod head_wait;
-pub mod phases;
 mod request_head;
 pub mod request_id;
 pub mod respond;
@@ -35,16 +29,16 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::FallbackCause;
+use crate::control::runtime::RuntimeState;
+use crate::control::snapshot::SnapshotHandle;
 use crate::edge::client_ip;
-use crate::fallback;
-use crate::metrics::UpstreamErrorKind;
+use crate::edge::fallback;
 use crate::routing::Version;
-use crate::runtime::RuntimeState;
 use crate::shadow::engine::ShadowEngine;
-use crate::snapshot::SnapshotHandle;
+use crate::telemetry::metrics::UpstreamErrorKind;
 
+use crate::pipeline::phases::{self, RouteOutcome};
 pub use ctx::RequestCtx;
-use phases::RouteOutcome;
 use respond::LocalResponse;
 
 /// How long an idle upstream connection is kept for reuse.
@@ -65,7 +59,7 @@ impl ProxyHttp for GatewayProxy {
 
     fn new_ctx(&self) -> RequestCtx {
         // Called once Pingora has parsed the head.
-        connections::head_parsed();
+        crate::listener::connections::head_parsed();
         RequestCtx::new(self.snapshots.load_full())
     }
 
@@ -80,7 +74,7 @@ impl ProxyHttp for GatewayProxy {
         let ip = client_ip::resolve(peer, &session.req_header().headers, &snapshot.config.client_ip.trusted_proxies);
         ctx.client_ip = Some(ip);
         ctx.request_id = ensure_request_id(session.req_header_mut());
-        if connections::pipelined_after(session.req_header()) {
+        if crate::listener::connections::pipelined_after(session.req_header()) {
             // Bytes of a next request came with this one, and Pingora does not
             // serve pipelined requests: say so now rather than close silently.
             session.set_keepalive(None);
@@ -263,7 +257,7 @@ impl ProxyHttp for GatewayProxy {
             }
             *resp = header;
         }
-        if connections::pipelined_after(session.req_header()) {
+        if crate::listener::connections::pipelined_after(session.req_header()) {
             // A next request followed this one's chunked body: it will not be
             // served on this connection, so the answer says so.
             session.set_keepalive(None);
@@ -344,7 +338,7 @@ impl ProxyHttp for GatewayProxy {
                 snapshot.route_metrics[r.route_index].fallback(FallbackCause::Status5xx);
             }
         }
-        access_log::write(session, ctx, status, elapsed, e);
+        crate::telemetry::access_log::write(session, ctx, status, elapsed, e);
         if let (Some(capture), Some(routed)) = (ctx.shadow.take(), &ctx.routed) {
             capture.finish(&self.shadow, &ctx.snapshot, routed, e.is_some());
         }
@@ -409,7 +403,7 @@ fn error_page(e: &Error) -> Option<LocalResponse> {
             ErrorSource::Upstream => (502, "Bad Gateway", "The backend could not be reached."),
             ErrorSource::Downstream => match e.etype() {
                 // The body's chunked framing was refused as it was read.
-                ErrorType::ReadError if connections::framing_was_refused() => {
+                ErrorType::ReadError if crate::listener::connections::framing_was_refused() => {
                     (400, "Bad Request", "The request body's chunked framing is invalid.")
                 }
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => return None,
@@ -438,7 +432,7 @@ static DEFAULT_SHADOW_MARKER: HeaderName = HeaderName::from_static("x-shadow");
 
 /// Remove what a client may not control on the way upstream: `Connection`
 /// tokens naming a header the gateway sets, and shadow markers.
-fn strip_client_controls(req: &mut RequestHeader, snapshot: &crate::snapshot::Snapshot, routed: &ctx::Routed) {
+fn strip_client_controls(req: &mut RequestHeader, snapshot: &crate::control::snapshot::Snapshot, routed: &ctx::Routed) {
     // Without a version header the fourth entry repeats the first: no
     // allocation on the request path either way.
     let version = snapshot.config.server.version_header.as_ref().unwrap_or(&X_REQUEST_ID);

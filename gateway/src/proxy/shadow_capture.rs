@@ -11,11 +11,11 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::ShadowSpec;
+use crate::control::snapshot::Snapshot;
 use crate::routing::Version;
 use crate::shadow::engine::ShadowEngine;
 use crate::shadow::mirror::ShadowJob;
 use crate::shadow::Answer;
-use crate::snapshot::Snapshot;
 
 use super::ctx::Routed;
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use pingora_core::connectors::http::Connector;
 
 use crate::config::ShadowStoreSpec;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 use super::mirror::{run_job, ShadowJob};
 use super::{DiffStore, DiffWriter, NoiseTracker};

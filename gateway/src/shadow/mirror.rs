@@ -10,8 +10,8 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 
 use crate::config::ShadowSpec;
-use crate::metrics::ShadowMetrics;
 use crate::routing::Version;
+use crate::telemetry::metrics::ShadowMetrics;
 use crate::upstream::Pool;
 
 use super::engine::ShadowEngine;

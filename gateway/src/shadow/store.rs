@@ -252,7 +252,7 @@ impl DiffStore {
             std::fs::OpenOptions::new().write(true).open(path).map_err(|e| failed(&e))?;
         }
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        crate::state::probe_writable(dir, crate::state::OpenMode::Inspect).map_err(|e| failed(&e))
+        crate::control::state::probe_writable(dir, crate::control::state::OpenMode::Inspect).map_err(|e| failed(&e))
     }
 
     /// Replaces the redaction list (lower-cased here); applies to records written from now on.

@@ -15,7 +15,7 @@ use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHeal
 use pingora_load_balancing::Backend as LbBackend;
 
 use crate::config::{HealthCheckSpec, HealthProbe};
-use crate::snapshot::SnapshotHandle;
+use crate::control::snapshot::SnapshotHandle;
 
 use super::pool::HealthState;
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::reload::Reloader;
+use crate::control::reload::Reloader;
 use crate::shadow::{DiffRecord, DiffStore, FieldClass, NoiseTracker, RouteSummary};
 
 use super::since::rfc3339_ms;

@@ -39,7 +39,7 @@ use std::time::SystemTime;
 use http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::reload::Reloader;
+use crate::control::reload::Reloader;
 use crate::shadow::{DiffRecord, DiffStore};
 
 use super::{json_reply, Reply};

@@ -9,7 +9,7 @@ use http::{Response, StatusCode};
 use minijinja::Environment;
 use serde_json::{json, Value};
 
-use crate::reload::Reloader;
+use crate::control::reload::Reloader;
 use crate::shadow::{DiffRecord, NoiseTracker, StoredDiff};
 
 use super::api::{class_str, live, noise_verdict, summary_routes, Live};

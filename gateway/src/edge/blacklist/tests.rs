@@ -1,7 +1,7 @@
 //! List files, the static list, and the run-time list with its state file.
 
 use super::*;
-use crate::state::testutil::TempDir;
+use crate::control::state::testutil::TempDir;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")

@@ -1,7 +1,7 @@
 //! The size cap of list files, also for files already parsed and cached.
 
 use super::*;
-use crate::state::testutil::TempDir;
+use crate::control::state::testutil::TempDir;
 
 fn spec(path: &std::path::Path, max_file_size: u64) -> BlacklistSpec {
     BlacklistSpec {

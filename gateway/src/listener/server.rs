@@ -17,12 +17,13 @@ use pingora_core::services::ServiceWithDependents as ServiceTrait;
 
 use crate::admin::AdminApp;
 use crate::config::ConfigError;
-use crate::metrics::Metrics;
-use crate::proxy::connections::ConnectionLoop;
+use crate::control::reload::Reloader;
+use crate::control::watch;
+use crate::listener::connections::ConnectionLoop;
 use crate::proxy::GatewayProxy;
-use crate::reload::Reloader;
 use crate::shadow::engine::ShadowEngine;
-use crate::{upstream, watch};
+use crate::telemetry::metrics::Metrics;
+use crate::upstream;
 
 /// How `gateway run` was asked to start.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +50,7 @@ pub fn build(
     if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reloader.early_hup)) {
         tracing::warn!(error = %e, "cannot install the early SIGHUP handler");
     }
-    crate::logging::init(cfg.server.access_log);
+    crate::telemetry::logging::init(cfg.server.access_log);
 
     let mut conf = ServerConf {
         threads: cfg.server.threads,
@@ -186,7 +187,7 @@ impl BackgroundService for ControlPlane {
 
 /// Drop run-time blocks whose TTL passed (lookups already ignore them; this
 /// keeps the list and the state file tidy).
-async fn sweep_expired_blocks(runtime: Arc<crate::runtime::RuntimeState>, mut shutdown: ShutdownWatch) {
+async fn sweep_expired_blocks(runtime: Arc<crate::control::runtime::RuntimeState>, mut shutdown: ShutdownWatch) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

@@ -14,12 +14,12 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError, GatewayConfig, LoadedConfig};
-use crate::metrics::Metrics;
-use crate::runtime::RuntimeState;
+use crate::control::runtime::RuntimeState;
+use crate::control::snapshot::{BuildDeps, Snapshot, SnapshotHandle};
+use crate::control::state::OpenMode;
 use crate::shadow::engine::ShadowEngine;
 use crate::shadow::DiffStore;
-use crate::snapshot::{BuildDeps, Snapshot, SnapshotHandle};
-use crate::state::OpenMode;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {

@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicI16, Ordering};
 use std::sync::Arc;
 
+use crate::control::state::{OpenMode, StateError, StateFile};
 use crate::edge::blacklist::RuntimeBlacklist;
-use crate::state::{OpenMode, StateError, StateFile};
 
 pub struct RuntimeState {
     pub state: Arc<StateFile>,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::ops_cli::{self, AdminClient};
+use crate::cli::ops::{self, AdminClient};
 
 /// What `gateway diffs` was asked for.
 pub struct DiffsArgs {
@@ -32,7 +32,7 @@ pub fn run(client: &AdminClient, args: &DiffsArgs) -> ExitCode {
             format!("/api/diffs/summary{query}")
         }
     };
-    ops_cli::report(client.call("GET", &path, None), |body| {
+    ops::report(client.call("GET", &path, None), |body| {
         let text = if args.json {
             serde_json::to_string_pretty(body).unwrap_or_default()
         } else if args.show.is_some() {

@@ -42,9 +42,9 @@ use prometheus::IntGauge;
 use tokio::io::AsyncWriteExt;
 
 use super::head_wait::{next_request, Head};
-use super::respond::LocalResponse;
+use crate::control::snapshot::SnapshotHandle;
 use crate::edge::client_ip;
-use crate::snapshot::SnapshotHandle;
+use crate::proxy::respond::LocalResponse;
 
 /// How long an idle keep-alive connection is kept: Pingora's default.
 const KEEPALIVE_SECS: u64 = 60;
@@ -284,7 +284,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
         snapshot.unrouted_metrics.observe(status, started.elapsed().as_secs_f64());
         // The TCP peer: X-Forwarded-For is not read from a head that was refused.
         let peer = digest.and_then(|d| d.peer_addr()).and_then(|a| a.as_inet()).map(|a| client_ip::canonical(a.ip()));
-        super::access_log::refused(&snapshot, peer, status, refusal.label(), started.elapsed());
+        crate::telemetry::access_log::refused(&snapshot, peer, status, refusal.label(), started.elapsed());
     }
 }
 

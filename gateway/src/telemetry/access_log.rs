@@ -8,7 +8,7 @@ use pingora_proxy::Session;
 
 use crate::config::AccessLogFormat;
 
-use super::ctx::RequestCtx;
+use crate::proxy::ctx::RequestCtx;
 
 pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration, error: Option<&Error>) {
     if ctx.snapshot.config.server.access_log == AccessLogFormat::Off {
@@ -49,7 +49,7 @@ pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration
 /// A request refused before the proxy saw it (a late or unparsable head):
 /// no method, path or route is known.
 pub fn refused(
-    snapshot: &crate::snapshot::Snapshot,
+    snapshot: &crate::control::snapshot::Snapshot,
     peer: Option<std::net::IpAddr>,
     status: u16,
     error: &'static str,

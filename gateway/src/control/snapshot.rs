@@ -15,9 +15,9 @@ use crate::config::{ConfigError, GatewayConfig, LoadedConfig};
 use crate::edge::blacklist::StaticBlacklist;
 use crate::edge::limits::{LimiterBook, ScopeLimits};
 use crate::edge::static_lists::ListCache;
-use crate::metrics::{Metrics, RouteMetrics, VersionMetrics};
 use crate::routing::{CompiledRoute, Router, Version};
 use crate::shadow::engine::ShadowEngine;
+use crate::telemetry::metrics::{Metrics, RouteMetrics, VersionMetrics};
 use crate::upstream::{HealthBook, Pool};
 
 pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use pingora_http::RequestHeader;
 
 use crate::config::FallbackCause;
+use crate::control::runtime::RuntimeState;
+use crate::control::snapshot::Snapshot;
+use crate::edge::fallback;
 use crate::edge::rate_limit::retry_after_secs;
-use crate::fallback;
 use crate::routing::{decide, find_user_id, RequestView};
-use crate::runtime::RuntimeState;
-use crate::snapshot::Snapshot;
 
-use super::ctx::Routed;
-use super::respond::LocalResponse;
+use crate::proxy::ctx::Routed;
+use crate::proxy::respond::LocalResponse;
 
 /// What routing decided for a request.
 pub enum RouteOutcome {

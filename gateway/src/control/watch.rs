@@ -14,7 +14,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-use crate::reload::{ReloadOutcome, Reloader};
+use crate::control::reload::{ReloadOutcome, Reloader};
 
 const DEBOUNCE: Duration = Duration::from_millis(150);
 

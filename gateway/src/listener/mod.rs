@@ -1,0 +1,9 @@
+//! Everything between an accepted socket and a parsed request head: the
+//! connection loop (keep-alive, head deadlines, pipelining, chunked framing
+//! checks) and the assembly of the Pingora server with its services.
+
+mod arrived;
+mod chunk_framing;
+pub mod connections;
+mod head_wait;
+pub mod server;

@@ -132,13 +132,8 @@ pub fn degrade_json(reloader: &Reloader) -> Value {
     let snapshot = reloader.snapshots.load();
     let config = snapshot.config.degrade_level;
     let level = reloader.runtime.degrade_level(config);
-    let degraded: Vec<&str> = snapshot
-        .router
-        .routes()
-        .iter()
-        .filter(|r| crate::edge::fallback::degraded(&r.spec, level))
-        .map(|r| r.spec.name.as_str())
-        .collect();
+    let degraded: Vec<&str> =
+        snapshot.routes.iter().filter(|r| r.degraded(level)).map(|r| r.spec.name.as_str()).collect();
     json!({
         "level": level,
         "config_level": config,

@@ -74,7 +74,7 @@ impl ServeHttp for AdminApp {
             }
             (&Method::GET, "/api/status") => json_reply(StatusCode::OK, &status::render(&self.reloader)),
             (&Method::POST, "/api/reload") => self.reload().await,
-            (&Method::GET, "/api/explain") => self.explain(&query),
+            (&Method::GET, "/api/explain") => self.explain(&query, session.req_header().uri.query().unwrap_or("")),
             (&Method::GET, "/api/blacklist") => edge::list_blocks(&self.reloader),
             (&Method::POST, "/api/blacklist") => match read_body(session).await {
                 Ok(body) => edge::add_block(&self.reloader, &body),
@@ -150,38 +150,56 @@ impl AdminApp {
         }
     }
 
-    fn explain(&self, query: &HashMap<String, String>) -> Reply {
+    /// `GET /api/explain?path=..&method=..&host=..&user=..&ip=..&tls=1&header=name:value`
+    /// (`header` repeatable): the proxy's pipeline in dry-run mode.
+    fn explain(&self, query: &HashMap<String, String>, raw_query: &str) -> Reply {
         let ip = match query.get("ip").map(|s| s.parse::<IpAddr>()) {
             None => None,
-            Some(Ok(ip)) => Some(ip),
+            Some(Ok(ip)) => Some(crate::edge::client_ip::canonical(ip)),
             Some(Err(_)) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": "ip is not an IP address"})),
         };
         let Some(path) = query.get("path") else {
             return json_reply(StatusCode::BAD_REQUEST, &json!({"error": "path is required"}));
         };
+        let mut headers = Vec::new();
+        for pair in raw_query.split('&').filter_map(|p| p.strip_prefix("header=")) {
+            let pair = percent_decode(pair);
+            let Some((name, value)) = pair.split_once(':') else {
+                return json_reply(StatusCode::BAD_REQUEST, &json!({"error": "header must be NAME:VALUE"}));
+            };
+            headers.push((name.to_string(), value.to_string()));
+        }
         let req = ExplainRequest {
             host: query.get("host").cloned(),
             path: path.clone(),
+            method: query.get("method").cloned(),
             user: query.get("user").cloned(),
             ip,
-            headers: Vec::new(),
+            headers,
+            tls: query.get("tls").is_some_and(|v| v == "1" || v == "true"),
         };
         let snapshot = self.reloader.snapshots.load();
-        match explain(&snapshot.config, &snapshot.router, &req) {
+        match explain(&snapshot, &self.reloader.runtime, &req) {
             Ok(a) => json_reply(
                 StatusCode::OK,
                 &json!({
+                    "verdict": a.verdict,
+                    "status": a.status,
+                    "answer": a.answer,
                     "route": a.route,
-                    "version": a.decision.version.as_str(),
+                    "version": a.version,
                     "pool": a.pool,
-                    "reason": a.decision.reason.label(),
+                    "reason": a.reason,
+                    "bucket": a.bucket,
+                    "rules": a.rules,
+                    "override_refused": a.override_refused,
                     "client_ip": a.client_ip.to_string(),
                     "user_id": a.user_id,
                     "explanation": a.text,
                     "generation": snapshot.generation,
                 }),
             ),
-            Err(e) => json_reply(StatusCode::NOT_FOUND, &json!({"error": e})),
+            Err(e) => json_reply(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
         }
     }
 }

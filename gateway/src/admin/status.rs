@@ -8,8 +8,7 @@ pub fn render(reloader: &Reloader) -> Value {
     let snapshot = reloader.snapshots.load();
     let reload = reloader.status();
     let routes: Vec<Value> = snapshot
-        .router
-        .routes()
+        .routes
         .iter()
         .map(|r| {
             let s = &r.spec;
@@ -17,12 +16,21 @@ pub fn render(reloader: &Reloader) -> Value {
                 "name": s.name,
                 "path_prefix": s.path_prefix,
                 "hosts": s.hosts,
-                "stable": s.stable,
-                "canary": s.canary,
+                "default": s.versions.get(s.default_version).map(|v| v.name.as_str()),
+                "versions": s.versions.iter().enumerate().map(|(i, v)| {
+                    let range = r.plan.lanes.range_of(i);
+                    json!({
+                        "name": v.name,
+                        "upstream": v.upstream,
+                        "percent": if i == s.default_version { 100.0 - s.canary_percent() } else { f64::from(v.basis_points) / 100.0 },
+                        "buckets": range.map(|r| [r.start, r.end]),
+                        "whitelist_users": v.whitelist_users.len(),
+                        "whitelist_ips": v.whitelist_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    })
+                }).collect::<Vec<_>>(),
                 "canary_percent": s.canary_percent(),
+                "rules": (s.rules.count() > 0).then(|| s.rules.canonical()),
                 "salt": s.salt,
-                "whitelist_users": s.whitelist_users.len(),
-                "whitelist_ips": s.whitelist_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "degrade_at": s.degrade_at,
                 "fallback": s.fallback.as_ref().map(|f| json!({
                     "status": f.page.status,

@@ -68,11 +68,11 @@ pub fn banner(config: &GatewayConfig) -> String {
     s.push_str("Try:\n");
     if let Some(route) = config.routes.first() {
         let p = &route.path_prefix;
-        s.push_str(&format!("  curl -s -H 'x-user-id: 42' http://{proxy}{p}/items        # user 42's version (stable or canary, by bucket)\n"));
-        if let Some(u) = route.whitelist_users.iter().next() {
-            s.push_str(&format!(
-                "  curl -s -H 'x-user-id: {u}' http://{proxy}{p}/items      # a whitelisted tester: always canary\n"
-            ));
+        s.push_str(&format!(
+            "  curl -s -H 'x-user-id: 42' http://{proxy}{p}/items        # user 42's version (by bucket)\n"
+        ));
+        if let Some(u) = route.versions.iter().find_map(|v| v.whitelist_users.iter().next()) {
+            s.push_str(&format!("  curl -s -H 'x-user-id: {u}' http://{proxy}{p}/items      # a whitelisted tester\n"));
         }
         s.push_str(&format!(
             "  gateway explain -c {} --path {p}/x --user 42              # why that version\n",

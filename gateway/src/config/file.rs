@@ -5,6 +5,8 @@
 //! numbers so that validation can point at their line; `validate.rs` turns
 //! them into the runtime model in `model.rs`.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -19,6 +21,9 @@ pub struct ServerFile {
     pub work_stealing: Option<Sp<bool>>,
     pub shutdown_grace: Option<Sp<String>>,
     pub version_header: Option<Sp<String>>,
+    /// A request header set on every proxied request to the version's name, so
+    /// services behind the route keep the request in its lane.
+    pub version_request_header: Option<Sp<String>>,
     /// "text" (default), "json" or "off".
     pub access_log: Option<Sp<String>>,
     /// Per-connection read buffer, e.g. "64KiB" (Pingora's default).
@@ -96,7 +101,19 @@ pub struct RouteFile {
     pub path_prefix: Sp<String>,
     #[serde(default)]
     pub hosts: Vec<Sp<String>>,
-    pub stable: Sp<String>,
+    /// Match rules: all that are set must hold.
+    pub methods: Option<Sp<Vec<String>>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Sp<String>>,
+    #[serde(default)]
+    pub query: BTreeMap<String, Sp<String>>,
+    #[serde(default)]
+    pub cookies: BTreeMap<String, Sp<String>>,
+    /// The versions form: `versions = [{ name, upstream, percent }]` and `default`.
+    pub versions: Option<Sp<Vec<Sp<VersionFile>>>>,
+    pub default: Option<Sp<String>>,
+    /// The two-version shorthand: `stable`, `canary`, `canary_percent` and the whitelists.
+    pub stable: Option<Sp<String>>,
     pub canary: Option<Sp<String>>,
     pub canary_percent: Option<Sp<f64>>,
     pub user_id: Option<Vec<Sp<String>>>,
@@ -106,6 +123,9 @@ pub struct RouteFile {
     pub whitelist_users: Vec<Sp<String>>,
     #[serde(default)]
     pub whitelist_ips: Vec<Sp<String>>,
+    /// `[routes.override]`: testers force a version by header or cookie.
+    #[serde(rename = "override")]
+    pub override_: Option<Sp<OverrideFile>>,
     pub rate_limit: Option<RateLimitFile>,
     pub fallback: Option<FallbackFile>,
     /// Serve the fallback page, without contacting the upstream, from this degrade level on.
@@ -115,10 +135,48 @@ pub struct RouteFile {
     pub https_redirect: Option<Sp<bool>>,
 }
 
+/// One entry of `versions = [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionFile {
+    pub name: String,
+    pub upstream: String,
+    pub percent: Option<f64>,
+    #[serde(default)]
+    pub whitelist_users: Vec<String>,
+    #[serde(default)]
+    pub whitelist_ips: Vec<String>,
+}
+
+/// `[routes.override]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideFile {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    #[serde(default)]
+    pub allow_from: Vec<String>,
+    /// A key file, relative to the config file: signed values are honoured from any client.
+    pub secret_file: Option<String>,
+}
+
+/// `[anonymous_cookie]`: the signed cookie that keeps anonymous users on one version.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymousCookieFile {
+    pub secret_file: Option<Sp<String>>,
+    pub name: Option<Sp<String>>,
+    pub max_age: Option<Sp<String>>,
+    pub http_only: Option<Sp<bool>>,
+    pub same_site: Option<Sp<String>>,
+}
+
 /// `[routes.shadow]`: mirror this route's requests to the other version and compare.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowFile {
+    /// The version every other version is compared against (default: the route's default).
+    pub against: Option<String>,
     pub percent: Option<f64>,
     pub methods: Option<Vec<String>>,
     pub max_body: Option<String>,

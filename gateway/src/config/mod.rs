@@ -6,6 +6,7 @@ pub mod file;
 pub mod model;
 pub mod validate;
 mod validate_edge;
+mod validate_route;
 mod validate_server;
 mod validate_shadow;
 mod validate_tls;

@@ -30,6 +30,8 @@ pub struct GatewayConfig {
     pub degrade_level: u8,
     pub rate_limit: RateLimitSpec,
     pub shadow_store: ShadowStoreSpec,
+    /// `[anonymous_cookie]`, when a route uses `anonymous = "cookie"`.
+    pub anonymous_cookie: Option<AnonymousCookieSpec>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -149,6 +151,8 @@ pub struct ServerSettings {
     pub work_stealing: bool,
     pub shutdown_grace: Duration,
     pub version_header: Option<HeaderName>,
+    /// Set upstream to the version's name; a client's own value is removed.
+    pub version_request_header: Option<HeaderName>,
     pub access_log: AccessLogFormat,
     /// Bytes of the per-connection read buffer.
     pub read_buffer: usize,
@@ -217,10 +221,136 @@ pub enum UserIdSource {
 /// What a request without a user ID gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnonymousPolicy {
-    Stable,
-    Canary,
+    /// Always this version (an index into the route's `versions`).
+    Version(usize),
     /// Bucket the client IP exactly like a user ID.
     IpHash,
+    /// Bucket a random ID kept in a signed cookie (`[anonymous_cookie]`).
+    Cookie,
+}
+
+/// One version of a route: its upstream and its share of the buckets.
+#[derive(Debug, Clone)]
+pub struct VersionSpec {
+    pub name: String,
+    pub upstream: String,
+    /// Buckets out of 10,000 (`percent` × 100); 0 for the default version,
+    /// which holds every bucket the others do not.
+    pub basis_points: u32,
+    pub whitelist_users: HashSet<String>,
+    pub whitelist_ips: Vec<IpNet>,
+}
+
+/// A match rule's expected value.
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    /// `"*"`: present, any value.
+    Present,
+    Exact(String),
+    /// `"~REGEX"`.
+    Regex(regex::Regex),
+}
+
+impl ValueMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueMatch::Present => true,
+            ValueMatch::Exact(v) => v == value,
+            ValueMatch::Regex(r) => r.is_match(value),
+        }
+    }
+
+    /// As written in the config, for `check`, explain and duplicate detection.
+    pub fn as_written(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            ValueMatch::Present => "*".into(),
+            ValueMatch::Exact(v) => v.as_str().into(),
+            ValueMatch::Regex(r) => format!("~{}", r.as_str()).into(),
+        }
+    }
+}
+
+/// The conditions a request must meet, besides host and path prefix.
+#[derive(Debug, Clone, Default)]
+pub struct MatchRules {
+    /// Empty: any method.
+    pub methods: Vec<http::Method>,
+    pub headers: Vec<(HeaderName, ValueMatch)>,
+    pub query: Vec<(String, ValueMatch)>,
+    pub cookies: Vec<(String, ValueMatch)>,
+}
+
+impl MatchRules {
+    /// How many conditions: a route with more is more specific.
+    pub fn count(&self) -> usize {
+        usize::from(!self.methods.is_empty()) + self.headers.len() + self.query.len() + self.cookies.len()
+    }
+
+    /// A canonical text of the rules: two routes with the same text cannot be told apart.
+    pub fn canonical(&self) -> String {
+        let mut methods: Vec<&str> = self.methods.iter().map(http::Method::as_str).collect();
+        methods.sort_unstable();
+        let pairs = |list: &mut dyn Iterator<Item = (&str, String)>| {
+            let mut v: Vec<String> = list.map(|(k, m)| format!("{k}={m}")).collect();
+            v.sort();
+            v.join(",")
+        };
+        format!(
+            "methods[{}] headers[{}] query[{}] cookies[{}]",
+            methods.join(","),
+            pairs(&mut self.headers.iter().map(|(k, m)| (k.as_str(), m.as_written().into_owned()))),
+            pairs(&mut self.query.iter().map(|(k, m)| (k.as_str(), m.as_written().into_owned()))),
+            pairs(&mut self.cookies.iter().map(|(k, m)| (k.as_str(), m.as_written().into_owned()))),
+        )
+    }
+}
+
+/// `[routes.override]`: how testers force a version.
+#[derive(Debug, Clone)]
+pub struct OverrideSpec {
+    pub header: Option<HeaderName>,
+    pub cookie: Option<String>,
+    /// Client IPs that may send a plain version name.
+    pub allow_from: Vec<IpNet>,
+    /// The key of signed values, read from `secret_file` at load.
+    pub key: Option<SecretKey>,
+}
+
+/// Key bytes read from a secret file; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(pub std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey({} bytes)", self.0.len())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// `[anonymous_cookie]`.
+#[derive(Debug, Clone)]
+pub struct AnonymousCookieSpec {
+    pub name: String,
+    pub max_age: Duration,
+    pub http_only: bool,
+    pub same_site: SameSite,
+    pub key: SecretKey,
 }
 
 #[derive(Debug, Clone)]
@@ -229,19 +359,21 @@ pub struct RouteSpec {
     pub path_prefix: String,
     /// Lower-case host names; empty means any host. `*.example.com` matches subdomains.
     pub hosts: Vec<String>,
-    pub stable: String,
-    pub canary: Option<String>,
-    /// `canary_percent` × 100, so 10.25% is 1025 of 10,000 buckets.
-    pub canary_basis_points: u32,
+    pub rules: MatchRules,
+    /// In file order; the shorthand gives `stable` then `canary`.
+    pub versions: Vec<VersionSpec>,
+    /// Index into `versions` of the version that holds every bucket no other holds.
+    pub default_version: usize,
     pub user_id: Vec<UserIdSource>,
     pub salt: String,
     pub anonymous: AnonymousPolicy,
-    pub whitelist_users: HashSet<String>,
-    pub whitelist_ips: Vec<IpNet>,
+    pub override_: Option<OverrideSpec>,
     pub rate_limit: RateLimitSpec,
     pub fallback: Option<FallbackSpec>,
     pub degrade_at: Option<u8>,
     pub shadow: Option<std::sync::Arc<ShadowSpec>>,
+    /// Index into `versions` that shadowed requests are compared against.
+    pub shadow_against: usize,
     /// Plain-HTTP requests get 308 to the TLS listener.
     pub https_redirect: bool,
 }
@@ -275,7 +407,12 @@ pub struct ShadowStoreSpec {
 }
 
 impl RouteSpec {
+    /// The share of the non-default versions together, in percent.
     pub fn canary_percent(&self) -> f64 {
-        f64::from(self.canary_basis_points) / 100.0
+        f64::from(self.versions.iter().map(|v| v.basis_points).sum::<u32>()) / 100.0
+    }
+
+    pub fn version_index(&self, name: &str) -> Option<usize> {
+        self.versions.iter().position(|v| v.name == name)
     }
 }

@@ -36,11 +36,11 @@ fn errors(text: &str) -> Vec<String> {
 fn a_good_config_becomes_the_model() {
     let loaded = parse(Path::new("gateway.toml"), GOOD).expect("valid");
     let c = &loaded.config;
-    assert_eq!(c.routes[0].canary_basis_points, 1250);
+    assert_eq!(c.routes[0].versions[1].basis_points, 1250);
     assert_eq!(c.routes[0].salt, "cart", "salt defaults to the route name");
     assert_eq!(c.upstreams["v2"].backends[1].weight, 2);
     assert_eq!(c.upstreams["v2"].health_check.as_ref().map(|h| h.probe.clone()), Some(HealthProbe::Tcp));
-    assert_eq!(c.routes[0].whitelist_ips[1].to_string(), "2001:db8::1/128");
+    assert_eq!(c.routes[0].versions[1].whitelist_ips[1].to_string(), "2001:db8::1/128");
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9900");
 }
 

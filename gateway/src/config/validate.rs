@@ -4,12 +4,11 @@
 //! is deserialized on its own, so a typo in one route does not hide a bad
 //! CIDR in another: `gateway check` reports all of them at once.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use http::HeaderName;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
@@ -18,6 +17,7 @@ use super::error::{ConfigError, ConfigWarning, Diagnostics};
 use super::file::*;
 use super::model::*;
 use super::validate_edge;
+use super::validate_route;
 use super::validate_server;
 use super::validate_shadow;
 use super::validate_tls;
@@ -32,7 +32,8 @@ pub struct LoadedConfig {
     pub hash: String,
 }
 
-const SECTIONS: &str = "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow";
+const SECTIONS: &str =
+    "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow, anonymous_cookie";
 
 /// Read and validate a config file.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, Vec<ConfigError>> {
@@ -77,6 +78,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     let mut degrade = DegradeFile::default();
     let mut rate_limit = RateLimitFile::default();
     let mut shadow_store = ShadowStoreFile::default();
+    let mut anonymous_cookie = AnonymousCookieFile::default();
 
     for (key, value) in root.into_inner() {
         let key_span = key.span();
@@ -89,6 +91,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
             "degrade" => degrade = section(&mut d, "degrade", value).unwrap_or_default(),
             "rate_limit" => rate_limit = section(&mut d, "rate_limit", value).unwrap_or_default(),
             "shadow" => shadow_store = section(&mut d, "shadow", value).unwrap_or_default(),
+            "anonymous_cookie" => anonymous_cookie = section(&mut d, "anonymous_cookie", value).unwrap_or_default(),
             "upstreams" => {
                 let span = value.span();
                 match value.into_inner() {
@@ -127,7 +130,8 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     let client_ip =
         ClientIpSettings { trusted_proxies: cidrs(&mut d, "client_ip.trusted_proxies", &client_ip.trusted_proxies) };
     let upstreams = validate_upstreams(&mut d, upstreams);
-    let routes = validate_routes(&mut d, routes, &upstreams, server.tls.is_some());
+    let routes = validate_route::routes(&mut d, routes, &upstreams, server.tls.is_some());
+    let anonymous_cookie = validate_edge::anonymous_cookie(&mut d, &anonymous_cookie, &routes);
     let blacklist = validate_edge::blacklist(&mut d, &blacklist);
     let state_path = validate_edge::state_path(&d, &state);
     let degrade_level = validate_edge::degrade_level(&mut d, &degrade);
@@ -156,6 +160,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
             degrade_level,
             rate_limit,
             shadow_store,
+            anonymous_cookie,
         },
         warnings: d.warnings,
         hash,
@@ -309,158 +314,20 @@ fn health_check(d: &mut Diagnostics, upstream_key: &str, hc: &Sp<HealthCheckFile
     Some(HealthCheckSpec { probe, interval, timeout, healthy_after, unhealthy_after })
 }
 
-fn upstream_ref(d: &mut Diagnostics, key: String, name: &Sp<String>, upstreams: &BTreeMap<String, UpstreamSpec>) {
-    if !upstreams.contains_key(name.get_ref()) {
-        let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-        d.error(
-            Some(name.span()),
-            key,
-            format!("unknown upstream {:?} (defined: {})", name.get_ref(), known.join(", ")),
-        );
+/// Read a key file named in the config (relative to it): at least 16 bytes
+/// once surrounding whitespace is trimmed, so a short or empty file cannot
+/// make signatures guessable.
+pub(super) fn read_secret(d: &mut Diagnostics, key: &str, path: &Sp<String>) -> Option<SecretKey> {
+    let file = resolve(d.file(), path.get_ref());
+    match std::fs::read(&file) {
+        Ok(bytes) if bytes.trim_ascii().len() >= 16 => Some(SecretKey(bytes.trim_ascii().into())),
+        Ok(_) => {
+            d.error(Some(path.span()), key, format!("{} holds fewer than 16 bytes of key", file.display()));
+            None
+        }
+        Err(e) => {
+            d.error(Some(path.span()), key, format!("cannot read {}: {e}", file.display()));
+            None
+        }
     }
-}
-
-fn validate_routes(
-    d: &mut Diagnostics,
-    files: Vec<(usize, RouteFile)>,
-    upstreams: &BTreeMap<String, UpstreamSpec>,
-    has_tls: bool,
-) -> Vec<RouteSpec> {
-    let mut out = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut matches: HashMap<(Vec<String>, String), String> = HashMap::new();
-    for (i, f) in files {
-        let key = format!("routes[{i}]");
-        let name = f.name.get_ref().trim().to_string();
-        if name.is_empty() {
-            d.error(Some(f.name.span()), format!("{key}.name"), "must not be empty");
-        } else if let Some(first) = names.insert(name.clone(), i) {
-            d.error(Some(f.name.span()), format!("{key}.name"), format!("{name:?} is already used by routes[{first}]"));
-        }
-        let prefix = f.path_prefix.get_ref().clone();
-        if !prefix.starts_with('/') {
-            d.error(
-                Some(f.path_prefix.span()),
-                format!("{key}.path_prefix"),
-                format!("{prefix:?} must start with '/'"),
-            );
-        }
-        let mut hosts: Vec<String> = Vec::new();
-        for (h, host) in f.hosts.iter().enumerate() {
-            let lower = host.get_ref().trim().to_ascii_lowercase();
-            let bare = lower.strip_prefix("*.").unwrap_or(&lower);
-            if bare.is_empty() || !bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-                d.error(
-                    Some(host.span()),
-                    format!("{key}.hosts[{h}]"),
-                    format!("{:?} is not a host name", host.get_ref()),
-                );
-            } else {
-                hosts.push(lower);
-            }
-        }
-        let mut sorted_hosts = hosts.clone();
-        sorted_hosts.sort();
-        if let Some(other) = matches.insert((sorted_hosts, prefix.clone()), name.clone()) {
-            d.error(
-                Some(f.path_prefix.span()),
-                format!("{key}.path_prefix"),
-                format!("route {other:?} already matches the same hosts and path_prefix {prefix:?}; one of them could never be chosen"),
-            );
-        }
-
-        upstream_ref(d, format!("{key}.stable"), &f.stable, upstreams);
-        if let Some(c) = &f.canary {
-            upstream_ref(d, format!("{key}.canary"), c, upstreams);
-            if c.get_ref() == f.stable.get_ref() {
-                d.warn(Some(c.span()), format!("{key}.canary"), "is the same upstream as stable");
-            }
-        }
-        let canary_basis_points = match &f.canary_percent {
-            None => 0,
-            Some(p) => values::percent_basis_points(*p.get_ref()).unwrap_or_else(|e| {
-                d.error(Some(p.span()), format!("{key}.canary_percent"), e);
-                0
-            }),
-        };
-        let has_whitelist = !f.whitelist_users.is_empty() || !f.whitelist_ips.is_empty();
-        if f.canary.is_none() && (canary_basis_points > 0 || has_whitelist) {
-            d.error(
-                Some(f.name.span()),
-                format!("{key}.canary"),
-                "canary_percent or a whitelist is set but the route names no canary upstream",
-            );
-        }
-        let user_id = match &f.user_id {
-            None => vec![UserIdSource::Header(HeaderName::from_static("x-user-id"))],
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .filter_map(|(u, s)| {
-                    values::user_id_source(s.get_ref())
-                        .map_err(|e| d.error(Some(s.span()), format!("{key}.user_id[{u}]"), e))
-                        .ok()
-                })
-                .collect(),
-        };
-        let anonymous = match f.anonymous.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
-            None | Some(("stable", _)) => AnonymousPolicy::Stable,
-            Some(("canary", _)) => AnonymousPolicy::Canary,
-            Some(("ip-hash", _)) => AnonymousPolicy::IpHash,
-            Some((other, span)) => {
-                d.error(
-                    Some(span),
-                    format!("{key}.anonymous"),
-                    format!("{other:?} must be \"stable\", \"canary\" or \"ip-hash\""),
-                );
-                AnonymousPolicy::Stable
-            }
-        };
-        let salt = f.salt.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| name.clone());
-        let whitelist_users: HashSet<String> =
-            f.whitelist_users.iter().map(|u| u.get_ref().trim().to_string()).collect();
-        let whitelist_ips = cidrs(d, &format!("{key}.whitelist_ips"), &f.whitelist_ips);
-        let rate_limit = f
-            .rate_limit
-            .as_ref()
-            .map(|r| validate_edge::rate_limit(d, &format!("{key}.rate_limit"), r))
-            .unwrap_or_default();
-        let fallback = f.fallback.as_ref().and_then(|fb| validate_edge::fallback(d, &format!("{key}.fallback"), fb));
-        let degrade_at = validate_edge::degrade_at(d, &format!("{key}.degrade_at"), &f.degrade_at);
-        let shadow = f.shadow.as_ref().and_then(|sh| validate_shadow::route_shadow(d, &format!("{key}.shadow"), sh));
-        if let (Some(sh), None) = (&f.shadow, &f.canary) {
-            d.error(
-                Some(sh.span()),
-                format!("{key}.shadow"),
-                "shadowing compares stable with canary; the route names no canary",
-            );
-        }
-        if let (Some(at), None) = (&f.degrade_at, &f.fallback) {
-            d.error(
-                Some(at.span()),
-                format!("{key}.degrade_at"),
-                "a degradable route needs a [routes.fallback] page to serve",
-            );
-        }
-        let https_redirect = validate_tls::https_redirect(d, &key, &f.https_redirect, has_tls);
-        out.push(RouteSpec {
-            name,
-            path_prefix: prefix,
-            hosts,
-            stable: f.stable.get_ref().clone(),
-            canary: f.canary.as_ref().map(|c| c.get_ref().clone()),
-            canary_basis_points,
-            user_id,
-            salt,
-            anonymous,
-            whitelist_users,
-            whitelist_ips,
-            rate_limit,
-            fallback,
-            degrade_at,
-            shadow,
-            https_redirect,
-        });
-    }
-    out
 }

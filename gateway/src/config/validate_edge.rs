@@ -203,3 +203,47 @@ fn content_type(path: &str) -> &'static str {
         _ => "text/html; charset=utf-8",
     }
 }
+
+/// `[anonymous_cookie]`: needed (for its key) when a route uses `anonymous = "cookie"`.
+pub fn anonymous_cookie(
+    d: &mut Diagnostics,
+    f: &AnonymousCookieFile,
+    routes: &[RouteSpec],
+) -> Option<AnonymousCookieSpec> {
+    let users = super::validate_route::cookie_routes(routes);
+    let Some(secret_file) = &f.secret_file else {
+        if let Some(first) = users.iter().next() {
+            d.error(
+                None,
+                "anonymous_cookie.secret_file",
+                format!("route {first:?} sets anonymous = \"cookie\": the cookie is signed with this key file"),
+            );
+        }
+        return None;
+    };
+    let key = super::validate::read_secret(d, "anonymous_cookie.secret_file", secret_file);
+    let name = f.name.as_ref().map_or("gw_anon".to_string(), |n| n.get_ref().trim().to_string());
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token_char) {
+        let span = f.name.as_ref().map(|n| n.span());
+        d.error(span, "anonymous_cookie.name", format!("{name:?} is not a cookie name"));
+    }
+    let max_age = f.max_age.as_ref().map_or(Duration::from_secs(90 * 86_400), |m| {
+        values::duration(m.get_ref()).unwrap_or_else(|e| {
+            d.error(Some(m.span()), "anonymous_cookie.max_age", e);
+            Duration::from_secs(90 * 86_400)
+        })
+    });
+    let same_site = match f.same_site.as_ref().map(|s| (s.get_ref().to_ascii_lowercase(), s.span())) {
+        None => SameSite::Lax,
+        Some((s, _)) if s == "lax" => SameSite::Lax,
+        Some((s, _)) if s == "strict" => SameSite::Strict,
+        Some((s, _)) if s == "none" => SameSite::None,
+        Some((s, span)) => {
+            d.error(Some(span), "anonymous_cookie.same_site", format!("{s:?} must be \"Strict\", \"Lax\" or \"None\""));
+            SameSite::Lax
+        }
+    };
+    let http_only = f.http_only.as_ref().is_none_or(|h| *h.get_ref());
+    Some(AnonymousCookieSpec { name, max_age, http_only, same_site, key: key? })
+}

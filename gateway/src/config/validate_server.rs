@@ -83,17 +83,8 @@ pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
     // benchmark (benches/README.md).
     let work_stealing = f.work_stealing.as_ref().is_some_and(|w| *w.get_ref());
     let shutdown_grace = duration_or(d, "server.shutdown_grace", &f.shutdown_grace, Duration::from_secs(30));
-    let version_header = f.version_header.as_ref().and_then(|h| {
-        HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes())
-            .map_err(|_| {
-                d.error(
-                    Some(h.span()),
-                    "server.version_header",
-                    format!("{:?} is not a valid header name", h.get_ref()),
-                )
-            })
-            .ok()
-    });
+    let version_header = header_name(d, "server.version_header", &f.version_header);
+    let version_request_header = header_name(d, "server.version_request_header", &f.version_request_header);
     let access_log = match f.access_log.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
         None | Some(("text", _)) => AccessLogFormat::Text,
         Some(("json", _)) => AccessLogFormat::Json,
@@ -127,6 +118,7 @@ pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
         work_stealing,
         shutdown_grace,
         version_header,
+        version_request_header,
         access_log,
         read_buffer,
         normalize_path,
@@ -160,4 +152,12 @@ pub(super) fn admin(d: &mut Diagnostics, f: AdminFile) -> AdminSettings {
         }
     });
     AdminSettings { listen, token }
+}
+
+/// An optional header name, lower-cased.
+pub(super) fn header_name(d: &mut Diagnostics, key: &str, value: &Option<Sp<String>>) -> Option<HeaderName> {
+    let h = value.as_ref()?;
+    HeaderName::from_bytes(h.get_ref().trim().to_ascii_lowercase().as_bytes())
+        .map_err(|_| d.error(Some(h.span()), key, format!("{:?} is not a valid header name", h.get_ref())))
+        .ok()
 }

@@ -3,6 +3,7 @@
 //! change (blocks, degrade level) with the file that keeps it across restarts.
 
 pub mod reload;
+pub mod route_runtime;
 pub mod runtime;
 pub mod snapshot;
 pub mod state;

@@ -332,9 +332,17 @@ fn init_series(metrics: &Metrics, snapshot: &Snapshot) {
 /// Drop metric series for routes, pools and backends that no longer exist,
 /// so dashboards do not show ghosts.
 fn forget_removed_series(metrics: &Metrics, old: &Snapshot, new: &Snapshot) {
-    for r in old.router.routes() {
-        if new.router.by_name(&r.spec.name).is_none() {
-            metrics.forget_route(&r.spec.name);
+    for r in &old.routes {
+        let kept = new.route_named(&r.spec.name);
+        let gone: Vec<&str> = r
+            .spec
+            .versions
+            .iter()
+            .map(|v| v.name.as_str())
+            .filter(|v| kept.is_none_or(|k| k.spec.version_index(v).is_none()))
+            .collect();
+        if kept.is_none() || !gone.is_empty() {
+            metrics.forget_route(&r.spec.name, &gone);
         }
     }
     for (name, pool) in &old.pools {

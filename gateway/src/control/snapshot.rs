@@ -15,10 +15,13 @@ use crate::config::{ConfigError, GatewayConfig, LoadedConfig};
 use crate::edge::blacklist::StaticBlacklist;
 use crate::edge::limits::{LimiterBook, ScopeLimits};
 use crate::edge::static_lists::ListCache;
-use crate::routing::{CompiledRoute, Router, Version};
+use crate::proxy::respond::LocalResponse;
+use crate::routing::{Router, VersionPlan};
 use crate::shadow::engine::ShadowEngine;
-use crate::telemetry::metrics::{Metrics, RouteMetrics, VersionMetrics};
+use crate::telemetry::metrics::{Metrics, VersionMetrics};
 use crate::upstream::{HealthBook, Pool};
+
+use super::route_runtime::{RoutePages, RouteRuntime, VersionRuntime};
 
 pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
 
@@ -42,7 +45,7 @@ impl BuildDeps {
     /// Forget state that no live snapshot uses (called after a swap).
     pub fn retain_for(&self, snapshot: &Snapshot) {
         self.health.retain_only(&snapshot.pools);
-        let mut live: Vec<&ScopeLimits> = snapshot.route_limits.iter().collect();
+        let mut live: Vec<&ScopeLimits> = snapshot.routes.iter().map(|r| &r.limits).collect();
         live.push(&snapshot.global_limits);
         self.limiters.retain_only(&live);
     }
@@ -55,17 +58,23 @@ pub struct Snapshot {
     pub hash: String,
     pub loaded_at: SystemTime,
     pub config: GatewayConfig,
+    /// Finds a request's route: an index into `routes`.
     pub router: Router,
+    /// One compiled program per `[[routes]]` entry, in file order.
+    pub routes: Vec<Arc<RouteRuntime>>,
     pub pools: HashMap<String, Arc<Pool>>,
-    /// Indexed by `CompiledRoute::index`.
-    pub route_metrics: Vec<RouteMetrics>,
     pub unrouted_metrics: VersionMetrics,
     pub metrics: Arc<Metrics>,
     /// Config CIDRs and list files; run-time blocks live in `RuntimeState`.
     pub static_blacklist: Arc<StaticBlacklist>,
     pub global_limits: ScopeLimits,
-    /// Indexed by `CompiledRoute::index`.
-    pub route_limits: Vec<ScopeLimits>,
+    /// Answers that belong to no route, rendered at load.
+    pub pages: SnapshotPages,
+}
+
+pub struct SnapshotPages {
+    pub not_found: Arc<LocalResponse>,
+    pub blocked: Arc<LocalResponse>,
 }
 
 impl Snapshot {
@@ -82,20 +91,63 @@ impl Snapshot {
         let config = loaded.config;
         let pools: HashMap<String, Arc<Pool>> =
             config.upstreams.values().map(|spec| (spec.name.clone(), Arc::new(Pool::new(spec, book)))).collect();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for spec in &config.routes {
+            let mut versions = Vec::with_capacity(spec.versions.len());
+            for v in &spec.versions {
+                let Some(pool) = pools.get(&v.upstream) else {
+                    // Validation resolved every upstream; answered, not panicked, if not.
+                    return Err(vec![ConfigError {
+                        file: config.source.clone(),
+                        line: 0,
+                        key: format!("routes.{}", spec.name),
+                        message: format!("version {} names no upstream", v.name),
+                    }]);
+                };
+                let name = http::HeaderValue::from_str(&v.name).unwrap_or_else(|_| http::HeaderValue::from_static("?"));
+                versions.push(VersionRuntime { name, pool: Arc::clone(pool) });
+            }
+            let plan = VersionPlan::compile(spec);
+            let shares: Vec<(&str, f64)> = spec
+                .versions
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let held = match i == spec.default_version {
+                        true => 100.0 - spec.canary_percent(),
+                        false => f64::from(v.basis_points) / 100.0,
+                    };
+                    (v.name.as_str(), held)
+                })
+                .collect();
+            let route_metrics = metrics.route_metrics(&spec.name, &shares, spec.shadow.is_some());
+            metrics.set_canary_percent(&spec.name, spec.canary_percent());
+            routes.push(Arc::new(RouteRuntime {
+                plan,
+                versions,
+                limits: ScopeLimits::build(&spec.name, &spec.rate_limit, &deps.limiters),
+                metrics: route_metrics,
+                pages: RoutePages::render(spec),
+                spec: spec.clone(),
+            }));
+        }
         let router = Router::new(&config.routes);
-        let route_metrics = config
-            .routes
-            .iter()
-            .map(|r| metrics.route_metrics(&r.name, r.canary_percent(), r.shadow.is_some()))
-            .collect();
         for pool in pools.values() {
             for b in &pool.backends {
                 metrics.set_backend_health(&pool.name, b.addr, b.health.is_healthy());
             }
         }
         let global_limits = ScopeLimits::build("", &config.rate_limit, &deps.limiters);
-        let route_limits =
-            config.routes.iter().map(|r| ScopeLimits::build(&r.name, &r.rate_limit, &deps.limiters)).collect();
+        let blocked = &config.blacklist.page;
+        let pages = SnapshotPages {
+            not_found: Arc::new(LocalResponse::page(404, "Not Found", "No route matches this address.")),
+            blocked: Arc::new(LocalResponse {
+                status: blocked.status,
+                content_type: blocked.content_type,
+                body: blocked.body.clone(),
+                headers: Vec::new(),
+            }),
+        };
         Ok(Self {
             generation,
             hash: loaded.hash,
@@ -103,21 +155,26 @@ impl Snapshot {
             unrouted_metrics: metrics.unrouted(),
             config,
             router,
+            routes,
             pools,
-            route_metrics,
             metrics,
             static_blacklist,
             global_limits,
-            route_limits,
+            pages,
         })
     }
 
-    /// The pool that serves `version` on `route`. Validation guarantees both exist.
-    pub fn pool_for(&self, route: &CompiledRoute, version: Version) -> Option<&Arc<Pool>> {
-        let name = match version {
-            Version::Stable => &route.spec.stable,
-            Version::Canary => route.spec.canary.as_ref().unwrap_or(&route.spec.stable),
-        };
-        self.pools.get(name)
+    /// A snapshot from config text, without a running gateway: for table
+    /// tests of the pipeline and benchmarks. `path` names the (possibly
+    /// absent) file the text stands for; relative paths in it resolve
+    /// against its directory.
+    pub fn from_toml(path: &std::path::Path, text: &str) -> Result<Self, Vec<ConfigError>> {
+        let loaded = crate::config::parse(path, text)?;
+        Self::build(loaded, 1, &BuildDeps::default())
+    }
+
+    /// A route by name (admin and CLI; never on the request path).
+    pub fn route_named(&self, name: &str) -> Option<&Arc<RouteRuntime>> {
+        self.routes.iter().find(|r| r.spec.name == name)
     }
 }

@@ -60,28 +60,30 @@ impl ScopeLimits {
     }
 
     /// Count the request against each limit; the first one exceeded wins.
-    /// Requests without a user ID are not counted by `per_user`.
-    pub fn check(&self, ip: IpAddr, user: Option<&str>) -> Option<(LimitKey, Duration)> {
+    /// Requests without a user ID are not counted by `per_user`. With
+    /// `count = false` (explain), the answer is the same and nothing is counted.
+    pub fn check(&self, ip: IpAddr, user: Option<&str>, count: bool) -> Option<(LimitKey, Duration)> {
         let limited = |v: Verdict| match v {
             Verdict::Allow => None,
             Verdict::Limit { retry_after } => Some(retry_after),
         };
+        let judge = |l: &RateLimiter, key: &[u8]| if count { l.check(key) } else { l.peek(key) };
         if let Some(l) = &self.ip {
             let key = match ip {
-                IpAddr::V4(v4) => limited(l.check(&v4.octets())),
-                IpAddr::V6(v6) => limited(l.check(&v6.octets())),
+                IpAddr::V4(v4) => limited(judge(l, &v4.octets())),
+                IpAddr::V6(v6) => limited(judge(l, &v6.octets())),
             };
             if let Some(wait) = key {
                 return Some((LimitKey::Ip, wait));
             }
         }
         if let (Some(l), Some(user)) = (&self.user, user) {
-            if let Some(wait) = limited(l.check(user.as_bytes())) {
+            if let Some(wait) = limited(judge(l, user.as_bytes())) {
                 return Some((LimitKey::User, wait));
             }
         }
         if let Some(l) = &self.route {
-            if let Some(wait) = limited(l.check(b"route")) {
+            if let Some(wait) = limited(judge(l, b"route")) {
                 return Some((LimitKey::Route, wait));
             }
         }

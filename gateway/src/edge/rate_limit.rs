@@ -72,6 +72,19 @@ impl RateLimiter {
         self.check_at(key, self.epoch.elapsed().as_nanos() as u64)
     }
 
+    /// What `check` would say, without counting the request (explain's dry run).
+    pub fn peek(&self, key: &[u8]) -> Verdict {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let n = self.slots.len() as u64;
+        let a = &self.slots[(xxh3_64_with_seed(key, 0x5eed_0001) % n) as usize];
+        let b = &self.slots[(xxh3_64_with_seed(key, 0x5eed_0002) % n) as usize];
+        let tat = a.load(Ordering::Relaxed).min(b.load(Ordering::Relaxed)).saturating_sub(1).max(now);
+        match tat - now > self.tolerance_ns {
+            true => Verdict::Limit { retry_after: Duration::from_nanos(tat - now - self.tolerance_ns) },
+            false => Verdict::Allow,
+        }
+    }
+
     fn check_at(&self, key: &[u8], now: u64) -> Verdict {
         let n = self.slots.len() as u64;
         let a = &self.slots[(xxh3_64_with_seed(key, 0x5eed_0001) % n) as usize];

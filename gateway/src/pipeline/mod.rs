@@ -1,5 +1,11 @@
-//! The request pipeline: phases in order, each returning a typed outcome.
-//! `gateway explain` runs the same phases with a dry-run flag.
+//! The request pipeline: phases in order, each returning a typed outcome;
+//! the proxy and `gateway explain` run the same phases (explain with
+//! `Mode::DryRun`), and `failure.rs` owns what happens when an upstream fails.
 
 pub mod explain;
+pub mod failure;
 pub mod phases;
+pub mod verdict;
+
+pub use phases::{run, Mode, RequestFacts};
+pub use verdict::{AnswerReason, LocalAnswer, Routed, Verdict};

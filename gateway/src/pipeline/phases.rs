@@ -1,111 +1,211 @@
-//! The request phases as plain functions with typed outcomes, so each is
-//! testable without a network. The `ProxyHttp` impl only calls them in order.
+//! The request phases in order, each a plain function with a typed outcome:
+//!
+//! blacklist -> route -> version (override, whitelist, bucket, anonymous
+//! cookie) -> https redirect -> degrade -> rate limits
+//!
+//! The proxy runs them with `Mode::Serve`; `gateway explain` and
+//! `/api/explain` with `Mode::DryRun`, which counts nothing, logs nothing,
+//! consumes no rate-limit tokens and issues no cookie, and otherwise takes
+//! every branch the proxy would.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use pingora_http::RequestHeader;
+use http::{HeaderMap, Method};
 
 use crate::config::FallbackCause;
+use crate::control::route_runtime::RouteRuntime;
 use crate::control::runtime::RuntimeState;
 use crate::control::snapshot::Snapshot;
-use crate::edge::fallback;
 use crate::edge::rate_limit::retry_after_secs;
-use crate::routing::{decide, find_user_id, RequestView};
-
-use crate::proxy::ctx::Routed;
 use crate::proxy::respond::LocalResponse;
+use crate::routing::overrides::{self, OverrideOutcome};
+use crate::routing::{find_user_id, sticky, DecisionInput, RequestView};
 
-/// What routing decided for a request.
-pub enum RouteOutcome {
-    Proxy(Routed),
-    Respond(LocalResponse),
+use super::verdict::{AnswerReason, LocalAnswer, Routed, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    DryRun,
 }
 
-/// Route, whitelist, bucket: the whole decision for one request.
-pub fn route_request(snapshot: &Snapshot, req: &RequestHeader, client_ip: IpAddr) -> RouteOutcome {
-    let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri.host());
-    let Some(route) = snapshot.router.route(host, req.uri.path()) else {
-        return RouteOutcome::Respond(LocalResponse::page(404, "Not Found", "No route matches this address."));
+/// The parts of a request the phases look at, borrowed.
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    pub host: Option<&'a str>,
+    /// Normalized, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// Path and query as forwarded (for a redirect's `Location`).
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub client_ip: IpAddr,
+    /// The request came over the TLS listener.
+    pub tls: bool,
+    /// Unix seconds (signed override values expire).
+    pub now: u64,
+}
+
+/// Run every phase; the first one that answers ends the pipeline.
+pub fn run(snapshot: &Snapshot, runtime: &RuntimeState, req: &RequestFacts<'_>, mode: Mode) -> Verdict {
+    if let Some(answer) = blacklist(snapshot, runtime, req.client_ip, mode) {
+        return Verdict::Respond(answer);
+    }
+    let view = RequestView { method: req.method, headers: req.headers, query: req.query };
+    let Some(index) = snapshot.router.route(req.host, req.path, &view) else {
+        return Verdict::Respond(LocalAnswer {
+            reason: AnswerReason::NoRoute,
+            page: Arc::clone(&snapshot.pages.not_found),
+            retry_after: None,
+            routed: None,
+        });
     };
-    let view = RequestView { headers: &req.headers, query: req.uri.query() };
-    let user_id = find_user_id(&route.spec.user_id, &view);
-    let decision = decide(route, user_id, client_ip);
-    match snapshot.pool_for(route, decision.version) {
-        Some(pool) => RouteOutcome::Proxy(Routed {
-            route_index: route.index,
-            decision,
-            pool: Arc::clone(pool),
-            user_id: user_id.map(str::to_string),
-        }),
-        // Unreachable for a validated config; answered rather than panicking.
-        None => RouteOutcome::Respond(LocalResponse::page(500, "Internal Server Error", "Route has no pool.")),
+    let Some(route) = snapshot.routes.get(index) else {
+        return Verdict::Respond(internal_error());
+    };
+    let routed = version(snapshot, route, req, &view, mode);
+    if let Some(answer) = https_redirect(snapshot, &routed, req) {
+        return Verdict::Respond(LocalAnswer { routed: Some(routed), ..answer });
+    }
+    if let Some(page) = degrade(snapshot, runtime, &routed, mode) {
+        return Verdict::Respond(LocalAnswer {
+            reason: AnswerReason::Degraded,
+            page,
+            retry_after: None,
+            routed: Some(routed),
+        });
+    }
+    rate_limits(snapshot, routed, req.client_ip, mode)
+}
+
+fn internal_error() -> LocalAnswer {
+    LocalAnswer {
+        reason: AnswerReason::BadRequest,
+        page: Arc::new(LocalResponse::page(500, "Internal Server Error", "The gateway failed to route this request.")),
+        retry_after: None,
+        routed: None,
     }
 }
 
-/// The blacklist, run-time blocks first: `Some(page)` refuses the request.
-/// In dry-run mode a hit is logged and counted, and the request goes on.
-pub fn check_blacklist(snapshot: &Snapshot, runtime: &RuntimeState, ip: IpAddr) -> Option<LocalResponse> {
+/// Run-time blocks first, then the config's. In the blacklist's own dry-run
+/// mode a hit is logged and counted, and the request goes on.
+fn blacklist(snapshot: &Snapshot, runtime: &RuntimeState, ip: IpAddr, mode: Mode) -> Option<LocalAnswer> {
     let hit = runtime.blacklist.lookup(ip).or_else(|| snapshot.static_blacklist.lookup(ip).cloned())?;
     let spec = &snapshot.config.blacklist;
-    snapshot.metrics.blocked(hit.source.label(), spec.dry_run);
+    if mode == Mode::Serve {
+        snapshot.metrics.blocked(hit.source.label(), spec.dry_run);
+        match spec.dry_run {
+            true => {
+                tracing::info!(target: "blacklist", %ip, cidr = %hit.cidr, source = hit.source.label(), reason = hit.reason.as_deref().unwrap_or(""), "dry run: would block")
+            }
+            false => {
+                tracing::debug!(target: "blacklist", %ip, cidr = %hit.cidr, source = hit.source.label(), "blocked")
+            }
+        }
+    }
     if spec.dry_run {
-        tracing::info!(target: "blacklist", %ip, cidr = %hit.cidr, source = hit.source.label(), reason = hit.reason.as_deref().unwrap_or(""), "dry run: would block");
         return None;
     }
-    tracing::debug!(target: "blacklist", %ip, cidr = %hit.cidr, source = hit.source.label(), "blocked");
-    Some(LocalResponse {
-        status: spec.page.status,
-        content_type: spec.page.content_type,
-        body: spec.page.body.clone(),
-        headers: Vec::new(),
+    Some(LocalAnswer {
+        reason: AnswerReason::Blocked { cidr: hit.cidr, source: hit.source.label(), ip },
+        page: Arc::clone(&snapshot.pages.blocked),
+        retry_after: None,
+        routed: None,
     })
 }
 
-/// The global limits, then the route's: `Some(429)` when one is exceeded.
-pub fn check_rate_limits(snapshot: &Snapshot, routed: &Routed, ip: IpAddr) -> Option<LocalResponse> {
-    let user = routed.user_id.as_deref();
-    let (key, wait) =
-        snapshot.global_limits.check(ip, user).or_else(|| snapshot.route_limits[routed.route_index].check(ip, user))?;
-    let counters = &snapshot.route_metrics[routed.route_index].rate_limited;
-    counters[key as usize].inc();
-    let secs = retry_after_secs(wait);
-    Some(
-        LocalResponse::page(429, "Too Many Requests", "Too many requests; please retry shortly.")
-            .with_header("retry-after", secs.to_string())
-            .with_header("x-gateway-limit", key.as_str()),
-    )
-}
-
-/// The degrade level switches the route to its fallback page.
-pub fn check_degrade(snapshot: &Snapshot, runtime: &RuntimeState, routed: &Routed) -> Option<LocalResponse> {
-    let route = &snapshot.router.routes()[routed.route_index].spec;
-    let level = runtime.degrade_level(snapshot.config.degrade_level);
-    if !fallback::degraded(route, level) {
-        return None;
+/// Override, whitelist, bucket, anonymous policy: the version of the request.
+fn version(
+    snapshot: &Snapshot,
+    route: &Arc<RouteRuntime>,
+    req: &RequestFacts<'_>,
+    view: &RequestView<'_>,
+    mode: Mode,
+) -> Routed {
+    let spec = &route.spec;
+    let override_outcome = spec
+        .override_
+        .as_ref()
+        .map_or(OverrideOutcome::Absent, |o| overrides::find(o, spec, req.headers, req.client_ip, req.now));
+    if mode == Mode::Serve {
+        match override_outcome {
+            OverrideOutcome::Absent => {}
+            OverrideOutcome::Applied(..) => route.metrics.overrides[0].inc(),
+            OverrideOutcome::Refused(why) => {
+                route.metrics.overrides[1].inc();
+                tracing::info!(route = %spec.name, ip = %req.client_ip, why = why.as_str(), "tester override refused");
+            }
+        }
     }
-    let page = fallback::page_for(route, FallbackCause::Degraded)?;
-    snapshot.route_metrics[routed.route_index].fallback(FallbackCause::Degraded);
-    Some(page)
+    let forced = match override_outcome {
+        OverrideOutcome::Applied(v, how) => Some((v, how)),
+        _ => None,
+    };
+    let user_id = find_user_id(&spec.user_id, view);
+    // The anonymous cookie: read when present; issued (a new random ID) when not.
+    let mut issued = None;
+    let cookie_spec = snapshot.config.anonymous_cookie.as_ref();
+    let wants_cookie =
+        user_id.is_none() && forced.is_none() && route.plan.anonymous == crate::config::AnonymousPolicy::Cookie;
+    let found = cookie_spec.filter(|_| wants_cookie).and_then(|c| sticky::read(c, req.headers));
+    if let (true, None, Some(c)) = (wants_cookie, found, cookie_spec) {
+        issued = Some(sticky::issue(c, req.tls));
+    }
+    let anonymous_id = match (&found, &issued) {
+        (Some(id), _) => Some((*id, false)),
+        (None, Some((id, _))) => Some((id.as_str(), true)),
+        _ => None,
+    };
+    let decision = route.plan.decide(&DecisionInput { user_id, client_ip: req.client_ip, forced, anonymous_id });
+    Routed {
+        route: Arc::clone(route),
+        decision,
+        user_id: user_id.map(str::to_string),
+        override_outcome,
+        set_cookie: issued.map(|(_, header)| header),
+    }
 }
 
 /// A plain-HTTP request on an `https_redirect` route: 308 to the same URL on
-/// the TLS listener (308 keeps the method and body). Requests that came over
-/// TLS, and routes without the flag, go on.
-pub fn check_https_redirect(
-    snapshot: &Snapshot,
-    routed: &Routed,
-    req: &RequestHeader,
-    tls: bool,
-) -> Option<LocalResponse> {
-    let route = &snapshot.router.routes()[routed.route_index].spec;
-    let listener = snapshot.config.server.tls.as_ref().filter(|_| route.https_redirect && !tls)?;
-    let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri.host());
-    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = host.and_then(|h| crate::tls::https_location(h, listener.redirect_port(), path));
-    Some(match location {
+/// the TLS listener (308 keeps the method and body).
+fn https_redirect(snapshot: &Snapshot, routed: &Routed, req: &RequestFacts<'_>) -> Option<LocalAnswer> {
+    let listener = snapshot.config.server.tls.as_ref().filter(|_| routed.route.spec.https_redirect && !req.tls)?;
+    let location = req.host.and_then(|h| crate::tls::https_location(h, listener.redirect_port(), req.path_and_query));
+    let page = match location {
         Some(url) => LocalResponse::page(308, "Permanent Redirect", "This address is served over HTTPS.")
             .with_header("location", url),
         None => LocalResponse::page(400, "Bad Request", "The Host header is missing or not a host name."),
+    };
+    Some(LocalAnswer { reason: AnswerReason::Redirect, page: Arc::new(page), retry_after: None, routed: None })
+}
+
+/// The degrade level switches the route to its fallback page.
+fn degrade(snapshot: &Snapshot, runtime: &RuntimeState, routed: &Routed, mode: Mode) -> Option<Arc<LocalResponse>> {
+    let level = runtime.degrade_level(snapshot.config.degrade_level);
+    if !routed.route.degraded(level) {
+        return None;
+    }
+    let page = routed.route.fallback_page(FallbackCause::Degraded)?;
+    if mode == Mode::Serve {
+        routed.route.metrics.fallback(FallbackCause::Degraded);
+    }
+    Some(Arc::clone(page))
+}
+
+/// The global limits, then the route's: 429 when one is exceeded.
+fn rate_limits(snapshot: &Snapshot, routed: Routed, ip: IpAddr, mode: Mode) -> Verdict {
+    let user = routed.user_id.as_deref();
+    let count = mode == Mode::Serve;
+    let hit = snapshot.global_limits.check(ip, user, count).or_else(|| routed.route.limits.check(ip, user, count));
+    let Some((key, wait)) = hit else { return Verdict::Continue(routed) };
+    if count {
+        routed.route.metrics.rate_limited[key as usize].inc();
+    }
+    Verdict::Respond(LocalAnswer {
+        reason: AnswerReason::RateLimited(key),
+        page: Arc::clone(&routed.route.pages.rate_limited[key as usize]),
+        retry_after: Some(retry_after_secs(wait)),
+        routed: Some(routed),
     })
 }

@@ -1,14 +1,12 @@
 //! Per-request state, grouped by concern.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::FallbackCause;
 use crate::control::snapshot::Snapshot;
-use crate::routing::Decision;
-use crate::telemetry::metrics::UpstreamErrorKind;
-use crate::upstream::Pool;
+use crate::pipeline::failure::UpstreamState;
+use crate::pipeline::{AnswerReason, Routed};
 
 /// What the gateway knows about one request; created in `new_ctx`.
 pub struct RequestCtx {
@@ -18,29 +16,12 @@ pub struct RequestCtx {
     pub request_id: String,
     pub client_ip: Option<IpAddr>,
     pub routed: Option<Routed>,
+    /// Why the gateway answered itself, when it did.
+    pub answered: Option<AnswerReason>,
     pub upstream: UpstreamState,
     /// Present when this request is mirrored to the other version.
     pub shadow: Option<super::shadow_capture::ShadowCapture>,
     _in_flight: InFlight,
-}
-
-/// The outcome of routing: which route, which version and why, which pool.
-pub struct Routed {
-    pub route_index: usize,
-    pub decision: Decision,
-    pub pool: Arc<Pool>,
-    pub user_id: Option<String>,
-}
-
-#[derive(Default)]
-pub struct UpstreamState {
-    /// Backends tried for this request, in order; the last one is current.
-    pub tried: Vec<SocketAddr>,
-    pub error: Option<UpstreamErrorKind>,
-    /// The canary could not be reached and the request went to stable instead.
-    pub failed_over: bool,
-    /// A fallback page answered (or will replace the upstream's 5xx answer).
-    pub fallback: Option<FallbackCause>,
 }
 
 impl RequestCtx {
@@ -52,6 +33,7 @@ impl RequestCtx {
             request_id: String::new(),
             client_ip: None,
             routed: None,
+            answered: None,
             upstream: UpstreamState::default(),
             shadow: None,
             _in_flight: in_flight,

@@ -1,12 +1,15 @@
-//! The `ProxyHttp` implementation: thin, calls the phases in order.
+//! The `ProxyHttp` implementation: thin, runs the pipeline and hands
+//! failures to `pipeline::failure`.
 //!
-//! request_filter  -> client IP, request id, blacklist, route + version
-//!                    decision, degrade level, rate limits
-//! upstream_peer   -> next healthy backend of the chosen pool
-//! fail_to_connect -> one retry on another backend of the same pool, or on
-//!                    stable when the canary cannot be reached (canary_failover)
-//! upstream_request_filter -> X-Forwarded-For/-Proto, X-Request-Id
-//! response_filter -> version header; a 5xx replaced by the fallback page
+//! request_filter  -> client IP, request id, request head checks, then the
+//!                    pipeline (blacklist, route, version, redirect, degrade,
+//!                    rate limits): proxy on, or answer here
+//! upstream_peer   -> next healthy backend of the version's pool
+//! fail_to_connect -> retry on another backend, or on the default version
+//!                    when a canary cannot be reached (canary_failover)
+//! upstream_request_filter -> X-Forwarded-For/-Proto, the version lane header
+//! response_filter -> version header, anonymous cookie; a 5xx replaced by
+//!                    the fallback page
 //! fail_to_proxy   -> the fallback page, or a small error page
 //! logging         -> metrics and the access log line
 
@@ -28,24 +31,17 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::config::FallbackCause;
 use crate::control::runtime::RuntimeState;
 use crate::control::snapshot::SnapshotHandle;
 use crate::edge::client_ip;
-use crate::edge::fallback;
-use crate::routing::Version;
+use crate::listener::connections;
+use crate::pipeline::{self, failure, LocalAnswer, Mode, RequestFacts, Verdict};
 use crate::shadow::engine::ShadowEngine;
-use crate::telemetry::metrics::UpstreamErrorKind;
 
-use crate::pipeline::phases::{self, RouteOutcome};
 pub use ctx::RequestCtx;
-use respond::LocalResponse;
 
 /// How long an idle upstream connection is kept for reuse.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Backends tried per request: the first plus one retry on connect failure
-/// (one more when a canary failure moved the request to stable).
-const MAX_ATTEMPTS: usize = 2;
 
 pub struct GatewayProxy {
     pub snapshots: SnapshotHandle,
@@ -59,7 +55,7 @@ impl ProxyHttp for GatewayProxy {
 
     fn new_ctx(&self) -> RequestCtx {
         // Called once Pingora has parsed the head.
-        crate::listener::connections::head_parsed();
+        connections::head_parsed();
         RequestCtx::new(self.snapshots.load_full())
     }
 
@@ -74,7 +70,7 @@ impl ProxyHttp for GatewayProxy {
         let ip = client_ip::resolve(peer, &session.req_header().headers, &snapshot.config.client_ip.trusted_proxies);
         ctx.client_ip = Some(ip);
         ctx.request_id = ensure_request_id(session.req_header_mut());
-        if crate::listener::connections::pipelined_after(session.req_header()) {
+        if connections::pipelined_after(session.req_header()) {
             // Bytes of a next request came with this one, and Pingora does not
             // serve pipelined requests: say so now rather than close silently.
             session.set_keepalive(None);
@@ -82,34 +78,39 @@ impl ProxyHttp for GatewayProxy {
 
         if let Err(page) = request_head::check(session.req_header_mut(), server.normalize_path) {
             session.set_keepalive(None);
-            return answer(session, ctx, &page).await;
+            ctx.answered = Some(pipeline::AnswerReason::BadRequest);
+            return answer(session, ctx, &page, None).await;
         }
-        if let Some(page) = phases::check_blacklist(&snapshot, &self.runtime, ip) {
-            return answer(session, ctx, &page).await;
-        }
-        let routed = match phases::route_request(&snapshot, session.req_header(), ip) {
-            RouteOutcome::Proxy(routed) => routed,
-            RouteOutcome::Respond(resp) => return answer(session, ctx, &resp).await,
+        let tls = crate::tls::is_tls(session);
+        let req = session.req_header();
+        let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri.host());
+        let facts = RequestFacts {
+            method: &req.method,
+            host,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            headers: &req.headers,
+            client_ip: ip,
+            tls,
+            now: unix_now(),
         };
-        strip_client_controls(session.req_header_mut(), &snapshot, &routed);
-        let local = phases::check_https_redirect(&snapshot, &routed, session.req_header(), crate::tls::is_tls(session))
-            .map(|page| (page, None))
-            .or_else(|| {
-                phases::check_degrade(&snapshot, &self.runtime, &routed)
-                    .map(|page| (page, Some(FallbackCause::Degraded)))
-            })
-            .or_else(|| phases::check_rate_limits(&snapshot, &routed, ip).map(|page| (page, None)));
-        if local.is_none() {
-            let method = &session.req_header().method;
-            ctx.shadow = shadow_capture::start(&snapshot, &routed, method, &ctx.request_id);
-        }
-        ctx.routed = Some(routed);
-        match local {
-            Some((page, cause)) => {
-                ctx.upstream.fallback = cause;
-                answer(session, ctx, &page).await
+        match pipeline::run(&snapshot, &self.runtime, &facts, Mode::Serve) {
+            Verdict::Continue(routed) => {
+                strip_client_controls(session.req_header_mut(), &snapshot, &routed);
+                let method = &session.req_header().method;
+                ctx.shadow = shadow_capture::start(&snapshot, &routed, method, &ctx.request_id);
+                ctx.routed = Some(routed);
+                Ok(false)
             }
-            None => Ok(false),
+            Verdict::Respond(LocalAnswer { reason, page, retry_after, routed }) => {
+                if reason == pipeline::AnswerReason::Degraded {
+                    ctx.upstream.fallback = Some(crate::config::FallbackCause::Degraded);
+                }
+                ctx.routed = routed;
+                ctx.answered = Some(reason);
+                answer(session, ctx, &page, retry_after).await
+            }
         }
     }
 
@@ -130,16 +131,10 @@ impl ProxyHttp for GatewayProxy {
         let Some(routed) = &ctx.routed else {
             return Err(Error::explain(ErrorType::InternalError, "upstream_peer without a route"));
         };
-        let pool = Arc::clone(&routed.pool);
+        let pool = Arc::clone(routed.pool());
         let tried = &ctx.upstream.tried;
         let Some(backend) = pool.select(|addr| tried.contains(&addr)) else {
-            let kind = if tried.is_empty() { UpstreamErrorKind::NoHealthyBackend } else { UpstreamErrorKind::Connect };
-            ctx.upstream.error = Some(kind);
-            ctx.snapshot.metrics.upstream_error(&pool.name, UpstreamErrorKind::NoHealthyBackend);
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                format!("no healthy backend left in pool {}", pool.name),
-            ));
+            return Err(failure::no_backend(&ctx.snapshot.metrics, routed, &mut ctx.upstream));
         };
         ctx.upstream.tried.push(backend.addr);
         let mut peer = crate::tls::upstream_peer(backend.addr, pool.tls.as_ref());
@@ -156,33 +151,10 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let kind = match e.etype() {
-            ErrorType::ConnectTimedout => UpstreamErrorKind::Timeout,
-            _ => UpstreamErrorKind::Connect,
-        };
-        ctx.upstream.error = Some(kind);
-        let snapshot = Arc::clone(&ctx.snapshot);
         let idempotent = session.req_header().method.is_idempotent();
         let Some(routed) = ctx.routed.as_mut() else { return e };
-        snapshot.metrics.upstream_error(&routed.pool.name, kind);
-        let route = &snapshot.router.routes()[routed.route_index].spec;
-        let failover = route.fallback.as_ref().is_some_and(|f| f.canary_failover);
-        if failover && idempotent && routed.decision.version == Version::Canary && !ctx.upstream.failed_over {
-            // The canary is the experiment; stable is known to work. Nothing was sent yet.
-            if let Some(stable) = snapshot.pools.get(&route.stable) {
-                tracing::info!(peer = %peer, route = %route.name, "canary unreachable; retrying on stable");
-                routed.pool = Arc::clone(stable);
-                routed.decision.version = Version::Stable;
-                ctx.upstream.failed_over = true;
-                e.set_retry(true);
-                return e;
-            }
-        }
-        // Nothing reached the backend, so any method may go to another one.
-        let limit = MAX_ATTEMPTS + usize::from(ctx.upstream.failed_over);
-        let another = routed.pool.backends.iter().any(|b| !ctx.upstream.tried.contains(&b.addr));
-        if ctx.upstream.tried.len() < limit && another {
-            tracing::debug!(peer = %peer, "connect failed; retrying on another backend");
+        if failure::connect_failed(&ctx.snapshot.metrics, routed, &mut ctx.upstream, e.etype(), idempotent) {
+            tracing::debug!(peer = %peer, "connect failed; retrying");
             e.set_retry(true);
         }
         e
@@ -205,6 +177,10 @@ impl ProxyHttp for GatewayProxy {
             None => req.insert_header("x-forwarded-for", peer_ip(session).to_string())?,
         }
         req.insert_header("x-forwarded-proto", proto)?;
+        if let (Some(name), Some(routed)) = (&ctx.snapshot.config.server.version_request_header, &ctx.routed) {
+            // The client's own value was removed in `strip_client_controls`.
+            req.insert_header(name.clone(), routed.route.versions[routed.decision.version].name.clone())?;
+        }
         if session.is_http2() && !req.headers.contains_key(http::header::CONTENT_LENGTH) && !session.is_body_empty() {
             // Pingora 0.9.1 ends a streamed HTTP/2 body it sends upstream as
             // chunked with a second last-chunk, which the backend reads as a
@@ -228,14 +204,8 @@ impl ProxyHttp for GatewayProxy {
         if let Some(capture) = ctx.shadow.as_mut() {
             capture.response_header(resp);
         }
-        if resp.status.is_server_error() {
-            if let Some(routed) = &ctx.routed {
-                ctx.snapshot.metrics.upstream_error(&routed.pool.name, UpstreamErrorKind::Status5xx);
-                let route = &ctx.snapshot.router.routes()[routed.route_index].spec;
-                if route.fallback.as_ref().is_some_and(|f| f.covers(FallbackCause::Status5xx)) {
-                    ctx.upstream.fallback = Some(FallbackCause::Status5xx);
-                }
-            }
+        if let Some(routed) = &ctx.routed {
+            failure::upstream_status(&ctx.snapshot.metrics, routed, &mut ctx.upstream, resp.status.as_u16());
         }
         Ok(())
     }
@@ -246,7 +216,7 @@ impl ProxyHttp for GatewayProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(page) = self.replacement(ctx) {
+        if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
             // The upstream's 5xx is swapped for the route's page; its body is dropped below.
             let mut header = ResponseHeader::build(page.status, Some(4))?;
             header.insert_header(http::header::CONTENT_TYPE, page.content_type)?;
@@ -257,13 +227,18 @@ impl ProxyHttp for GatewayProxy {
             }
             *resp = header;
         }
-        if crate::listener::connections::pipelined_after(session.req_header()) {
+        if connections::pipelined_after(session.req_header()) {
             // A next request followed this one's chunked body: it will not be
             // served on this connection, so the answer says so.
             session.set_keepalive(None);
         }
-        if let (Some(name), Some(routed)) = (&ctx.snapshot.config.server.version_header, &ctx.routed) {
-            resp.insert_header(name.clone(), HeaderValue::from_static(routed.decision.version.as_str()))?;
+        if let Some(routed) = &ctx.routed {
+            if let Some(name) = &ctx.snapshot.config.server.version_header {
+                resp.insert_header(name.clone(), routed.route.versions[routed.decision.version].name.clone())?;
+            }
+            if let Some(cookie) = &routed.set_cookie {
+                resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
+            }
         }
         Ok(())
     }
@@ -278,33 +253,19 @@ impl ProxyHttp for GatewayProxy {
         if let Some(capture) = ctx.shadow.as_mut() {
             capture.response_body(body, end_of_stream);
         }
-        if let Some(page) = self.replacement(ctx) {
+        if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
             *body = end_of_stream.then(|| page.body.clone());
         }
         Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let cause = failure_cause(e, ctx);
-        if cause == Some(FallbackCause::Timeout) && ctx.upstream.error.is_none() {
-            ctx.upstream.error = Some(UpstreamErrorKind::Timeout);
-            if let Some(r) = &ctx.routed {
-                ctx.snapshot.metrics.upstream_error(&r.pool.name, UpstreamErrorKind::Timeout);
-            }
-        }
-        let page = cause.and_then(|cause| {
-            let routed = ctx.routed.as_ref()?;
-            let route = &ctx.snapshot.router.routes()[routed.route_index].spec;
-            let page = fallback::page_for(route, cause)?;
-            ctx.snapshot.route_metrics[routed.route_index].fallback(cause);
-            ctx.upstream.fallback = Some(cause);
-            Some(page)
-        });
+        let framing = connections::framing_was_refused();
+        let page = failure::proxy_failed(&ctx.snapshot.metrics, ctx.routed.as_ref(), &mut ctx.upstream, e, framing);
         // Pingora does not reuse a client connection after a failed proxy
         // attempt; saying so (`Connection: close`) lets keep-alive clients
         // reconnect instead of sending their next request into a closing socket.
         session.set_keepalive(None);
-        let page = page.or_else(|| error_page(e));
         let code = page.as_ref().map(|p| p.status).unwrap_or(0);
         // A response already started cannot be replaced; the connection is dropped instead.
         if let Some(page) = page.filter(|_| session.response_written().is_none()) {
@@ -328,16 +289,10 @@ impl ProxyHttp for GatewayProxy {
         let elapsed = ctx.started.elapsed();
         let snapshot = &ctx.snapshot;
         match &ctx.routed {
-            Some(r) => {
-                snapshot.route_metrics[r.route_index].version(r.decision.version).observe(status, elapsed.as_secs_f64())
-            }
+            Some(r) => r.route.metrics.versions[r.decision.version].observe(status, elapsed.as_secs_f64()),
             None => snapshot.unrouted_metrics.observe(status, elapsed.as_secs_f64()),
         }
-        if ctx.upstream.fallback == Some(FallbackCause::Status5xx) {
-            if let Some(r) = &ctx.routed {
-                snapshot.route_metrics[r.route_index].fallback(FallbackCause::Status5xx);
-            }
-        }
+        failure::finish(ctx.routed.as_ref(), &ctx.upstream);
         crate::telemetry::access_log::write(session, ctx, status, elapsed, e);
         if let (Some(capture), Some(routed)) = (ctx.shadow.take(), &ctx.routed) {
             capture.finish(&self.shadow, &ctx.snapshot, routed, e.is_some());
@@ -345,74 +300,19 @@ impl ProxyHttp for GatewayProxy {
     }
 }
 
-impl GatewayProxy {
-    /// The page that replaces an upstream 5xx answer, when the route asks for it.
-    fn replacement(&self, ctx: &RequestCtx) -> Option<LocalResponse> {
-        if ctx.upstream.fallback != Some(FallbackCause::Status5xx) {
-            return None;
-        }
-        let routed = ctx.routed.as_ref()?;
-        fallback::page_for(&ctx.snapshot.router.routes()[routed.route_index].spec, FallbackCause::Status5xx)
-    }
-}
-
 /// Write a local answer and end the request there.
-async fn answer(session: &mut Session, ctx: &RequestCtx, page: &LocalResponse) -> Result<bool> {
-    respond::write(session, page, &ctx.request_id).await?;
+async fn answer(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    page: &respond::LocalResponse,
+    retry_after: Option<u64>,
+) -> Result<bool> {
+    respond::write_with(session, page, &ctx.request_id, retry_after).await?;
     Ok(true)
 }
 
-/// What went wrong, in the words of `fallback.on`.
-fn failure_cause(e: &Error, ctx: &RequestCtx) -> Option<FallbackCause> {
-    // The client's own failures (a late body, a reset) are not the backend's.
-    if e.esource() == &ErrorSource::Downstream {
-        return None;
-    }
-    match e.etype() {
-        ErrorType::HTTPStatus(503) if ctx.upstream.error == Some(UpstreamErrorKind::NoHealthyBackend) => {
-            Some(FallbackCause::NoHealthyBackend)
-        }
-        // Retries ran out on connect failures: no backend could be reached.
-        ErrorType::HTTPStatus(503) => Some(FallbackCause::ConnectError),
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(FallbackCause::Timeout),
-        ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError
-        | ErrorType::TLSHandshakeFailure => Some(FallbackCause::ConnectError),
-        // The backend went away mid-exchange (killed, reset): no answer came.
-        _ if e.esource() == &ErrorSource::Upstream => Some(FallbackCause::ConnectError),
-        _ => None,
-    }
-}
-
-/// The gateway's own small page for a failure no fallback covers.
-fn error_page(e: &Error) -> Option<LocalResponse> {
-    let (code, title, detail) = match e.etype() {
-        // `server.body_timeout` passed between two reads of the client's body.
-        ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => {
-            (408, "Request Timeout", "The request body did not arrive in time.")
-        }
-        ErrorType::HTTPStatus(503) => {
-            (503, "Service Unavailable", "No healthy backend can take this request right now.")
-        }
-        ErrorType::HTTPStatus(code) => (*code, "Error", "The request could not be served."),
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            (504, "Gateway Timeout", "The backend did not answer in time.")
-        }
-        _ => match e.esource() {
-            ErrorSource::Upstream => (502, "Bad Gateway", "The backend could not be reached."),
-            ErrorSource::Downstream => match e.etype() {
-                // The body's chunked framing was refused as it was read.
-                ErrorType::ReadError if crate::listener::connections::framing_was_refused() => {
-                    (400, "Bad Request", "The request body's chunked framing is invalid.")
-                }
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => return None,
-                _ => (400, "Bad Request", "The request could not be read."),
-            },
-            _ => (500, "Internal Server Error", "The gateway failed to serve this request."),
-        },
-    };
-    Some(LocalResponse::page(code, title, detail))
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The TCP peer, an IPv4-mapped IPv6 address as its IPv4 address.
@@ -431,15 +331,24 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static DEFAULT_SHADOW_MARKER: HeaderName = HeaderName::from_static("x-shadow");
 
 /// Remove what a client may not control on the way upstream: `Connection`
-/// tokens naming a header the gateway sets, and shadow markers.
-fn strip_client_controls(req: &mut RequestHeader, snapshot: &crate::control::snapshot::Snapshot, routed: &ctx::Routed) {
-    // Without a version header the fourth entry repeats the first: no
-    // allocation on the request path either way.
-    let version = snapshot.config.server.version_header.as_ref().unwrap_or(&X_REQUEST_ID);
-    let owned = [&X_REQUEST_ID, &X_FORWARDED_FOR, &X_FORWARDED_PROTO, version];
-    let route = &snapshot.router.routes()[routed.route_index].spec;
+/// tokens naming a header the gateway sets, shadow markers, the version
+/// lane header and the route's override header (judged already; a backend
+/// must never see a forced version the gateway did not apply).
+fn strip_client_controls(
+    req: &mut RequestHeader,
+    snapshot: &crate::control::snapshot::Snapshot,
+    routed: &pipeline::Routed,
+) {
+    // Absent settings repeat an entry already in the list: no allocation on
+    // the request path either way.
+    let server = &snapshot.config.server;
+    let version = server.version_header.as_ref().unwrap_or(&X_REQUEST_ID);
+    let lane = server.version_request_header.as_ref().unwrap_or(&DEFAULT_SHADOW_MARKER);
+    let owned = [&X_REQUEST_ID, &X_FORWARDED_FOR, &X_FORWARDED_PROTO, version, lane];
+    let route = &routed.route.spec;
     let marker = route.shadow.as_ref().map(|s| &s.marker.0).unwrap_or(&DEFAULT_SHADOW_MARKER);
-    request_head::strip_client_controls(req, &owned, &[&DEFAULT_SHADOW_MARKER, marker]);
+    let forced = route.override_.as_ref().and_then(|o| o.header.as_ref()).unwrap_or(&DEFAULT_SHADOW_MARKER);
+    request_head::strip_client_controls(req, &owned, &[&DEFAULT_SHADOW_MARKER, marker, lane, forced]);
 }
 
 /// `X-Forwarded-For` for the upstream: the client's entries (all its

@@ -32,6 +32,16 @@ impl LocalResponse {
 /// Write `resp` to the client. `request_id` is echoed so a user's report can be
 /// matched to the access log.
 pub async fn write(session: &mut Session, resp: &LocalResponse, request_id: &str) -> pingora_error::Result<()> {
+    write_with(session, resp, request_id, None).await
+}
+
+/// [`write`], plus a `Retry-After` decided with the request (rate limits).
+pub async fn write_with(
+    session: &mut Session,
+    resp: &LocalResponse,
+    request_id: &str,
+    retry_after: Option<u64>,
+) -> pingora_error::Result<()> {
     let mut header = ResponseHeader::build(resp.status, Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, resp.content_type)?;
     header.insert_header(http::header::CONTENT_LENGTH, resp.body.len().to_string())?;
@@ -41,6 +51,9 @@ pub async fn write(session: &mut Session, resp: &LocalResponse, request_id: &str
     }
     for (name, value) in &resp.headers {
         header.insert_header(*name, value.as_str())?;
+    }
+    if let Some(secs) = retry_after {
+        header.insert_header("retry-after", secs.to_string())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(header), head_only).await?;

@@ -12,12 +12,11 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::ShadowSpec;
 use crate::control::snapshot::Snapshot;
-use crate::routing::Version;
 use crate::shadow::engine::ShadowEngine;
 use crate::shadow::mirror::ShadowJob;
 use crate::shadow::Answer;
 
-use super::ctx::Routed;
+use crate::pipeline::Routed;
 
 pub struct ShadowCapture {
     spec: Arc<ShadowSpec>,
@@ -37,8 +36,8 @@ pub struct ShadowCapture {
 /// `max_in_flight` is taken only in [`ShadowCapture::finish`], once the
 /// client's request has fully arrived and been answered, so slow clients
 /// cannot hold the slots.
-pub fn start(snapshot: &Snapshot, routed: &Routed, method: &http::Method, request_id: &str) -> Option<ShadowCapture> {
-    let route = &snapshot.router.routes()[routed.route_index].spec;
+pub fn start(_snapshot: &Snapshot, routed: &Routed, method: &http::Method, request_id: &str) -> Option<ShadowCapture> {
+    let route = &routed.route.spec;
     let spec = route.shadow.as_ref()?;
     if !spec.methods.contains(method) {
         return None;
@@ -48,7 +47,7 @@ pub fn start(snapshot: &Snapshot, routed: &Routed, method: &http::Method, reques
     if (xxh3_64(request_id.as_bytes()) % 10_000) as u32 >= spec.basis_points {
         return None;
     }
-    snapshot.route_metrics[routed.route_index].shadow.as_ref()?;
+    routed.route.metrics.shadow.as_ref()?;
     Some(ShadowCapture {
         spec: Arc::clone(spec),
         request: None,
@@ -105,8 +104,8 @@ impl ShadowCapture {
     /// Hand the capture to the engine once the client has its answer.
     /// A failed or partial primary exchange is not compared (counted `skipped`).
     pub fn finish(self, engine: &Arc<ShadowEngine>, snapshot: &Snapshot, routed: &Routed, failed: bool) {
-        let route = &snapshot.router.routes()[routed.route_index].spec;
-        let Some(metrics) = snapshot.route_metrics[routed.route_index].shadow.clone() else { return };
+        let route = &routed.route.spec;
+        let Some(metrics) = routed.route.metrics.shadow.clone() else { return };
         if self.body_too_large {
             metrics.outcome("skipped_body_too_large");
             return;
@@ -119,16 +118,20 @@ impl ShadowCapture {
             metrics.outcome("skipped");
             return;
         }
+        // Everything is compared against one version (`against`); its own
+        // requests are compared with the first other version.
         let primary_version = routed.decision.version;
-        let (own, other) = match primary_version {
-            Version::Stable => (&route.stable, route.canary.as_ref()),
-            Version::Canary => (route.canary.as_ref().unwrap_or(&route.stable), Some(&route.stable)),
+        let against = route.shadow_against;
+        let other_version = match primary_version == against {
+            true => (0..route.versions.len()).find(|v| *v != against),
+            false => Some(against),
         };
-        let (Some(own_pool), Some(other_pool)) = (snapshot.pools.get(own), other.and_then(|o| snapshot.pools.get(o)))
-        else {
+        let Some(other_version) = other_version else {
             metrics.outcome("skipped");
             return;
         };
+        let own_pool = routed.route.pool(primary_version);
+        let other_pool = routed.route.pool(other_version);
         let request_id = request.headers.get("x-request-id").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
         let noise_copy = self.spec.noise_check > 0.0
             && (xxh3_64(&[request_id.as_slice(), b"noise"].concat()) % 10_000) as f64 / 10_000.0
@@ -139,6 +142,9 @@ impl ShadowCapture {
             request,
             body: Bytes::from(self.body),
             primary_version,
+            other_version,
+            primary_is_baseline: primary_version == against,
+            primary_name: routed.version_name().to_string(),
             primary: Answer {
                 status: self.status,
                 headers: self.headers,

@@ -5,13 +5,17 @@
 
 pub mod bucket;
 pub mod decision;
+pub mod lanes;
+pub mod overrides;
 pub mod router;
+pub mod signed;
+pub mod sticky;
 pub mod user_id;
 
 #[cfg(test)]
 mod tests;
 
 pub use bucket::CohortSeed;
-pub use decision::{decide, Decision, Explanation, Reason, Version};
-pub use router::{CompiledRoute, Router};
+pub use decision::{Decision, DecisionInput, Explanation, OverrideHow, Reason, VersionPlan};
+pub use router::Router;
 pub use user_id::{find_user_id, RequestView};

@@ -1,59 +1,69 @@
-//! Route matching: host (when the route lists hosts), then the longest
-//! `path_prefix`. Built once per config snapshot.
+//! Route matching. Candidates are tried most specific first: host-specific
+//! routes before any-host ones, then the longer `path_prefix`, then the
+//! route with more match rules (methods, headers, query, cookies), then file
+//! order. The first candidate whose host, prefix and rules all hold wins;
+//! a request no candidate takes gets a 404. Built once per config snapshot.
 
-use crate::config::RouteSpec;
+use crate::config::{MatchRules, RouteSpec};
 
-use super::bucket::CohortSeed;
+use super::user_id::{cookie, query_param, RequestView};
 
-/// A route ready for the request path: spec plus what was precomputed from it.
+/// What one route requires of a request.
 #[derive(Debug)]
-pub struct CompiledRoute {
-    /// Position in the config's `[[routes]]` list; indexes per-route tables in the snapshot.
-    pub index: usize,
-    pub spec: RouteSpec,
-    pub seed: CohortSeed,
+struct Matcher {
+    route: usize,
+    prefix: Box<str>,
+    hosts: Vec<String>,
+    rules: MatchRules,
 }
 
 #[derive(Debug, Default)]
 pub struct Router {
-    routes: Vec<CompiledRoute>,
-    /// Indexes into `routes`, most specific first: longer prefix, then host-specific.
-    order: Vec<usize>,
+    /// Most specific first.
+    candidates: Vec<Matcher>,
 }
 
 impl Router {
     pub fn new(specs: &[RouteSpec]) -> Self {
-        let routes: Vec<CompiledRoute> = specs
+        let mut candidates: Vec<Matcher> = specs
             .iter()
             .enumerate()
-            .map(|(index, spec)| CompiledRoute { index, seed: CohortSeed::new(&spec.salt), spec: spec.clone() })
+            .map(|(route, s)| Matcher {
+                route,
+                prefix: s.path_prefix.as_str().into(),
+                hosts: s.hosts.clone(),
+                rules: s.rules.clone(),
+            })
             .collect();
-        let mut order: Vec<usize> = (0..routes.len()).collect();
-        order.sort_by_key(|&i| {
-            let s = &routes[i].spec;
-            (std::cmp::Reverse(s.path_prefix.len()), s.hosts.is_empty(), i)
+        candidates.sort_by_key(|m| {
+            (m.hosts.is_empty(), std::cmp::Reverse(m.prefix.len()), std::cmp::Reverse(m.rules.count()), m.route)
         });
-        Self { routes, order }
+        Self { candidates }
     }
 
-    pub fn routes(&self) -> &[CompiledRoute] {
-        &self.routes
-    }
-
-    pub fn by_name(&self, name: &str) -> Option<&CompiledRoute> {
-        self.routes.iter().find(|r| r.spec.name == name)
-    }
-
-    /// The route for a request, or `None` (the caller answers 404).
-    ///
-    /// `host` may carry a port and any case; `path` excludes the query.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&CompiledRoute> {
-        let host = host.map(normalise_host);
-        self.order
+    /// The index (in the config's `[[routes]]`) of the route for a request, or
+    /// `None` (the caller answers 404). `host` may carry a port and any case;
+    /// `req` holds the path without the query.
+    pub fn route(&self, host: Option<&str>, path: &str, req: &RequestView<'_>) -> Option<usize> {
+        let host = host.map(host_name);
+        self.candidates
             .iter()
-            .map(|&i| &self.routes[i])
-            .find(|r| prefix_matches(&r.spec.path_prefix, path) && host_matches(&r.spec.hosts, host.as_deref()))
+            .find(|m| prefix_matches(&m.prefix, path) && host_matches(&m.hosts, host) && rules_match(&m.rules, req))
+            .map(|m| m.route)
     }
+}
+
+fn rules_match(rules: &MatchRules, req: &RequestView<'_>) -> bool {
+    if !rules.methods.is_empty() && !rules.methods.iter().any(|m| m == req.method) {
+        return false;
+    }
+    let header = |name: &http::HeaderName| req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    rules.headers.iter().all(|(name, want)| header(name).any(|v| want.matches(v.trim())))
+        && rules
+            .query
+            .iter()
+            .all(|(name, want)| req.query.and_then(|q| query_param(q, name)).is_some_and(|v| want.matches(v)))
+        && rules.cookies.iter().all(|(name, want)| cookie(req.headers, name).is_some_and(|v| want.matches(v)))
 }
 
 /// Segment-aware prefix match: `/cart` matches `/cart`, `/cart/x` and
@@ -65,6 +75,8 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// Compared without allocating: routes hold lower-case names, the request's
+/// host is matched case-insensitively.
 fn host_matches(hosts: &[String], host: Option<&str>) -> bool {
     if hosts.is_empty() {
         return true;
@@ -73,14 +85,17 @@ fn host_matches(hosts: &[String], host: Option<&str>) -> bool {
     hosts.iter().any(|h| match h.strip_prefix("*.") {
         Some(suffix) => {
             host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
                 && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
         }
-        None => h == host,
+        None => h.eq_ignore_ascii_case(host),
     })
 }
 
-fn normalise_host(host: &str) -> String {
+/// The host name of a Host header: without port, without the trailing dot
+/// of a fully qualified name (`shop.example.` is `shop.example`), in its
+/// original case.
+fn host_name(host: &str) -> &str {
     let host = host.trim();
     // Strip a port, but not the colons of a bracketed IPv6 literal.
     let without_port = if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
@@ -88,48 +103,51 @@ fn normalise_host(host: &str) -> String {
     } else {
         host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
     };
-    // `shop.example.` (a fully qualified name) is `shop.example`.
-    let name = without_port.strip_suffix('.').filter(|n| !n.is_empty()).unwrap_or(without_port);
-    name.to_ascii_lowercase()
+    without_port.strip_suffix('.').filter(|n| !n.is_empty()).unwrap_or(without_port)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AnonymousPolicy, RouteSpec};
 
-    fn route(name: &str, prefix: &str, hosts: &[&str]) -> RouteSpec {
-        RouteSpec {
-            name: name.into(),
-            path_prefix: prefix.into(),
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            stable: "s".into(),
-            canary: None,
-            canary_basis_points: 0,
-            user_id: vec![],
-            salt: name.into(),
-            anonymous: AnonymousPolicy::Stable,
-            whitelist_users: Default::default(),
-            whitelist_ips: vec![],
-            rate_limit: Default::default(),
-            fallback: None,
-            degrade_at: None,
-            shadow: None,
-            https_redirect: false,
-        }
+    fn router(text: &str) -> (Router, Vec<String>) {
+        let snap = crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid").config;
+        (Router::new(&snap.routes), snap.routes.iter().map(|r| r.name.clone()).collect())
     }
 
-    fn name_of(r: &Router, host: Option<&str>, path: &str) -> Option<String> {
-        r.route(host, path).map(|r| r.spec.name.clone())
+    fn config(routes: &str) -> String {
+        format!("[upstreams.s]\nbackends = [\"127.0.0.1:9\"]\n{routes}")
+    }
+
+    fn route(name: &str, prefix: &str, extra: &str) -> String {
+        format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nstable = \"s\"\n{extra}\n")
+    }
+
+    fn name_of(r: &(Router, Vec<String>), host: Option<&str>, path: &str) -> Option<String> {
+        name_with(r, host, path, &http::Method::GET, &[], None)
+    }
+
+    fn name_with(
+        r: &(Router, Vec<String>),
+        host: Option<&str>,
+        path: &str,
+        method: &http::Method,
+        headers: &[(&'static str, &'static str)],
+        query: Option<&str>,
+    ) -> Option<String> {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in headers {
+            h.append(*k, http::HeaderValue::from_static(v));
+        }
+        let view = RequestView { method, headers: &h, query };
+        r.0.route(host, path, &view).map(|i| r.1[i].clone())
     }
 
     #[test]
     fn longest_prefix_wins() {
-        let r = Router::new(&[
-            route("root", "/", &[]),
-            route("cart", "/cart", &[]),
-            route("checkout", "/cart/checkout", &[]),
-        ]);
+        let r = router(&config(
+            &[route("root", "/", ""), route("cart", "/cart", ""), route("checkout", "/cart/checkout", "")].concat(),
+        ));
         assert_eq!(name_of(&r, None, "/cart/checkout/pay").as_deref(), Some("checkout"));
         assert_eq!(name_of(&r, None, "/cart/items").as_deref(), Some("cart"));
         assert_eq!(name_of(&r, None, "/cart").as_deref(), Some("cart"));
@@ -139,23 +157,30 @@ mod tests {
 
     #[test]
     fn no_route_is_none() {
-        let r = Router::new(&[route("cart", "/cart", &[])]);
+        let r = router(&config(&route("cart", "/cart", "")));
         assert_eq!(name_of(&r, None, "/search"), None);
     }
 
     #[test]
     fn hosts_restrict_and_take_precedence() {
-        let r = Router::new(&[
-            route("any", "/cart", &[]),
-            route("shop", "/cart", &["shop.example.com"]),
-            route("wild", "/w", &["*.example.com"]),
-        ]);
+        let r = router(&config(
+            &[
+                route("any", "/cart", ""),
+                route("shop", "/cart", "hosts = [\"shop.example.com\"]"),
+                route("wild", "/w", "hosts = [\"*.example.com\"]"),
+                route("shoproot", "/", "hosts = [\"shop.example.com\"]"),
+            ]
+            .concat(),
+        ));
         assert_eq!(name_of(&r, Some("Shop.Example.com:8080"), "/cart").as_deref(), Some("shop"));
         assert_eq!(name_of(&r, Some("other.test"), "/cart").as_deref(), Some("any"));
         assert_eq!(name_of(&r, None, "/cart").as_deref(), Some("any"));
         assert_eq!(name_of(&r, Some("a.example.com"), "/w").as_deref(), Some("wild"));
+        assert_eq!(name_of(&r, Some("A.EXAMPLE.COM"), "/w").as_deref(), Some("wild"));
         assert_eq!(name_of(&r, Some("example.com"), "/w"), None);
         assert_eq!(name_of(&r, Some("badexample.com"), "/w"), None);
+        // Host first: the shop's `/` takes its `/search` over any-host routes.
+        assert_eq!(name_of(&r, Some("shop.example.com"), "/search").as_deref(), Some("shoproot"));
         // A fully qualified name with its trailing dot is the same host.
         assert_eq!(name_of(&r, Some("shop.example.com."), "/cart").as_deref(), Some("shop"));
         assert_eq!(name_of(&r, Some("a.example.com.:443"), "/w").as_deref(), Some("wild"));
@@ -163,7 +188,43 @@ mod tests {
 
     #[test]
     fn ipv6_host_literals_keep_their_colons() {
-        assert_eq!(normalise_host("[::1]:8080"), "[::1]");
-        assert_eq!(normalise_host("Example.COM"), "example.com");
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        assert_eq!(host_name("Example.COM."), "Example.COM");
+    }
+
+    #[test]
+    fn rules_pick_among_routes_on_one_prefix() {
+        let r = router(&config(
+            &[
+                route("web", "/cart", ""),
+                route("ios", "/cart", "headers = { \"X-App\" = \"ios\" }"),
+                route("beta", "/cart", "headers = { \"x-app\" = \"ios\", \"x-beta\" = \"*\" }"),
+                route("writes", "/cart", "methods = [\"post\", \"PUT\"]"),
+                route("de", "/cart", "query = { lang = \"de\" }"),
+                route("re", "/cart", "headers = { \"x-client\" = \"~^web-[0-9]+$\" }"),
+                route("cookie", "/cart", "cookies = { beta = \"*\" }"),
+            ]
+            .concat(),
+        ));
+        let get = http::Method::GET;
+        assert_eq!(name_with(&r, None, "/cart", &get, &[("x-app", "ios")], None).as_deref(), Some("ios"));
+        assert_eq!(
+            name_with(&r, None, "/cart", &get, &[("x-app", "ios"), ("x-beta", "")], None).as_deref(),
+            Some("beta"),
+            "more conditions win"
+        );
+        assert_eq!(name_with(&r, None, "/cart", &get, &[("x-app", "android")], None).as_deref(), Some("web"));
+        assert_eq!(name_with(&r, None, "/cart", &http::Method::PUT, &[], None).as_deref(), Some("writes"));
+        assert_eq!(name_with(&r, None, "/cart", &get, &[], Some("a=1&lang=de")).as_deref(), Some("de"));
+        assert_eq!(name_with(&r, None, "/cart", &get, &[], Some("lang=fr")).as_deref(), Some("web"));
+        assert_eq!(name_with(&r, None, "/cart", &get, &[("x-client", "web-42")], None).as_deref(), Some("re"));
+        assert_eq!(name_with(&r, None, "/cart", &get, &[("x-client", "web-42x")], None).as_deref(), Some("web"));
+        assert_eq!(name_with(&r, None, "/cart", &get, &[("cookie", "a=1; beta=yes")], None).as_deref(), Some("cookie"));
+    }
+
+    #[test]
+    fn a_request_no_rule_admits_falls_through_to_404() {
+        let r = router(&config(&route("ios", "/cart", "headers = { \"x-app\" = \"ios\" }")));
+        assert_eq!(name_of(&r, None, "/cart"), None);
     }
 }

@@ -1,106 +1,182 @@
-//! The release engineer's properties of the decision, without a network.
+//! The release engineer's properties of the decision, without a network,
+//! from config text.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::config::{AnonymousPolicy, RouteSpec, UserIdSource};
+use crate::config::RouteSpec;
 
 use super::*;
 
-fn route(percent_bp: u32, salt: &str) -> RouteSpec {
-    RouteSpec {
-        name: "cart".into(),
-        path_prefix: "/cart".into(),
-        hosts: vec![],
-        stable: "v1".into(),
-        canary: Some("v2".into()),
-        canary_basis_points: percent_bp,
-        user_id: vec![UserIdSource::Header(http::HeaderName::from_static("x-user-id"))],
-        salt: salt.into(),
-        anonymous: AnonymousPolicy::Stable,
-        whitelist_users: ["1001".to_string()].into_iter().collect(),
-        whitelist_ips: vec!["192.0.2.0/24".parse().expect("net")],
-        rate_limit: Default::default(),
-        fallback: None,
-        degrade_at: None,
-        shadow: None,
-        https_redirect: false,
+fn spec(route_body: &str) -> RouteSpec {
+    let text = format!(
+        "[upstreams.a]\nbackends = [\"127.0.0.1:9001\"]\n[upstreams.b]\nbackends = [\"127.0.0.1:9002\"]\n\
+         [upstreams.c]\nbackends = [\"127.0.0.1:9003\"]\n\
+         [[routes]]\nname = \"cart\"\npath_prefix = \"/cart\"\n{route_body}\n"
+    );
+    match crate::config::parse(std::path::Path::new("t.toml"), &text) {
+        Ok(loaded) => loaded.config.routes[0].clone(),
+        Err(e) => panic!("{e:?}"),
     }
 }
 
-fn compiled(spec: RouteSpec) -> Router {
-    Router::new(&[spec])
+/// The two-version shorthand; `extra` lines go before any `[table]` in it.
+fn two(percent: f64, extra: &str) -> RouteSpec {
+    let (keys, tables) = extra.split_once("\n[").map_or((extra, String::new()), |(k, t)| (k, format!("[{t}")));
+    spec(&format!(
+        "stable = \"a\"\ncanary = \"b\"\ncanary_percent = {percent}\nsalt = \"s\"\n\
+         whitelist_users = [\"1001\"]\nwhitelist_ips = [\"192.0.2.0/24\"]\n{keys}\n{tables}"
+    ))
+}
+
+fn three(p2: f64, p3: f64) -> RouteSpec {
+    spec(&format!(
+        "default = \"v1\"\nversions = [\n  {{ name = \"v1\", upstream = \"a\" }},\n  \
+         {{ name = \"v2\", upstream = \"b\", percent = {p2} }},\n  {{ name = \"v3\", upstream = \"c\", percent = {p3} }},\n]\n"
+    ))
 }
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
 }
 
-fn canary_users(router: &Router, n: usize) -> HashSet<usize> {
-    let r = &router.routes()[0];
-    (0..n).filter(|i| decide(r, Some(&format!("u{i}")), ip("203.0.113.1")).version == Version::Canary).collect()
+fn user(plan: &VersionPlan, user: &str) -> Decision {
+    plan.decide(&DecisionInput { user_id: Some(user), client_ip: ip("203.0.113.1"), forced: None, anonymous_id: None })
+}
+
+fn versions_of(spec: &RouteSpec, n: usize) -> Vec<usize> {
+    let plan = VersionPlan::compile(spec);
+    (0..n).map(|i| user(&plan, &format!("u{i}")).version).collect()
 }
 
 #[test]
 fn raising_the_percentage_only_moves_users_to_canary() {
-    let mut previous = HashSet::new();
-    for bp in [0, 100, 500, 1000, 2000, 5000, 10000] {
-        let now = canary_users(&compiled(route(bp, "s")), 20_000);
-        assert!(previous.is_subset(&now), "someone left canary when going to {bp} bp");
+    let mut previous = versions_of(&two(0.0, ""), 20_000);
+    for percent in [1.0, 5.0, 10.0, 20.0, 50.0, 100.0] {
+        let now = versions_of(&two(percent, ""), 20_000);
+        for (before, after) in previous.iter().zip(&now) {
+            assert!(before == after || (*before == 0 && *after == 1), "someone left canary at {percent}%");
+        }
         previous = now;
     }
-    assert_eq!(previous.len(), 20_000, "100% is everyone");
+    assert!(previous.iter().all(|v| *v == 1), "100% is everyone");
+}
+
+/// The issue's proof: 100k users, three versions, every percent change of
+/// one version moves users only between it and the default.
+#[test]
+fn with_three_versions_a_percent_change_only_trades_with_the_default() {
+    let n = 100_000;
+    let steps = [
+        (10.0, 0.0),
+        (10.0, 2.5),
+        (25.0, 2.5),
+        (25.0, 10.0),
+        (5.0, 10.0),
+        (5.0, 0.0),
+        (60.0, 0.0),
+        (60.0, 40.0),
+        (0.0, 40.0),
+    ];
+    let mut previous = versions_of(&three(0.0, 0.0), n);
+    let mut last = (0.0, 0.0);
+    for (p2, p3) in steps {
+        let now = versions_of(&three(p2, p3), n);
+        let moved_version = if p2 != last.0 { 1 } else { 2 };
+        let mut counts = HashMap::new();
+        for (before, after) in previous.iter().zip(&now) {
+            if before != after {
+                let pair = (*before, *after);
+                assert!(pair == (0, moved_version) || pair == (moved_version, 0), "{pair:?} moving to {p2}/{p3}");
+            }
+            *counts.entry(*after).or_insert(0usize) += 1;
+        }
+        for (v, want) in [(1, p2), (2, p3)] {
+            let share = *counts.get(&v).unwrap_or(&0) as f64 * 100.0 / n as f64;
+            assert!((share - want).abs() < 0.5, "v{} holds {share}% for {want}%", v + 1);
+        }
+        previous = now;
+        last = (p2, p3);
+    }
 }
 
 #[test]
 fn whitelists_come_first() {
-    let router = compiled(route(0, "s"));
-    let r = &router.routes()[0];
-    let d = decide(r, Some("1001"), ip("203.0.113.1"));
-    assert_eq!((d.version, d.reason), (Version::Canary, Reason::WhitelistedUser));
-    let d = decide(r, Some("55"), ip("192.0.2.77"));
-    assert_eq!((d.version, d.reason), (Version::Canary, Reason::WhitelistedIp));
-    let d = decide(r, None, ip("192.0.2.77"));
-    assert_eq!(d.version, Version::Canary, "an office IP without a user ID is still whitelisted");
+    let plan = VersionPlan::compile(&two(0.0, ""));
+    assert_eq!(user(&plan, "1001"), Decision { version: 1, reason: Reason::WhitelistedUser });
+    let by_ip = |user_id| {
+        plan.decide(&DecisionInput { user_id, client_ip: ip("192.0.2.77"), forced: None, anonymous_id: None })
+    };
+    assert_eq!(by_ip(Some("55")), Decision { version: 1, reason: Reason::WhitelistedIp });
+    assert_eq!(by_ip(None).version, 1, "an office IP without a user ID is still whitelisted");
+}
+
+#[test]
+fn an_override_beats_every_other_rule() {
+    let plan = VersionPlan::compile(&two(100.0, ""));
+    let how = OverrideHow::AllowedIp;
+    let d = plan.decide(&DecisionInput {
+        user_id: Some("1001"),
+        client_ip: ip("192.0.2.77"),
+        forced: Some((0, how)),
+        anonymous_id: None,
+    });
+    assert_eq!(d, Decision { version: 0, reason: Reason::Override(how) });
 }
 
 #[test]
 fn anonymous_policies() {
-    let mut spec = route(5000, "s");
-    let router = compiled(spec.clone());
-    assert_eq!(decide(&router.routes()[0], None, ip("203.0.113.1")).version, Version::Stable);
+    let anon = |spec: &RouteSpec, client: &str, id: Option<(&str, bool)>| {
+        VersionPlan::compile(spec).decide(&DecisionInput {
+            user_id: None,
+            client_ip: ip(client),
+            forced: None,
+            anonymous_id: id,
+        })
+    };
+    assert_eq!(anon(&two(50.0, ""), "203.0.113.1", None).version, 0, "default: the default version");
+    assert_eq!(anon(&two(50.0, "anonymous = \"canary\""), "203.0.113.1", None).version, 1);
 
-    spec.anonymous = AnonymousPolicy::Canary;
-    let router = compiled(spec.clone());
-    assert_eq!(decide(&router.routes()[0], None, ip("203.0.113.1")).version, Version::Canary);
-
-    spec.anonymous = AnonymousPolicy::IpHash;
-    let router = compiled(spec);
-    let r = &router.routes()[0];
+    let spec = two(50.0, "anonymous = \"ip-hash\"");
+    let plan = VersionPlan::compile(&spec);
     let canary = (0..=255u8)
         .flat_map(|a| (0..=255u8).map(move |b| IpAddr::from([198, 51, a, b])))
-        .filter(|ip| decide(r, None, *ip).version == Version::Canary)
+        .filter(|ip| {
+            plan.decide(&DecisionInput { user_id: None, client_ip: *ip, forced: None, anonymous_id: None }).version == 1
+        })
         .count();
     let share = canary as f64 / 65536.0;
     assert!((0.48..0.52).contains(&share), "ip-hash share {share}");
-    // The same IP always gets the same answer.
-    let d1 = decide(r, None, ip("198.51.100.7"));
-    let d2 = decide(r, None, ip("198.51.100.7"));
-    assert_eq!(d1, d2);
+    assert_eq!(anon(&spec, "198.51.100.7", None), anon(&spec, "198.51.100.7", None), "the same IP, the same answer");
+
+    // A cookie's ID is bucketed exactly like a user ID with the same text.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("anon.key");
+    std::fs::write(&key, "0123456789abcdef0123").expect("key");
+    let spec = two(50.0, &format!("anonymous = \"cookie\"\n[anonymous_cookie]\nsecret_file = {:?}", key));
+    let d = anon(&spec, "203.0.113.1", Some(("0123456789abcdef", false)));
+    let as_user = user(&VersionPlan::compile(&spec), "0123456789abcdef");
+    assert_eq!(d.version, as_user.version);
+    assert_eq!(d.reason.bucket(), as_user.reason.bucket());
 }
 
 #[test]
 fn explanation_reads_like_the_issue() {
-    let router = compiled(route(1000, "cart-2026-11"));
-    let r = &router.routes()[0];
-    let d = decide(r, Some("1001"), ip("127.0.0.1"));
-    let text =
-        Explanation { route: "cart", decision: &d, user_id: Some("1001"), client_ip: ip("127.0.0.1") }.to_string();
-    assert_eq!(text, "route cart -> canary: whitelisted user 1001");
+    let spec = spec(
+        "stable = \"a\"\ncanary = \"b\"\ncanary_percent = 10.0\nsalt = \"cart-2026-11\"\nwhitelist_users = [\"1001\"]",
+    );
+    let plan = VersionPlan::compile(&spec);
+    let line = |d: &Decision, user_id| {
+        Explanation { route: &spec, plan: &plan, decision: d, user_id, client_ip: ip("127.0.0.1") }.to_string()
+    };
+    let d = user(&plan, "1001");
+    assert_eq!(line(&d, Some("1001")), "route cart -> canary: whitelisted user 1001");
 
-    let d = decide(r, Some("42"), ip("127.0.0.1"));
-    let Reason::UserBucket { bucket, .. } = d.reason else { panic!("bucket reason expected") };
-    let text = Explanation { route: "cart", decision: &d, user_id: Some("42"), client_ip: ip("127.0.0.1") }.to_string();
-    let cmp = if bucket < 1000 { "<" } else { ">=" };
-    assert_eq!(text, format!("route cart -> {}: bucket {bucket} {cmp} 1000 (10.00%)", d.version));
+    let d = user(&plan, "42");
+    let Reason::UserBucket { bucket } = d.reason else { panic!("bucket reason expected") };
+    let want = match bucket < 1000 {
+        true => format!("route cart -> canary: bucket {bucket} in canary's range [0, 1000) (10.00%)"),
+        false => format!("route cart -> stable: bucket {bucket} in no other version's range: the default"),
+    };
+    assert_eq!(line(&d, Some("42")), want);
 }

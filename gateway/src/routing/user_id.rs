@@ -7,6 +7,7 @@ use crate::config::UserIdSource;
 
 /// The request parts user-ID extraction looks at; borrowed, nothing copied.
 pub struct RequestView<'a> {
+    pub method: &'a http::Method,
     pub headers: &'a HeaderMap,
     pub query: Option<&'a str>,
 }
@@ -21,7 +22,7 @@ pub fn find_user_id<'a>(sources: &[UserIdSource], req: &RequestView<'a>) -> Opti
     })
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -36,7 +37,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The raw (not percent-decoded) value of a query parameter. User IDs are
 /// compared as sent; decoding would let `a%31` and `a1` share a bucket only
 /// sometimes, depending on the client.
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -69,29 +70,29 @@ mod tests {
     #[test]
     fn first_present_source_wins() {
         let h = headers(&[("x-user-id", "7"), ("cookie", "uid=8")]);
-        let req = RequestView { headers: &h, query: Some("uid=9") };
+        let req = RequestView { method: &http::Method::GET, headers: &h, query: Some("uid=9") };
         assert_eq!(find_user_id(&sources(), &req), Some("7"));
 
         let h = headers(&[("cookie", "a=1; uid=8; b=2")]);
-        let req = RequestView { headers: &h, query: Some("uid=9") };
+        let req = RequestView { method: &http::Method::GET, headers: &h, query: Some("uid=9") };
         assert_eq!(find_user_id(&sources(), &req), Some("8"));
 
         let h = headers(&[]);
-        let req = RequestView { headers: &h, query: Some("x=1&uid=9") };
+        let req = RequestView { method: &http::Method::GET, headers: &h, query: Some("x=1&uid=9") };
         assert_eq!(find_user_id(&sources(), &req), Some("9"));
     }
 
     #[test]
     fn empty_values_count_as_absent() {
         let h = headers(&[("x-user-id", " "), ("cookie", "uid=")]);
-        let req = RequestView { headers: &h, query: Some("uid=") };
+        let req = RequestView { method: &http::Method::GET, headers: &h, query: Some("uid=") };
         assert_eq!(find_user_id(&sources(), &req), None);
     }
 
     #[test]
     fn cookie_names_match_exactly() {
         let h = headers(&[("cookie", "xuid=1; uidx=2")]);
-        let req = RequestView { headers: &h, query: None };
+        let req = RequestView { method: &http::Method::GET, headers: &h, query: None };
         assert_eq!(find_user_id(&sources(), &req), None);
     }
 }

@@ -10,7 +10,6 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 
 use crate::config::ShadowSpec;
-use crate::routing::Version;
 use crate::telemetry::metrics::ShadowMetrics;
 use crate::upstream::Pool;
 
@@ -23,7 +22,13 @@ pub struct ShadowJob {
     pub spec: Arc<ShadowSpec>,
     pub request: RequestHeader,
     pub body: Bytes,
-    pub primary_version: Version,
+    /// Indexes into the route's versions: the one that answered the client,
+    /// and the one the request is mirrored to.
+    pub primary_version: usize,
+    pub other_version: usize,
+    /// The client's version is `against`: it is the record's `stable` side.
+    pub primary_is_baseline: bool,
+    pub primary_name: String,
     pub primary: Answer,
     /// The pool of the version not chosen for the client.
     pub other_pool: Arc<Pool>,
@@ -41,7 +46,7 @@ enum Failure {
 }
 
 pub async fn run_job(engine: &ShadowEngine, job: ShadowJob) {
-    let other_version = job.primary_version.other();
+    let other_version = job.other_version;
     let other = send(engine, &job, &job.other_pool).await;
     if let Ok(a) = &other {
         job.metrics.latency(other_version, a.latency.as_secs_f64());
@@ -55,9 +60,9 @@ pub async fn run_job(engine: &ShadowEngine, job: ShadowJob) {
             ("error", Vec::new(), Answer::default())
         }
         Ok(answer) => {
-            let (stable, canary) = match job.primary_version {
-                Version::Stable => (&job.primary, &answer),
-                Version::Canary => (&answer, &job.primary),
+            let (stable, canary) = match job.primary_is_baseline {
+                true => (&job.primary, &answer),
+                false => (&answer, &job.primary),
             };
             let cross = diff(stable, canary, &job.spec.diff);
             engine.noise.record_cross(&job.route, &cross);
@@ -92,9 +97,9 @@ fn classify(engine: &ShadowEngine, route: &str, diffs: Vec<FieldDiff>) -> Vec<St
 }
 
 fn record(job: &ShadowJob, outcome: &str, diffs: Vec<StoredDiff>, other: &Answer) -> DiffRecord {
-    let (stable, canary) = match job.primary_version {
-        Version::Stable => (&job.primary, other),
-        Version::Canary => (other, &job.primary),
+    let (stable, canary) = match job.primary_is_baseline {
+        true => (&job.primary, other),
+        false => (other, &job.primary),
     };
     let header = |name: &str| job.request.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let request_headers = job
@@ -111,7 +116,7 @@ fn record(job: &ShadowJob, outcome: &str, diffs: Vec<StoredDiff>, other: &Answer
         request_id: header("x-request-id"),
         method: job.request.method.as_str().to_string(),
         path,
-        primary: job.primary_version.as_str().to_string(),
+        primary: job.primary_name.clone(),
         stable_status: stable.status,
         canary_status: canary.status,
         stable_latency_ms: stable.latency.as_secs_f64() * 1000.0,

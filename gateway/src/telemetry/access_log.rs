@@ -16,14 +16,11 @@ pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration
     }
     let req = session.req_header();
     let (route, version, reason, pool) = match &ctx.routed {
-        Some(r) => (
-            ctx.snapshot.router.routes()[r.route_index].spec.name.as_str(),
-            r.decision.version.as_str(),
-            r.decision.reason.label(),
-            r.pool.name.as_str(),
-        ),
+        Some(r) => (r.route.spec.name.as_str(), r.version_name(), r.decision.reason.label(), r.pool().name.as_str()),
         None => ("", "", "", ""),
     };
+    // A local answer says why (blocked, no-route, rate-limited-ip, ...).
+    let reason = ctx.answered.as_ref().map_or(reason, |a| a.label());
     let upstream = ctx.upstream.tried.last().map(|a| a.to_string()).unwrap_or_default();
     let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
     tracing::info!(

@@ -11,7 +11,6 @@ use prometheus::{
 };
 
 use crate::config::FallbackCause;
-use crate::routing::Version;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -27,6 +26,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     backend_up: IntGaugeVec,
     canary_percent: prometheus::GaugeVec,
+    version_percent: prometheus::GaugeVec,
+    overrides: IntCounterVec,
     /// Indexed by [`Metrics::blocked_index`]: source (config, file, api) × dry run.
     blocked: [IntCounter; 6],
     rate_limited: IntCounterVec,
@@ -113,8 +114,25 @@ impl Metrics {
             &["pool", "backend"],
         ));
         let canary_percent = must(prometheus::GaugeVec::new(
-            Opts::new("gateway_route_canary_percent", "Configured canary share of each route"),
+            Opts::new(
+                "gateway_route_canary_percent",
+                "Configured share of each route held by versions other than the default",
+            ),
             &["route"],
+        ));
+        let version_percent = must(prometheus::GaugeVec::new(
+            Opts::new(
+                "gateway_route_version_percent",
+                "Configured share of each version; the default's is what the others leave",
+            ),
+            &["route", "version"],
+        ));
+        let overrides = must(IntCounterVec::new(
+            Opts::new(
+                "gateway_version_overrides_total",
+                "Tester overrides by outcome: applied, or refused (IP not allowed, bad or expired signature, unknown version)",
+            ),
+            &["route", "outcome"],
         ));
         let blocked_vec = must(IntCounterVec::new(
             Opts::new(
@@ -156,6 +174,8 @@ impl Metrics {
         for c in [
             Box::new(blocked_vec) as Box<dyn prometheus::core::Collector>,
             Box::new(rate_limited.clone()),
+            Box::new(version_percent.clone()),
+            Box::new(overrides.clone()),
             Box::new(fallbacks.clone()),
             Box::new(degrade_level.clone()),
             Box::new(shadow_requests.clone()),
@@ -196,6 +216,8 @@ impl Metrics {
             in_flight,
             backend_up,
             canary_percent,
+            version_percent,
+            overrides,
             blocked,
             rate_limited,
             fallbacks,
@@ -212,25 +234,36 @@ impl Metrics {
         self.blocked[i * 2 + usize::from(dry_run)].inc();
     }
 
-    pub fn route_metrics(&self, route: &str, canary_percent: f64, shadowed: bool) -> RouteMetrics {
-        self.canary_percent.with_label_values(&[route]).set(canary_percent);
+    /// Bind every series of one route: `versions` are (name, percent) in
+    /// the route's order, the default's percent being what the others leave.
+    pub fn route_metrics(&self, route: &str, versions: &[(&str, f64)], shadowed: bool) -> RouteMetrics {
         let version = |v: &str| VersionMetrics {
             classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| self.requests.with_label_values(&[route, v, c])),
             latency: self.latency.with_label_values(&[route, v]),
         };
+        for (name, percent) in versions {
+            self.version_percent.with_label_values(&[route, name]).set(*percent);
+        }
         RouteMetrics {
-            stable: version("stable"),
-            canary: version("canary"),
+            versions: versions.iter().map(|(name, _)| version(name)).collect(),
             rate_limited: ["ip", "user", "route"].map(|k| self.rate_limited.with_label_values(&[route, k])),
             fallbacks: FallbackCause::ALL.map(|c| self.fallbacks.with_label_values(&[route, c.as_str()])),
+            overrides: ["applied", "refused"].map(|o| self.overrides.with_label_values(&[route, o])),
             shadow: shadowed.then(|| {
                 std::sync::Arc::new(ShadowMetrics {
                     outcomes: SHADOW_OUTCOMES.map(|o| self.shadow_requests.with_label_values(&[route, o])),
-                    stable: self.shadow_duration.with_label_values(&[route, "stable"]),
-                    canary: self.shadow_duration.with_label_values(&[route, "canary"]),
+                    latency: versions
+                        .iter()
+                        .map(|(v, _)| self.shadow_duration.with_label_values(&[route, v]))
+                        .collect(),
                 })
             }),
         }
+    }
+
+    /// `gateway_route_canary_percent{route}`: the non-default versions' share together.
+    pub fn set_canary_percent(&self, route: &str, percent: f64) {
+        self.canary_percent.with_label_values(&[route]).set(percent);
     }
 
     /// Counters for requests that matched no route, or were answered before a version was chosen.
@@ -247,8 +280,14 @@ impl Metrics {
         self.shadow_requests.get_metric_with_label_values(&[route, outcome]).map_or(0, |c| c.get())
     }
 
-    pub fn forget_route(&self, route: &str) {
-        let _ = self.canary_percent.remove_label_values(&[route]);
+    /// Drop a removed route's series (`versions` empty), or its removed versions'.
+    pub fn forget_route(&self, route: &str, versions: &[&str]) {
+        if versions.is_empty() {
+            let _ = self.canary_percent.remove_label_values(&[route]);
+        }
+        for v in versions {
+            let _ = self.version_percent.remove_label_values(&[route, v]);
+        }
     }
 
     pub fn upstream_error(&self, pool: &str, kind: UpstreamErrorKind) {
@@ -313,8 +352,10 @@ impl Default for Metrics {
 
 /// Pre-bound counters for one route.
 pub struct RouteMetrics {
-    pub stable: VersionMetrics,
-    pub canary: VersionMetrics,
+    /// In the order of the route's versions.
+    pub versions: Vec<VersionMetrics>,
+    /// Tester overrides: applied, refused.
+    pub overrides: [IntCounter; 2],
     /// 429s by key: ip, user, route.
     pub rate_limited: [IntCounter; 3],
     /// Fallback pages by cause, in the order of [`FallbackCause::ALL`].
@@ -327,8 +368,8 @@ pub struct RouteMetrics {
 pub struct ShadowMetrics {
     /// In the order of [`SHADOW_OUTCOMES`].
     outcomes: [IntCounter; 8],
-    stable: Histogram,
-    canary: Histogram,
+    /// Shadow answer latency, in the order of the route's versions.
+    latency: Vec<Histogram>,
 }
 
 impl ShadowMetrics {
@@ -338,10 +379,9 @@ impl ShadowMetrics {
         }
     }
 
-    pub fn latency(&self, version: Version, seconds: f64) {
-        match version {
-            Version::Stable => self.stable.observe(seconds),
-            Version::Canary => self.canary.observe(seconds),
+    pub fn latency(&self, version: usize, seconds: f64) {
+        if let Some(h) = self.latency.get(version) {
+            h.observe(seconds);
         }
     }
 }
@@ -349,15 +389,6 @@ impl ShadowMetrics {
 impl RouteMetrics {
     pub fn fallback(&self, cause: FallbackCause) {
         self.fallbacks[cause as usize].inc();
-    }
-}
-
-impl RouteMetrics {
-    pub fn version(&self, v: Version) -> &VersionMetrics {
-        match v {
-            Version::Stable => &self.stable,
-            Version::Canary => &self.canary,
-        }
     }
 }
 

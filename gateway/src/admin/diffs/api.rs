@@ -23,8 +23,7 @@ pub struct Live<'a> {
 
 pub(super) fn live(reloader: &Reloader) -> (Vec<String>, impl Fn(&str, &str) -> u64 + '_) {
     let snapshot = reloader.snapshots.load();
-    let routes =
-        snapshot.router.routes().iter().filter(|r| r.spec.shadow.is_some()).map(|r| r.spec.name.clone()).collect();
+    let routes = snapshot.routes.iter().filter(|r| r.spec.shadow.is_some()).map(|r| r.spec.name.clone()).collect();
     (routes, move |route: &str, outcome: &str| reloader.metrics.shadow_count(route, outcome))
 }
 

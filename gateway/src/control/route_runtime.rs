@@ -1,0 +1,79 @@
+//! One route compiled for the request path: everything a request on it
+//! needs, resolved once per config snapshot (Envoy's per-config filter
+//! state). A request holds an `Arc` to it; nothing on the request path
+//! looks anything up by name or formats a page.
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::config::{FallbackCause, RouteSpec};
+use crate::edge::fallback;
+use crate::edge::limits::ScopeLimits;
+use crate::proxy::respond::LocalResponse;
+use crate::routing::VersionPlan;
+use crate::telemetry::metrics::RouteMetrics;
+use crate::upstream::Pool;
+
+pub struct RouteRuntime {
+    pub spec: RouteSpec,
+    /// Buckets, lanes, whitelists, anonymous policy.
+    pub plan: VersionPlan,
+    /// In the order of `spec.versions`.
+    pub versions: Vec<VersionRuntime>,
+    pub limits: ScopeLimits,
+    pub metrics: RouteMetrics,
+    pub pages: RoutePages,
+}
+
+/// One version of a route: its name as a header value and its pool.
+pub struct VersionRuntime {
+    pub name: HeaderValue,
+    pub pool: Arc<Pool>,
+}
+
+/// Every local answer of the route, rendered at load.
+pub struct RoutePages {
+    /// By [`FallbackCause`] (its `as usize`); `None` where the fallback does not cover the cause.
+    pub fallback: [Option<Arc<LocalResponse>>; 5],
+    /// By rate-limit key (ip, user, route): the 429 page with its `x-gateway-limit`.
+    pub rate_limited: [Arc<LocalResponse>; 3],
+}
+
+impl RouteRuntime {
+    /// The pool of `version` (an index validated at load; out of range falls back to the default's).
+    pub fn pool(&self, version: usize) -> &Arc<Pool> {
+        let v = self.versions.get(version).or_else(|| self.versions.get(self.plan.default));
+        // A validated route has at least one version.
+        &v.unwrap_or_else(|| unreachable!("a route without versions passed validation")).pool
+    }
+
+    pub fn version_name(&self, version: usize) -> &str {
+        self.spec.versions.get(version).map_or("?", |v| v.name.as_str())
+    }
+
+    /// The fallback page for `cause`, when the route has one that covers it.
+    pub fn fallback_page(&self, cause: FallbackCause) -> Option<&Arc<LocalResponse>> {
+        self.pages.fallback[cause as usize].as_ref()
+    }
+
+    /// True when the level in force switches this route to its page.
+    pub fn degraded(&self, level: u8) -> bool {
+        fallback::degraded(&self.spec, level)
+    }
+}
+
+impl RoutePages {
+    pub fn render(spec: &RouteSpec) -> Self {
+        let limited = |key: &'static str| {
+            Arc::new(
+                LocalResponse::page(429, "Too Many Requests", "Too many requests; please retry shortly.")
+                    .with_header("x-gateway-limit", key),
+            )
+        };
+        Self {
+            fallback: FallbackCause::ALL.map(|c| fallback::page_for(spec, c).map(Arc::new)),
+            rate_limited: [limited("ip"), limited("user"), limited("route")],
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The one outcome of the request pipeline: go on to an upstream, or answer
+//! here, with the reason as an enum (logged, counted, explained).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use ipnet::IpNet;
+
+use crate::control::route_runtime::RouteRuntime;
+use crate::edge::rate_limit::LimitKey;
+use crate::proxy::respond::LocalResponse;
+use crate::routing::overrides::OverrideOutcome;
+use crate::routing::Decision;
+use crate::upstream::Pool;
+
+pub enum Verdict {
+    Continue(Routed),
+    Respond(LocalAnswer),
+}
+
+/// A request on its way to a version of a route.
+pub struct Routed {
+    pub route: Arc<RouteRuntime>,
+    pub decision: Decision,
+    pub user_id: Option<String>,
+    /// What the request's tester override came to.
+    pub override_outcome: OverrideOutcome,
+    /// A fresh anonymous cookie to hand out with the answer.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+impl Routed {
+    /// The pool serving the request's version now.
+    pub fn pool(&self) -> &Arc<Pool> {
+        self.route.pool(self.decision.version)
+    }
+
+    pub fn version_name(&self) -> &str {
+        self.route.version_name(self.decision.version)
+    }
+}
+
+/// Why the gateway answered a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerReason {
+    /// The client IP is on the blacklist (`source`: config, file or api).
+    Blocked {
+        cidr: IpNet,
+        source: &'static str,
+        ip: IpAddr,
+    },
+    NoRoute,
+    /// A plain-HTTP request on an `https_redirect` route.
+    Redirect,
+    /// The degrade level switched the route to its fallback page.
+    Degraded,
+    RateLimited(LimitKey),
+    BadRequest,
+}
+
+impl AnswerReason {
+    pub fn label(&self) -> &'static str {
+        match self {
+            AnswerReason::Blocked { .. } => "blocked",
+            AnswerReason::NoRoute => "no-route",
+            AnswerReason::Redirect => "redirect",
+            AnswerReason::Degraded => "degraded",
+            AnswerReason::RateLimited(LimitKey::Ip) => "rate-limited-ip",
+            AnswerReason::RateLimited(LimitKey::User) => "rate-limited-user",
+            AnswerReason::RateLimited(LimitKey::Route) => "rate-limited-route",
+            AnswerReason::BadRequest => "bad-request",
+        }
+    }
+}
+
+/// A local answer: a page rendered at load (or, for a redirect, now), plus
+/// the one header that depends on the moment.
+pub struct LocalAnswer {
+    pub reason: AnswerReason,
+    pub page: Arc<LocalResponse>,
+    /// Seconds for `Retry-After` (rate limits).
+    pub retry_after: Option<u64>,
+    /// The route and version, when the request got that far.
+    pub routed: Option<Routed>,
+}

@@ -220,3 +220,27 @@ async fn raising_the_degrade_level_switches_routes_on_the_same_connection_and_su
     assert_eq!(resp.status(), 200);
     assert_eq!(get_json(&http_client(), &again.url("/cart"), &[]).await.0, 200);
 }
+
+/// Ops fix a typo in the fallback page during an incident: saving the page
+/// is enough. The load's record of the files it read notices the change,
+/// with the config text untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_fallback_page_is_served_without_a_config_change() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let degraded = format!("degrade_at = 1\n{FALLBACK}");
+    let config = cart_config_with(&[&v1], &[&v2], 0.0, &degraded) + "\n[degrade]\nlevel = 1\n";
+    let gateway = Gateway::start_in(dir_with_page(), "gateway.toml", &config).await;
+    let page = || async { http_client().get(gateway.url("/cart")).send().await.expect("request").text().await };
+    assert_eq!(page().await.expect("body"), BUSY_PAGE);
+    let generation = gateway.generation().await;
+
+    let fixed = "<html><body>back in five minutes; your cart is safe</body></html>";
+    std::fs::write(gateway.dir().join("busy.html"), fixed).expect("edit the page");
+    gateway
+        .eventually("the edited page is served", Duration::from_secs(10), || async {
+            page().await.is_ok_and(|b| b == fixed)
+        })
+        .await;
+    assert!(gateway.generation().await > generation, "it was a reload");
+    assert_eq!(v1.requests(), 0, "degraded all along: no upstream contact");
+}

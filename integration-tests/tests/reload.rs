@@ -185,3 +185,29 @@ async fn a_listen_change_is_reported_as_needing_a_restart_and_the_rest_applies()
     let resp = http_client().get(gateway.url("/cart")).header("x-user-id", "9").send().await.expect("request");
     assert_eq!(version_of(resp.headers()), "canary");
 }
+
+/// The log format is set up once at start: a reload that changes it says a
+/// restart is needed, and the log keeps the format it has (before routing v2
+/// such a reload answered "applied" and changed nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_log_format_change_waits_for_a_restart_and_says_so() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let gateway = Gateway::start(&cart_config(&[&v1], &[&v2], 0.0)).await;
+    let text = cart_config(&[&v1], &[&v2], 100.0);
+    let json = text.replacen("[server]\n", "[server]\naccess_log = \"json\"\n", 1);
+    assert_ne!(json, text, "the config has a [server] section to add the key to");
+    gateway.replace_config_by_rename(&json);
+    let (code, body) = gateway.reload().await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["restart_needed"], serde_json::json!(["server.access_log"]), "{body}");
+    // The rest applied (100% canary), and the request's access line is still text.
+    let resp = http_client().get(gateway.url("/cart/after")).header("x-user-id", "9").send().await.expect("request");
+    assert_eq!(version_of(resp.headers()), "canary");
+    gateway
+        .eventually("the request's access line is logged", Duration::from_secs(10), || async {
+            gateway.log().lines().any(|l| l.contains("/cart/after"))
+        })
+        .await;
+    let line = gateway.log().lines().find(|l| l.contains("/cart/after")).map(str::to_string).unwrap_or_default();
+    assert!(!line.trim_start().starts_with('{'), "still the text format: {line}");
+}

@@ -27,8 +27,13 @@ pub fn run(path: &std::path::Path) -> ExitCode {
 fn summary(loaded: &config::LoadedConfig) -> String {
     let c = &loaded.config;
     let mut s = format!("{}: OK (hash {})\n", c.source.display(), loaded.hash);
-    let listen: Vec<String> = c.server.listen.iter().map(ToString::to_string).collect();
-    s.push_str(&format!("listen {}  admin {}  threads {}\n", listen.join(", "), c.admin.listen, c.server.threads));
+    let listen: Vec<String> = c.startup.server.listen.iter().map(ToString::to_string).collect();
+    s.push_str(&format!(
+        "listen {}  admin {}  threads {}\n",
+        listen.join(", "),
+        c.startup.admin_listen,
+        c.startup.server.threads
+    ));
     if let Some(tls) = &c.server.tls {
         s.push_str(&tls_summary(tls, crate::tls::certs::unix_now()));
     }
@@ -52,7 +57,7 @@ fn summary(loaded: &config::LoadedConfig) -> String {
         bl.files.len(),
         if bl.dry_run { ", DRY RUN" } else { "" },
         if bl.at_accept { ", dropped at accept" } else { "" },
-        c.state_path.display(),
+        c.startup.state_path.display(),
         c.degrade_level
     ));
     s.push_str("routes:\n");

@@ -60,9 +60,9 @@ pub fn services(config: &GatewayConfig) -> Vec<Box<dyn ServiceTrait>> {
 
 /// What `gateway demo` prints once it listens.
 pub fn banner(config: &GatewayConfig) -> String {
-    let listen = config.server.listen.first().map(|a| a.to_string()).unwrap_or_default();
+    let listen = config.startup.server.listen.first().map(|a| a.to_string()).unwrap_or_default();
     let proxy = listen.replace("0.0.0.0", "127.0.0.1");
-    let admin = config.admin.listen;
+    let admin = config.startup.admin_listen;
     let mut s = String::new();
     s.push_str("gateway demo is running. Demo backends answer with their version.\n\n");
     s.push_str("Try:\n");

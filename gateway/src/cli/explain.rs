@@ -18,10 +18,10 @@ pub fn run(path: &std::path::Path, req: ExplainRequest) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match RuntimeState::open(&loaded.config.state_path, OpenMode::Inspect) {
+    let runtime = match RuntimeState::open(&loaded.config.startup.state_path, OpenMode::Inspect) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {}: {e}", loaded.config.state_path.display());
+            eprintln!("error: {}: {e}", loaded.config.startup.state_path.display());
             return ExitCode::FAILURE;
         }
     };

@@ -23,7 +23,7 @@ impl AdminClient {
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
         let admin = &loaded.config.admin;
         let base = admin_url.unwrap_or_else(|| {
-            let mut addr = admin.listen;
+            let mut addr = loaded.config.startup.admin_listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }

@@ -51,11 +51,13 @@ pub struct Diagnostics<'a> {
     source: &'a str,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigWarning>,
+    /// Every file the load read besides the config itself.
+    pub files: super::files::FileRecord,
 }
 
 impl<'a> Diagnostics<'a> {
     pub fn new(file: &Path, source: &'a str) -> Self {
-        Self { file: file.to_path_buf(), source, errors: Vec::new(), warnings: Vec::new() }
+        Self { file: file.to_path_buf(), source, errors: Vec::new(), warnings: Vec::new(), files: Default::default() }
     }
 
     pub fn file(&self) -> &Path {

@@ -3,7 +3,9 @@
 
 pub mod error;
 pub mod file;
+pub mod files;
 pub mod model;
+pub mod startup;
 pub mod validate;
 mod validate_edge;
 mod validate_route;
@@ -17,4 +19,5 @@ mod tests;
 
 pub use error::{ConfigError, ConfigWarning};
 pub use model::*;
+pub use startup::{ServerStartup, ShadowStoreSpec, StartupSettings};
 pub use validate::{load_file, parse, read_file, resolve, text_hash, LoadedConfig};

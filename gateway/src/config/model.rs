@@ -18,18 +18,17 @@ pub const MAX_DEGRADE_LEVEL: u8 = 10;
 pub struct GatewayConfig {
     /// The file this was loaded from; relative paths inside resolve against its directory.
     pub source: PathBuf,
+    /// Bound when the process starts; a reload keeps the values in force.
+    pub startup: super::startup::StartupSettings,
     pub server: ServerSettings,
     pub admin: AdminSettings,
     pub client_ip: ClientIpSettings,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
     pub blacklist: BlacklistSpec,
-    /// The run-time state file (blocks added through the API, degrade level).
-    pub state_path: PathBuf,
     /// The degrade level set in the file; a run-time override may replace it.
     pub degrade_level: u8,
     pub rate_limit: RateLimitSpec,
-    pub shadow_store: ShadowStoreSpec,
     /// `[anonymous_cookie]`, when a route uses `anonymous = "cookie"`.
     pub anonymous_cookie: Option<AnonymousCookieSpec>,
 }
@@ -142,20 +141,12 @@ pub enum AccessLogFormat {
     Off,
 }
 
+/// The part of `[server]` that applies live (see `startup.rs` for the rest).
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    pub listen: Vec<SocketAddr>,
-    pub threads: usize,
-    /// Off: each proxy thread runs its own single-threaded runtime and keeps
-    /// the connections it accepted (nginx's worker model).
-    pub work_stealing: bool,
-    pub shutdown_grace: Duration,
     pub version_header: Option<HeaderName>,
     /// Set upstream to the version's name; a client's own value is removed.
     pub version_request_header: Option<HeaderName>,
-    pub access_log: AccessLogFormat,
-    /// Bytes of the per-connection read buffer.
-    pub read_buffer: usize,
     /// Normalize request paths before routing and forward the normalized path.
     pub normalize_path: bool,
     /// The whole request head must arrive within this (then 408).
@@ -168,7 +159,6 @@ pub struct ServerSettings {
 
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
-    pub listen: SocketAddr,
     /// The bearer token read from `token_file` at load time.
     pub token: Option<String>,
 }
@@ -392,18 +382,6 @@ pub struct ShadowSpec {
     pub noise_check: f64,
     pub marker: (HeaderName, http::HeaderValue),
     pub diff: crate::shadow::DiffOptions,
-}
-
-/// `[shadow]`: the diff store.
-#[derive(Debug, Clone)]
-pub struct ShadowStoreSpec {
-    pub path: PathBuf,
-    pub retention: crate::shadow::Retention,
-    pub queue: usize,
-    /// At most this many records stored per second per route and outcome.
-    pub store_per_second: u32,
-    pub max_stored_body: usize,
-    pub redact_headers: Vec<String>,
 }
 
 impl RouteSpec {

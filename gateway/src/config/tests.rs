@@ -41,7 +41,7 @@ fn a_good_config_becomes_the_model() {
     assert_eq!(c.upstreams["v2"].backends[1].weight, 2);
     assert_eq!(c.upstreams["v2"].health_check.as_ref().map(|h| h.probe.clone()), Some(HealthProbe::Tcp));
     assert_eq!(c.routes[0].versions[1].whitelist_ips[1].to_string(), "2001:db8::1/128");
-    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9900");
+    assert_eq!(c.startup.admin_listen.to_string(), "127.0.0.1:9900");
 }
 
 #[test]
@@ -112,9 +112,9 @@ fn bad_values_name_their_key() {
 #[test]
 fn work_stealing_is_off_unless_asked_and_a_wrong_type_names_the_key() {
     let off = parse(Path::new("gateway.toml"), GOOD).expect("valid");
-    assert!(!off.config.server.work_stealing);
+    assert!(!off.config.startup.server.work_stealing);
     let text = GOOD.replace("[server]\n", "[server]\nwork_stealing = true\n");
-    assert!(parse(Path::new("gateway.toml"), &text).expect("valid").config.server.work_stealing);
+    assert!(parse(Path::new("gateway.toml"), &text).expect("valid").config.startup.server.work_stealing);
     for wrong in ["\"yes\"", "1"] {
         let errs = errors(&GOOD.replace("[server]\n", &format!("[server]\nwork_stealing = {wrong}\n")));
         assert!(errs.iter().any(|e| e.starts_with("gateway.toml:3: server.work_stealing:")), "{errs:#?}");
@@ -170,10 +170,10 @@ fn the_sample_config_is_valid() {
 #[test]
 fn read_buffer_is_none_by_default_and_takes_zero_or_one_kib_to_one_mib() {
     let default = parse(Path::new("gateway.toml"), GOOD).expect("valid");
-    assert_eq!(default.config.server.read_buffer, 0);
+    assert_eq!(default.config.startup.server.read_buffer, 0);
     for (value, bytes) in [("\"0\"", 0), ("\"1KiB\"", 1024), ("\"64KiB\"", 65_536)] {
         let text = GOOD.replace("[server]\n", &format!("[server]\nread_buffer = {value}\n"));
-        assert_eq!(parse(Path::new("gateway.toml"), &text).expect("valid").config.server.read_buffer, bytes);
+        assert_eq!(parse(Path::new("gateway.toml"), &text).expect("valid").config.startup.server.read_buffer, bytes);
     }
     for wrong in ["\"512\"", "\"2MiB\"", "\"lots\""] {
         let errs = errors(&GOOD.replace("[server]\n", &format!("[server]\nread_buffer = {wrong}\n")));

@@ -16,6 +16,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::error::{ConfigError, ConfigWarning, Diagnostics};
 use super::file::*;
 use super::model::*;
+use super::startup::StartupSettings;
 use super::validate_edge;
 use super::validate_route;
 use super::validate_server;
@@ -30,6 +31,8 @@ pub struct LoadedConfig {
     pub warnings: Vec<ConfigWarning>,
     /// Short SHA-256 of the file's bytes: shows in /api/status, tells reloads apart.
     pub hash: String,
+    /// Every other file the load read, as it was then.
+    pub files: super::files::FileRecord,
 }
 
 const SECTIONS: &str =
@@ -125,8 +128,8 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
         }
     }
 
-    let server = validate_server::server(&mut d, server);
-    let admin = validate_server::admin(&mut d, admin);
+    let (server, server_startup) = validate_server::server(&mut d, server);
+    let (admin, admin_listen) = validate_server::admin(&mut d, admin);
     let client_ip =
         ClientIpSettings { trusted_proxies: cidrs(&mut d, "client_ip.trusted_proxies", &client_ip.trusted_proxies) };
     let upstreams = validate_upstreams(&mut d, upstreams);
@@ -150,19 +153,19 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     Ok(LoadedConfig {
         config: GatewayConfig {
             source: path.to_path_buf(),
+            startup: StartupSettings { admin_listen, state_path, server: server_startup, shadow_store },
             server,
             admin,
             client_ip,
             upstreams,
             routes,
             blacklist,
-            state_path,
             degrade_level,
             rate_limit,
-            shadow_store,
             anonymous_cookie,
         },
         warnings: d.warnings,
+        files: d.files,
         hash,
     })
 }
@@ -319,6 +322,7 @@ fn health_check(d: &mut Diagnostics, upstream_key: &str, hc: &Sp<HealthCheckFile
 /// make signatures guessable.
 pub(super) fn read_secret(d: &mut Diagnostics, key: &str, path: &Sp<String>) -> Option<SecretKey> {
     let file = resolve(d.file(), path.get_ref());
+    d.files.note(&file);
     match std::fs::read(&file) {
         Ok(bytes) if bytes.trim_ascii().len() >= 16 => Some(SecretKey(bytes.trim_ascii().into())),
         Ok(_) => {

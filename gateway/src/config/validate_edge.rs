@@ -24,6 +24,8 @@ pub fn blacklist(d: &mut Diagnostics, f: &BlacklistFile) -> BlacklistSpec {
         .filter_map(|(i, p)| {
             let path = resolve(d.file(), p.get_ref());
             let key = format!("blacklist.files[{i}]");
+            // Read when the snapshot is built; an edit reloads like a config edit.
+            d.files.note(&path);
             match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => Some((path, key)),
                 Ok(_) => {
@@ -177,6 +179,7 @@ fn status(d: &mut Diagnostics, key: &str, s: &Sp<i64>, range: std::ops::RangeInc
 fn read_page(d: &mut Diagnostics, key: &str, p: &Sp<String>) -> Option<bytes::Bytes> {
     const MAX_PAGE: u64 = 1024 * 1024;
     let path = resolve(d.file(), p.get_ref());
+    d.files.note(&path);
     match std::fs::metadata(&path) {
         Ok(m) if m.len() > MAX_PAGE => {
             d.error(Some(p.span()), key, format!("{} is larger than 1 MiB", path.display()));

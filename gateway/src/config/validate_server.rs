@@ -9,6 +9,7 @@ use http::HeaderName;
 use super::error::Diagnostics;
 use super::file::*;
 use super::model::*;
+use super::startup::ServerStartup;
 use super::validate::resolve;
 use super::validate_tls;
 use super::values;
@@ -50,7 +51,8 @@ fn positive_duration(d: &mut Diagnostics, key: &str, value: &Option<Sp<String>>,
     }
 }
 
-pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
+/// The live part of `[server]`, and the part bound at start.
+pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> (ServerSettings, ServerStartup) {
     let default_listen = || vec!["0.0.0.0:8080".parse().expect("literal address")];
     let listen = match &f.listen {
         None => default_listen(),
@@ -112,23 +114,13 @@ pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> ServerSettings {
     let normalize_path = f.normalize_path.as_ref().is_none_or(|v| *v.get_ref());
     let header_timeout = positive_duration(d, "server.header_timeout", &f.header_timeout, DEFAULT_HEADER_TIMEOUT);
     let body_timeout = positive_duration(d, "server.body_timeout", &f.body_timeout, DEFAULT_BODY_TIMEOUT);
-    ServerSettings {
-        listen,
-        threads,
-        work_stealing,
-        shutdown_grace,
-        version_header,
-        version_request_header,
-        access_log,
-        read_buffer,
-        normalize_path,
-        header_timeout,
-        body_timeout,
-        tls,
-    }
+    let settings =
+        ServerSettings { version_header, version_request_header, normalize_path, header_timeout, body_timeout, tls };
+    (settings, ServerStartup { listen, threads, work_stealing, shutdown_grace, access_log, read_buffer })
 }
 
-pub(super) fn admin(d: &mut Diagnostics, f: AdminFile) -> AdminSettings {
+/// The live part of `[admin]` (its token), and its listen address.
+pub(super) fn admin(d: &mut Diagnostics, f: AdminFile) -> (AdminSettings, std::net::SocketAddr) {
     let default_listen = "127.0.0.1:9900".parse().expect("literal address");
     let listen = match &f.listen {
         None => default_listen,
@@ -139,6 +131,7 @@ pub(super) fn admin(d: &mut Diagnostics, f: AdminFile) -> AdminSettings {
     };
     let token = f.token_file.as_ref().and_then(|tf| {
         let path = resolve(d.file(), tf.get_ref());
+        d.files.note(&path);
         match std::fs::read_to_string(&path) {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
             Ok(_) => {
@@ -151,7 +144,7 @@ pub(super) fn admin(d: &mut Diagnostics, f: AdminFile) -> AdminSettings {
             }
         }
     });
-    AdminSettings { listen, token }
+    (AdminSettings { token }, listen)
 }
 
 /// An optional header name, lower-cased.

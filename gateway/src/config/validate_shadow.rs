@@ -7,7 +7,8 @@ use http::{HeaderName, HeaderValue, Method};
 
 use super::error::Diagnostics;
 use super::file::{ShadowFile, ShadowStoreFile, Sp};
-use super::model::{ShadowSpec, ShadowStoreSpec};
+use super::model::ShadowSpec;
+use super::startup::ShadowStoreSpec;
 use super::validate::resolve;
 use super::values;
 use crate::shadow::{DiffOptions, Retention};

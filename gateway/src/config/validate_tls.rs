@@ -68,6 +68,8 @@ pub fn server_tls(d: &mut Diagnostics, f: Option<&Sp<TlsFile>>, plain: &[SocketA
             }
         }
         let (cert_path, key_path) = (resolve(d.file(), &cf.cert), resolve(d.file(), &cf.key));
+        d.files.note(&cert_path);
+        d.files.note(&key_path);
         match load_pair(&cert_path, &key_path, now) {
             Ok(entry) => {
                 if entry.names.is_empty() && !cf.default {
@@ -144,6 +146,7 @@ pub fn upstream(d: &mut Diagnostics, key: &str, f: &UpstreamFile) -> Option<Upst
     let mut ca_file = None;
     if let Some(file) = &f.ca_file {
         let path = resolve(d.file(), file.get_ref());
+        d.files.note(&path);
         match read_ca_file(&path) {
             Ok(list) => ca = Some(list),
             Err(e) => d.error(Some(file.span()), format!("{key}.ca_file"), format!("{}: {e}", path.display())),

@@ -126,15 +126,11 @@ impl Reloader {
             Err(errors) => return self.reject(trigger, errors.iter().map(ToString::to_string).collect()),
         };
         let hash = config::text_hash(&text);
-        // A renewed certificate changes its files, not the config text.
-        let certs = crate::tls::files::files_fingerprint(&self.path, &text);
-        // An edited block-list file changes its size or mtime, not the config text.
-        let unchanged = hash == current.hash
-            && certs == crate::tls::files::loaded_fingerprint(&current.config)
-            && self.deps.lists.is_current(&current.config.blacklist);
-        // What a rejected attempt is remembered by: text, certificate files, list files.
-        let lists = crate::edge::static_lists::fingerprint(&current.config.blacklist);
-        let attempt = format!("{hash}/{certs}/{lists}");
+        // A renewed certificate, an edited page or list file, a rotated key:
+        // the files change, not the config text. One record says which files.
+        let unchanged = hash == current.hash && current.files.is_current();
+        // What a rejected attempt is remembered by: the text, and the files the running config reads.
+        let attempt = format!("{hash}/{:?}", current.files.fresh());
         if only_if_changed && unchanged {
             // The file is the running config again (an edit was rejected, then
             // undone): nothing to apply, and nothing is failing any more.
@@ -167,6 +163,9 @@ impl Reloader {
             tracing::warn!("{w}");
         }
         let restart_needed = restart_needed(&self.started_with, &loaded.config);
+        // The process keeps what it bound at start; the snapshot says so.
+        let mut loaded = loaded;
+        loaded.config.startup = self.started_with.startup.clone();
         let old = self.snapshots.load_full();
         let snapshot = match Snapshot::build(loaded, generation, &self.deps) {
             Ok(s) => Arc::new(s),
@@ -215,41 +214,11 @@ impl Reloader {
     }
 }
 
-/// Settings that are bound when the process starts.
+/// What a reload cannot change in the running process: the startup
+/// settings' keys (from their types, `config/startup.rs`) and the TLS
+/// listener's sockets.
 fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    if started.server.listen != new.server.listen {
-        out.push("server.listen".to_string());
-    }
-    if started.server.threads != new.server.threads {
-        out.push("server.threads".to_string());
-    }
-    if started.server.work_stealing != new.server.work_stealing {
-        out.push("server.work_stealing".to_string());
-    }
-    if started.server.read_buffer != new.server.read_buffer {
-        out.push("server.read_buffer".to_string());
-    }
-    if started.server.shutdown_grace != new.server.shutdown_grace {
-        out.push("server.shutdown_grace".to_string());
-    }
-    if started.admin.listen != new.admin.listen {
-        out.push("admin.listen".to_string());
-    }
-    if started.state_path != new.state_path {
-        out.push("state.path".to_string());
-    }
-    // Bound when the diff store is opened (README, [shadow]).
-    let (a, b) = (&started.shadow_store, &new.shadow_store);
-    let store_changes = [
-        (a.path != b.path, "shadow.store"),
-        (a.retention.max_age != b.retention.max_age, "shadow.max_age"),
-        (a.retention.max_records != b.retention.max_records, "shadow.max_records"),
-        (a.queue != b.queue, "shadow.queue"),
-        (a.store_per_second != b.store_per_second, "shadow.store_per_second"),
-        (a.redact_headers != b.redact_headers, "shadow.redact_headers"),
-    ];
-    out.extend(store_changes.iter().filter(|(changed, _)| *changed).map(|(_, key)| key.to_string()));
+    let mut out: Vec<String> = started.startup.changed(&new.startup).into_iter().map(str::to_string).collect();
     out.extend(crate::tls::restart_needed(started.server.tls.as_ref(), new.server.tls.as_ref()));
     out
 }
@@ -278,7 +247,7 @@ fn prepare(
         Steps::Run(_) => OpenMode::Create,
         Steps::Check => OpenMode::Inspect,
     };
-    let runtime = RuntimeState::open(&config.state_path, mode)
+    let runtime = RuntimeState::open(&config.startup.state_path, mode)
         .map_err(|e| {
             errors.push(ConfigError {
                 file: path.to_path_buf(),
@@ -292,7 +261,7 @@ fn prepare(
         errors.append(&mut e);
     }
     if config.routes.iter().any(|r| r.shadow.is_some()) {
-        let store = &config.shadow_store;
+        let store = &config.startup.shadow_store;
         let opened = match steps {
             Steps::Run(engine) => engine.ensure_started(store),
             Steps::Check => DiffStore::check(&store.path),
@@ -374,9 +343,9 @@ mod tests {
     fn settings_bound_at_start_are_reported_when_a_reload_changes_them() {
         let started = config("");
         assert!(restart_needed(&started, &config("")).is_empty());
-        let changed = config("work_stealing = true\n[shadow]\nstore_per_second = 5\nqueue = 10");
+        let changed = config("work_stealing = true\naccess_log = \"json\"\n[shadow]\nstore_per_second = 5\nqueue = 10");
         let keys = restart_needed(&started, &changed);
-        for key in ["server.work_stealing", "shadow.store_per_second", "shadow.queue"] {
+        for key in ["server.work_stealing", "server.access_log", "shadow.store_per_second", "shadow.queue"] {
             assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
         }
     }

@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub hash: String,
     pub loaded_at: SystemTime,
     pub config: GatewayConfig,
+    /// Every file besides the config that this snapshot's load read.
+    pub files: crate::config::files::FileRecord,
     /// Finds a request's route: an index into `routes`.
     pub router: Router,
     /// One compiled program per `[[routes]]` entry, in file order.
@@ -83,7 +85,7 @@ impl Snapshot {
     pub fn build(loaded: LoadedConfig, generation: u64, deps: &BuildDeps) -> Result<Self, Vec<ConfigError>> {
         let static_blacklist = deps.lists.build(&loaded.config.blacklist)?;
         if let (true, Some(engine)) = (loaded.config.routes.iter().any(|r| r.shadow.is_some()), &deps.shadow) {
-            engine.ensure_started(&loaded.config.shadow_store).map_err(|message| {
+            engine.ensure_started(&loaded.config.startup.shadow_store).map_err(|message| {
                 vec![ConfigError { file: loaded.config.source.clone(), line: 0, key: "shadow.store".into(), message }]
             })?;
         }
@@ -151,6 +153,7 @@ impl Snapshot {
         Ok(Self {
             generation,
             hash: loaded.hash,
+            files: loaded.files,
             loaded_at: SystemTime::now(),
             unrouted_metrics: metrics.unrouted(),
             config,

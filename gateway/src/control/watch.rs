@@ -4,8 +4,10 @@
 //! save by writing a new file and renaming it over the old one, and a
 //! Kubernetes ConfigMap update swaps the `..data` symlink next to the file.
 //! Both replace the inode a file watch would follow; a directory watch sees
-//! them. Events are debounced, and the file's hash decides whether anything
-//! changed.
+//! them. The directories of every other file the config's load read (pages,
+//! list files, certificates, keys) are watched the same way. Events are
+//! debounced, and the config's hash and the file record decide whether
+//! anything changed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,9 +38,9 @@ pub async fn watch_config(reloader: Arc<Reloader>, mut shutdown: watch::Receiver
         tracing::error!(error = %e, dir = %dir.display(), "cannot watch the config directory; use SIGHUP or POST /api/reload");
         return;
     }
-    // Renewed certificates are noticed in their own directories too.
-    let mut cert_dirs = crate::tls::files::WatchedCertDirs::default();
-    cert_dirs.follow(&mut watcher, &reloader.snapshots.load().config, &dir);
+    // Renewed certificates, edited pages and lists are noticed in their own directories too.
+    let mut dirs = WatchedDirs::default();
+    dirs.follow(&mut watcher, &reloader.snapshots.load().files, &dir);
     loop {
         tokio::select! {
             got = rx.recv() => if got.is_none() { return },
@@ -51,7 +53,42 @@ pub async fn watch_config(reloader: Arc<Reloader>, mut shutdown: watch::Receiver
         let outcome = tokio::task::spawn_blocking(move || r.reload("file-watch", true)).await;
         if let Ok(ReloadOutcome::Applied { generation, .. }) = outcome {
             tracing::debug!(generation, "reloaded after a file change");
-            cert_dirs.follow(&mut watcher, &reloader.snapshots.load().config, &dir);
+            dirs.follow(&mut watcher, &reloader.snapshots.load().files, &dir);
+        }
+    }
+}
+
+/// The directories the watcher watches besides the config's own.
+#[derive(Debug, Default)]
+struct WatchedDirs {
+    dirs: Vec<PathBuf>,
+}
+
+impl WatchedDirs {
+    /// Watch the directories of the files a load read. Runs at start and
+    /// after every reload; directories are only ever added (a stray event
+    /// from an old one costs one comparison). Directories, not files: a
+    /// renewal that renames a new file over the old one, or a Kubernetes
+    /// Secret update (a `..data` symlink swap), replaces the inode a file
+    /// watch would follow.
+    fn follow<W: Watcher>(&mut self, watcher: &mut W, files: &crate::config::files::FileRecord, config_dir: &Path) {
+        let skip = std::fs::canonicalize(config_dir).unwrap_or_else(|_| config_dir.to_path_buf());
+        for dir in files.dirs() {
+            let Ok(dir) = std::fs::canonicalize(&dir) else { continue };
+            if dir == skip || self.dirs.contains(&dir) {
+                continue;
+            }
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), "watching a directory the config reads files from");
+                    self.dirs.push(dir);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    dir = %dir.display(),
+                    "cannot watch a directory the config reads files from; edits there need SIGHUP or POST /api/reload"
+                ),
+            }
         }
     }
 }

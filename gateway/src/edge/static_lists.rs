@@ -66,17 +66,6 @@ impl ListCache {
         Ok(set)
     }
 
-    /// True when the list files of `spec` are the ones the last set was built
-    /// from (same size and modification time): the watcher's "anything to do?".
-    pub fn is_current(&self, spec: &BlacklistSpec) -> bool {
-        let built = self.built.lock().unwrap_or_else(|p| p.into_inner());
-        let stamps = stamps(spec);
-        match built.as_ref() {
-            Some(last) => last.stamps == stamps,
-            None => spec.files.is_empty(),
-        }
-    }
-
     fn file(
         &self,
         path: &PathBuf,
@@ -98,15 +87,6 @@ impl ListCache {
         self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone(), (stamp, Arc::clone(&entries)));
         Ok(entries)
     }
-}
-
-fn stamps(spec: &BlacklistSpec) -> Vec<(PathBuf, FileStamp)> {
-    spec.files.iter().map(|(p, _)| (p.clone(), stamp(p))).collect()
-}
-
-/// Size and mtime of every list file, as text: part of what identifies a reload attempt.
-pub fn fingerprint(spec: &BlacklistSpec) -> String {
-    format!("{:?}", stamps(spec))
 }
 
 fn stamp(path: &PathBuf) -> FileStamp {

@@ -50,14 +50,14 @@ pub fn build(
     if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reloader.early_hup)) {
         tracing::warn!(error = %e, "cannot install the early SIGHUP handler");
     }
-    crate::telemetry::logging::init(cfg.server.access_log);
+    crate::telemetry::logging::init(cfg.startup.server.access_log);
 
     let mut conf = ServerConf {
-        threads: cfg.server.threads,
-        work_stealing: cfg.server.work_stealing,
+        threads: cfg.startup.server.threads,
+        work_stealing: cfg.startup.server.work_stealing,
         // Pingora waits this long after SIGTERM before stopping its runtimes;
         // the drain watcher below exits earlier once nothing is in flight.
-        grace_period_seconds: Some(cfg.server.shutdown_grace.as_secs().max(1)),
+        grace_period_seconds: Some(cfg.startup.server.shutdown_grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: upgrade_sock_path(config_path),
         pid_file: format!("{}.pid", upgrade_sock_path(config_path).trim_end_matches(".sock")),
@@ -87,8 +87,8 @@ pub fn build(
         snapshots: Arc::clone(&reloader.snapshots),
         runtime: Arc::clone(&reloader.runtime),
     }));
-    let buffers = L4BufferSettings::new(cfg.server.read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
-    for addr in &cfg.server.listen {
+    let buffers = L4BufferSettings::new(cfg.startup.server.read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    for addr in &cfg.startup.server.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     if let Some(tls) = &cfg.server.tls {
@@ -107,7 +107,7 @@ pub fn build(
         account_refusals: false,
     };
     let mut admin = Service::new("admin".to_string(), admin_connections);
-    admin.add_tcp(&cfg.admin.listen.to_string());
+    admin.add_tcp(&cfg.startup.admin_listen.to_string());
     // The admin API is light; one thread keeps it off the proxy's cores.
     admin.threads = Some(1);
 

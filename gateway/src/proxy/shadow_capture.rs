@@ -156,7 +156,7 @@ impl ShadowCapture {
             own_pool: Arc::clone(own_pool),
             noise_copy,
             metrics: Arc::clone(&metrics),
-            max_stored_body: snapshot.config.shadow_store.max_stored_body,
+            max_stored_body: snapshot.config.startup.shadow_store.max_stored_body,
         };
         let Some(reservation) = engine.reserve(&route.name, self.spec.max_in_flight) else {
             metrics.outcome("dropped");

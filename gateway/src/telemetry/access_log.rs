@@ -11,7 +11,7 @@ use crate::config::AccessLogFormat;
 use crate::proxy::ctx::RequestCtx;
 
 pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration, error: Option<&Error>) {
-    if ctx.snapshot.config.server.access_log == AccessLogFormat::Off {
+    if ctx.snapshot.config.startup.server.access_log == AccessLogFormat::Off {
         return;
     }
     let req = session.req_header();
@@ -52,7 +52,7 @@ pub fn refused(
     error: &'static str,
     elapsed: Duration,
 ) {
-    if snapshot.config.server.access_log == AccessLogFormat::Off {
+    if snapshot.config.startup.server.access_log == AccessLogFormat::Off {
         return;
     }
     let client = peer.map(|ip| ip.to_string()).unwrap_or_default();

@@ -10,7 +10,6 @@
 //! the types below.
 
 pub mod certs;
-pub mod files;
 pub mod resolver;
 
 use std::net::SocketAddr;

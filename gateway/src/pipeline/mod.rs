@@ -7,5 +7,8 @@ pub mod failure;
 pub mod phases;
 pub mod verdict;
 
+#[cfg(test)]
+mod tests;
+
 pub use phases::{run, Mode, RequestFacts};
 pub use verdict::{AnswerReason, LocalAnswer, Routed, Verdict};

@@ -247,3 +247,29 @@ async fn a_slow_client_does_not_hold_a_shadow_slot() {
     }
     drop(slow);
 }
+
+/// The mirrored copy travels in the lane of the version it is sent to: a
+/// service behind the canary that reads `version_request_header` must see
+/// `canary`, not the lane of the version that answered the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_copy_carries_the_lane_of_the_version_it_is_sent_to() {
+    let (stable, stable_shop) = Shop::new(10).start().await;
+    let (canary, canary_shop) = Shop::new(10).start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let text = config(stable, canary, "percent = 100.0", &store);
+    let with_lane = text.replacen("[server]\n", "[server]\nversion_request_header = \"x-lane\"\n", 1);
+    assert_ne!(with_lane, text);
+    let gateway = Gateway::start(&with_lane).await;
+    assert_eq!(get(&gateway, "42").await, 200);
+    gateway
+        .eventually("the request is mirrored", Duration::from_secs(10), || async {
+            !canary_shop.shadow_requests().is_empty()
+        })
+        .await;
+    let lane = |h: &axum::http::HeaderMap| h.get("x-lane").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let primary = stable_shop.seen.lock().expect("lock").first().map(|(_, h, _)| lane(h));
+    assert_eq!(primary, Some(Some("stable".to_string())), "the client's request, in its lane");
+    let (_, headers, _) = canary_shop.shadow_requests().pop().expect("mirrored");
+    assert_eq!(lane(&headers).as_deref(), Some("canary"), "the copy, in the canary's lane");
+}

@@ -77,7 +77,8 @@ bound_at_start! {
     /// `[shadow]`: the diff store, opened once.
     pub struct ShadowStoreSpec {
         "shadow.store" => path: PathBuf,
-        "shadow.max_age" => retention: crate::shadow::Retention,
+        /// `max_age` and `max_records` together.
+        "shadow.max_age/max_records" => retention: crate::shadow::Retention,
         "shadow.queue" => queue: usize,
         /// At most this many records stored per second per route and outcome.
         "shadow.store_per_second" => store_per_second: u32,

@@ -133,8 +133,8 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     let client_ip =
         ClientIpSettings { trusted_proxies: cidrs(&mut d, "client_ip.trusted_proxies", &client_ip.trusted_proxies) };
     let upstreams = validate_upstreams(&mut d, upstreams);
-    let routes = validate_route::routes(&mut d, routes, &upstreams, server.tls.is_some());
-    let anonymous_cookie = validate_edge::anonymous_cookie(&mut d, &anonymous_cookie, &routes);
+    let (routes, cookie_users) = validate_route::routes(&mut d, routes, &upstreams, server.tls.is_some());
+    let anonymous_cookie = validate_edge::anonymous_cookie(&mut d, &anonymous_cookie, &cookie_users);
     let blacklist = validate_edge::blacklist(&mut d, &blacklist);
     let state_path = validate_edge::state_path(&d, &state);
     let degrade_level = validate_edge::degrade_level(&mut d, &degrade);

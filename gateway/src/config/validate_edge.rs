@@ -208,18 +208,18 @@ fn content_type(path: &str) -> &'static str {
 }
 
 /// `[anonymous_cookie]`: needed (for its key) when a route uses `anonymous = "cookie"`.
+/// `users`: the `anonymous = "cookie"` settings (key, where) that need it.
 pub fn anonymous_cookie(
     d: &mut Diagnostics,
     f: &AnonymousCookieFile,
-    routes: &[RouteSpec],
+    users: &[(String, std::ops::Range<usize>)],
 ) -> Option<AnonymousCookieSpec> {
-    let users = super::validate_route::cookie_routes(routes);
     let Some(secret_file) = &f.secret_file else {
-        if let Some(first) = users.iter().next() {
+        for (key, span) in users {
             d.error(
-                None,
-                "anonymous_cookie.secret_file",
-                format!("route {first:?} sets anonymous = \"cookie\": the cookie is signed with this key file"),
+                Some(span.clone()),
+                key.as_str(),
+                "\"cookie\" needs [anonymous_cookie] secret_file = \"KEY FILE\": the cookie is signed with it",
             );
         }
         return None;

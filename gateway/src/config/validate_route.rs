@@ -3,7 +3,7 @@
 //! settings. Every route's errors are collected; two routes that no request
 //! could tell apart are an error too.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 use http::HeaderName;
@@ -23,8 +23,10 @@ pub(super) fn routes(
     files: Vec<(usize, RouteFile)>,
     upstreams: &BTreeMap<String, UpstreamSpec>,
     has_tls: bool,
-) -> Vec<RouteSpec> {
+) -> (Vec<RouteSpec>, Vec<(String, Range<usize>)>) {
     let mut out = Vec::new();
+    // Routes with `anonymous = "cookie"`, where: they need `[anonymous_cookie]`.
+    let mut cookie_users = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for (i, f) in files {
@@ -72,6 +74,9 @@ pub(super) fn routes(
                 .collect(),
         };
         let anonymous = anonymous(d, &key, &f.anonymous, &versions, default_version);
+        if let (AnonymousPolicy::Cookie, Some(a)) = (anonymous, &f.anonymous) {
+            cookie_users.push((format!("{key}.anonymous"), a.span()));
+        }
         let salt = f.salt.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| name.clone());
         let override_ = f.override_.as_ref().and_then(|o| override_spec(d, &format!("{key}.override"), o));
         let rate_limit = f
@@ -113,7 +118,7 @@ pub(super) fn routes(
             https_redirect,
         });
     }
-    out
+    (out, cookie_users)
 }
 
 fn hosts(d: &mut Diagnostics, key: &str, items: &[Sp<String>]) -> Vec<String> {
@@ -429,9 +434,4 @@ fn shadow_against(
             default_version
         }),
     }
-}
-
-/// Names of routes whose `anonymous = "cookie"` needs `[anonymous_cookie]`.
-pub(super) fn cookie_routes(routes: &[RouteSpec]) -> BTreeSet<&str> {
-    routes.iter().filter(|r| r.anonymous == AnonymousPolicy::Cookie).map(|r| r.name.as_str()).collect()
 }

@@ -311,7 +311,7 @@ fn forget_removed_series(metrics: &Metrics, old: &Snapshot, new: &Snapshot) {
             .filter(|v| kept.is_none_or(|k| k.spec.version_index(v).is_none()))
             .collect();
         if kept.is_none() || !gone.is_empty() {
-            metrics.forget_route(&r.spec.name, &gone);
+            metrics.forget_route(&r.spec.name, kept.is_none(), &gone);
         }
     }
     for (name, pool) in &old.pools {

@@ -48,6 +48,12 @@ impl RouteRuntime {
         &v.unwrap_or_else(|| unreachable!("a route without versions passed validation")).pool
     }
 
+    /// The version's name as a header value (version and lane headers).
+    pub fn version_value(&self, version: usize) -> &HeaderValue {
+        static UNKNOWN: HeaderValue = HeaderValue::from_static("?");
+        self.versions.get(version).map_or(&UNKNOWN, |v| &v.name)
+    }
+
     pub fn version_name(&self, version: usize) -> &str {
         self.spec.versions.get(version).map_or("?", |v| v.name.as_str())
     }

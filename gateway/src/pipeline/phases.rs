@@ -4,9 +4,10 @@
 //! cookie) -> https redirect -> degrade -> rate limits
 //!
 //! The proxy runs them with `Mode::Serve`; `gateway explain` and
-//! `/api/explain` with `Mode::DryRun`, which counts nothing, logs nothing,
-//! consumes no rate-limit tokens and issues no cookie, and otherwise takes
-//! every branch the proxy would.
+//! `/api/explain` with `Mode::DryRun`, which counts nothing, logs nothing and
+//! consumes no rate-limit tokens, and otherwise takes every branch the proxy
+//! would (an anonymous visitor without a cookie gets a fresh random ID, as
+//! it would from the proxy; explain just never hands it out).
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -179,7 +179,7 @@ impl ProxyHttp for GatewayProxy {
         req.insert_header("x-forwarded-proto", proto)?;
         if let (Some(name), Some(routed)) = (&ctx.snapshot.config.server.version_request_header, &ctx.routed) {
             // The client's own value was removed in `strip_client_controls`.
-            req.insert_header(name.clone(), routed.route.versions[routed.decision.version].name.clone())?;
+            req.insert_header(name.clone(), routed.route.version_value(routed.decision.version).clone())?;
         }
         if session.is_http2() && !req.headers.contains_key(http::header::CONTENT_LENGTH) && !session.is_body_empty() {
             // Pingora 0.9.1 ends a streamed HTTP/2 body it sends upstream as
@@ -234,7 +234,7 @@ impl ProxyHttp for GatewayProxy {
         }
         if let Some(routed) = &ctx.routed {
             if let Some(name) = &ctx.snapshot.config.server.version_header {
-                resp.insert_header(name.clone(), routed.route.versions[routed.decision.version].name.clone())?;
+                resp.insert_header(name.clone(), routed.route.version_value(routed.decision.version).clone())?;
             }
             if let Some(cookie) = &routed.set_cookie {
                 resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
@@ -289,7 +289,10 @@ impl ProxyHttp for GatewayProxy {
         let elapsed = ctx.started.elapsed();
         let snapshot = &ctx.snapshot;
         match &ctx.routed {
-            Some(r) => r.route.metrics.versions[r.decision.version].observe(status, elapsed.as_secs_f64()),
+            Some(r) => match r.route.metrics.versions.get(r.decision.version) {
+                Some(m) => m.observe(status, elapsed.as_secs_f64()),
+                None => snapshot.unrouted_metrics.observe(status, elapsed.as_secs_f64()),
+            },
             None => snapshot.unrouted_metrics.observe(status, elapsed.as_secs_f64()),
         }
         failure::finish(ctx.routed.as_ref(), &ctx.upstream);
@@ -349,6 +352,9 @@ fn strip_client_controls(
     let marker = route.shadow.as_ref().map(|s| &s.marker.0).unwrap_or(&DEFAULT_SHADOW_MARKER);
     let forced = route.override_.as_ref().and_then(|o| o.header.as_ref()).unwrap_or(&DEFAULT_SHADOW_MARKER);
     request_head::strip_client_controls(req, &owned, &[&DEFAULT_SHADOW_MARKER, marker, lane, forced]);
+    if let Some(cookie) = route.override_.as_ref().and_then(|o| o.cookie.as_deref()) {
+        request_head::remove_cookie(req, cookie);
+    }
 }
 
 /// `X-Forwarded-For` for the upstream: the client's entries (all its

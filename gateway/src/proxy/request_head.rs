@@ -146,6 +146,24 @@ pub fn strip_client_controls(req: &mut RequestHeader, owned: &[&HeaderName], mar
     }
 }
 
+/// Remove the cookie `name` from the request's `Cookie` headers (a tester
+/// override cookie, judged already). Allocation-free when it is absent.
+pub fn remove_cookie(req: &mut RequestHeader, name: &str) {
+    let named = |pair: &str| pair.trim().split_once('=').is_some_and(|(k, _)| k == name);
+    let cookies = || req.headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+    if !cookies().any(|v| v.split(';').any(named)) {
+        return;
+    }
+    let kept: Vec<&str> =
+        cookies().flat_map(|v| v.split(';')).map(str::trim).filter(|p| !p.is_empty() && !named(p)).collect();
+    let joined = kept.join("; ");
+    if joined.is_empty() {
+        req.remove_header(&http::header::COOKIE);
+    } else if let Ok(value) = HeaderValue::from_str(&joined) {
+        let _ = req.insert_header(http::header::COOKIE, value);
+    }
+}
+
 /// The `Connection` tokens that do not name an owned header, joined; None
 /// when there is nothing to remove (the common case, allocation-free).
 fn connection_without(req: &RequestHeader, owned: &[&HeaderName]) -> Option<String> {
@@ -177,6 +195,17 @@ mod tests {
 
     fn status(r: Result<(), LocalResponse>) -> u16 {
         r.err().map_or(0, |p| p.status)
+    }
+
+    #[test]
+    fn the_override_cookie_is_removed_and_the_others_kept() {
+        let mut req = head(Version::HTTP_11, "/", &[("cookie", "a=1; gw_version=v2"), ("cookie", "my_gw_version=x")]);
+        remove_cookie(&mut req, "gw_version");
+        let left: Vec<&str> = req.headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+        assert_eq!(left, ["a=1; my_gw_version=x"]);
+        let mut only = head(Version::HTTP_11, "/", &[("cookie", "gw_version=v2")]);
+        remove_cookie(&mut only, "gw_version");
+        assert!(only.headers.get("cookie").is_none());
     }
 
     #[test]

@@ -145,6 +145,9 @@ impl ShadowCapture {
             other_version,
             primary_is_baseline: primary_version == against,
             primary_name: routed.version_name().to_string(),
+            lane_header: snapshot.config.server.version_request_header.clone(),
+            other_lane: routed.route.version_value(other_version).clone(),
+            own_lane: routed.route.version_value(primary_version).clone(),
             primary: Answer {
                 status: self.status,
                 headers: self.headers,

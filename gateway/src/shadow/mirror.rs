@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 
@@ -29,6 +30,11 @@ pub struct ShadowJob {
     /// The client's version is `against`: it is the record's `stable` side.
     pub primary_is_baseline: bool,
     pub primary_name: String,
+    /// `server.version_request_header`, and its value for the other version
+    /// and for the primary's own (the noise check).
+    pub lane_header: Option<http::HeaderName>,
+    pub other_lane: HeaderValue,
+    pub own_lane: HeaderValue,
     pub primary: Answer,
     /// The pool of the version not chosen for the client.
     pub other_pool: Arc<Pool>,
@@ -47,11 +53,11 @@ enum Failure {
 
 pub async fn run_job(engine: &ShadowEngine, job: ShadowJob) {
     let other_version = job.other_version;
-    let other = send(engine, &job, &job.other_pool).await;
+    let other = send(engine, &job, &job.other_pool, &job.other_lane).await;
     if let Ok(a) = &other {
         job.metrics.latency(other_version, a.latency.as_secs_f64());
     }
-    let second = if job.noise_copy { Some(send(engine, &job, &job.own_pool).await) } else { None };
+    let second = if job.noise_copy { Some(send(engine, &job, &job.own_pool, &job.own_lane).await) } else { None };
 
     let (outcome, diffs, other_answer) = match other {
         Err(Failure::Timeout) => ("timeout", Vec::new(), Answer::default()),
@@ -131,8 +137,8 @@ fn record(job: &ShadowJob, outcome: &str, diffs: Vec<StoredDiff>, other: &Answer
     }
 }
 
-async fn send(engine: &ShadowEngine, job: &ShadowJob, pool: &Pool) -> Result<Answer, Failure> {
-    match tokio::time::timeout(job.spec.timeout, exchange(engine, job, pool)).await {
+async fn send(engine: &ShadowEngine, job: &ShadowJob, pool: &Pool, lane: &HeaderValue) -> Result<Answer, Failure> {
+    match tokio::time::timeout(job.spec.timeout, exchange(engine, job, pool, lane)).await {
         Ok(r) => r,
         Err(_) => Err(Failure::Timeout),
     }
@@ -140,7 +146,7 @@ async fn send(engine: &ShadowEngine, job: &ShadowJob, pool: &Pool) -> Result<Ans
 
 /// One HTTP exchange with a backend of `pool`, over the engine's own pool of
 /// upstream connections. The body is the exact bytes the client sent.
-async fn exchange(engine: &ShadowEngine, job: &ShadowJob, pool: &Pool) -> Result<Answer, Failure> {
+async fn exchange(engine: &ShadowEngine, job: &ShadowJob, pool: &Pool, lane: &HeaderValue) -> Result<Answer, Failure> {
     let backend =
         pool.select(|_| false).ok_or_else(|| Failure::Error(format!("no healthy backend in {}", pool.name)))?;
     let mut peer = HttpPeer::new(backend.addr, false, String::new());
@@ -153,6 +159,10 @@ async fn exchange(engine: &ShadowEngine, job: &ShadowJob, pool: &Pool) -> Result
     let mut req = job.request.clone();
     let (marker_name, marker_value) = &job.spec.marker;
     let _ = req.insert_header(marker_name.clone(), marker_value.clone());
+    if let Some(name) = &job.lane_header {
+        // The copy travels in the lane of the version it is sent to.
+        let _ = req.insert_header(name.clone(), lane.clone());
+    }
     let _ = req.remove_header(&http::header::TRANSFER_ENCODING);
     if !job.body.is_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
         let _ = req.insert_header(http::header::CONTENT_LENGTH, job.body.len().to_string());

@@ -280,9 +280,10 @@ impl Metrics {
         self.shadow_requests.get_metric_with_label_values(&[route, outcome]).map_or(0, |c| c.get())
     }
 
-    /// Drop a removed route's series (`versions` empty), or its removed versions'.
-    pub fn forget_route(&self, route: &str, versions: &[&str]) {
-        if versions.is_empty() {
+    /// Drop the series of removed `versions` of a route, and the route's own
+    /// when the route itself is `removed`.
+    pub fn forget_route(&self, route: &str, removed: bool, versions: &[&str]) {
+        if removed {
             let _ = self.canary_percent.remove_label_values(&[route]);
         }
         for v in versions {

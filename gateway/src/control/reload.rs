@@ -266,7 +266,8 @@ fn prepare(
             Steps::Run(engine) => engine.ensure_started(store),
             Steps::Check => DiffStore::check(&store.path),
         };
-        if let Err(message) = opened {
+        if let Err(e) = opened {
+            let message = e.to_string();
             let shown = store.path.display().to_string();
             let message = if message.contains(&shown) { message } else { format!("{shown}: {message}") };
             errors.push(ConfigError { file: config.source.clone(), line: 0, key: "shadow.store".into(), message });

@@ -85,7 +85,8 @@ impl Snapshot {
     pub fn build(loaded: LoadedConfig, generation: u64, deps: &BuildDeps) -> Result<Self, Vec<ConfigError>> {
         let static_blacklist = deps.lists.build(&loaded.config.blacklist)?;
         if let (true, Some(engine)) = (loaded.config.routes.iter().any(|r| r.shadow.is_some()), &deps.shadow) {
-            engine.ensure_started(&loaded.config.startup.shadow_store).map_err(|message| {
+            engine.ensure_started(&loaded.config.startup.shadow_store).map_err(|e| {
+                let message = e.to_string();
                 vec![ConfigError { file: loaded.config.source.clone(), line: 0, key: "shadow.store".into(), message }]
             })?;
         }

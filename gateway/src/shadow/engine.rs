@@ -13,7 +13,7 @@ use crate::config::ShadowStoreSpec;
 use crate::telemetry::metrics::Metrics;
 
 use super::mirror::{run_job, ShadowJob};
-use super::{DiffStore, DiffWriter, NoiseTracker};
+use super::{DiffStore, DiffWriter, NoiseTracker, StoreError};
 
 struct OpenStore {
     store: Arc<DiffStore>,
@@ -54,7 +54,7 @@ impl ShadowEngine {
     /// Start the shadow lane and open the diff store if not done yet; runs
     /// when a config with a shadowed route is loaded (off the request path).
     /// The store's path is fixed from then on, like the state file.
-    pub fn ensure_started(&self, spec: &ShadowStoreSpec) -> Result<(), String> {
+    pub fn ensure_started(&self, spec: &ShadowStoreSpec) -> Result<(), StoreError> {
         if self.runtime.get().is_none() {
             let _ = self.runtime.set(super::lane::start()?);
         }
@@ -63,7 +63,8 @@ impl ShadowEngine {
             return Ok(());
         }
         if let Some(dir) = spec.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::File { path: dir.to_path_buf(), message: format!("cannot create: {e}") })?;
         }
         let store = Arc::new(DiffStore::open(&spec.path, spec.retention)?);
         store.set_redacted_headers(spec.redact_headers.iter());
@@ -92,7 +93,7 @@ impl ShadowEngine {
     }
 
     /// Wait until queued records are written (tests, shutdown).
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<(), StoreError> {
         let open = self.store.lock().unwrap_or_else(|p| p.into_inner());
         match open.as_ref() {
             Some(s) => s.writer.flush(),

@@ -26,7 +26,7 @@ pub const SHADOW_NICE: i32 = 19;
 
 /// Start the lane's thread and return a handle to spawn shadows on. The
 /// runtime lives as long as the process.
-pub fn start() -> Result<tokio::runtime::Handle, String> {
+pub fn start() -> Result<tokio::runtime::Handle, super::StoreError> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("shadow".into())
@@ -35,7 +35,7 @@ pub fn start() -> Result<tokio::runtime::Handle, String> {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("cannot start the shadow runtime: {e}")));
+                    let _ = tx.send(Err(super::StoreError::Lane(format!("cannot start the shadow runtime: {e}"))));
                     return;
                 }
             };
@@ -43,8 +43,8 @@ pub fn start() -> Result<tokio::runtime::Handle, String> {
             // Drive spawned shadows forever; the process exit ends the thread.
             runtime.block_on(std::future::pending::<()>());
         })
-        .map_err(|e| format!("cannot spawn the shadow thread: {e}"))?;
-    rx.recv().map_err(|_| "the shadow thread ended before its runtime started".to_string())?
+        .map_err(|e| super::StoreError::Lane(format!("cannot spawn the shadow thread: {e}")))?;
+    rx.recv().map_err(|_| super::StoreError::Lane("the shadow thread ended before its runtime started".into()))?
 }
 
 /// Give the calling thread the lowest CPU priority: `SCHED_IDLE`, and nice

@@ -30,6 +30,6 @@ pub use answer::{Answer, DiffOptions, FieldDiff};
 pub use diff::diff;
 pub use noise::{FieldClass, NoiseTracker, PathStats};
 pub use pattern::{FieldPattern, PathSeg};
-pub use store::{body_text, outcome, redact, DiffRecord, DiffStore, Retention, StoredDiff};
+pub use store::{body_text, outcome, redact, DiffRecord, DiffStore, Retention, StoreError, StoredDiff};
 pub use store_query::{DiffRecordHeader, PathSummary, RouteSummary};
 pub use store_writer::DiffWriter;

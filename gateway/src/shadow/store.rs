@@ -181,19 +181,41 @@ const MIGRATIONS: &str = "
 ALTER TABLE shadow_records ADD COLUMN weight INTEGER NOT NULL DEFAULT 1;
 ";
 
-pub(super) fn sql_err(what: &str) -> impl FnOnce(rusqlite::Error) -> String + '_ {
-    move |e| format!("shadow store: {what}: {e}")
+/// Why the diff store could not do what it was asked: typed for callers,
+/// with the text `gateway check`, the admin API and the log show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("shadow store {}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("shadow store {}: WAL mode refused (got {mode})", path.display())]
+    NoWal { path: PathBuf, mode: String },
+    #[error("shadow store: {what}: {message}")]
+    Sql { what: &'static str, message: String },
+    /// The writer thread is gone, or stopped before it answered.
+    #[error("shadow store writer {0}")]
+    Writer(&'static str),
+    /// The shadow lane's thread or runtime did not start.
+    #[error("{0}")]
+    Lane(String),
+}
+
+pub(super) fn sql_err(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Sql { what, message: e.to_string() }
+}
+
+fn file_err(path: &Path) -> impl FnOnce(&dyn std::fmt::Display) -> StoreError + '_ {
+    move |e| StoreError::File { path: path.to_path_buf(), message: e.to_string() }
 }
 
 /// Opens a connection with the store's settings; `write` also creates the schema.
-pub(super) fn connect(path: &Path, write: bool) -> Result<Connection, String> {
-    let conn = Connection::open(path).map_err(|e| format!("shadow store {}: {e}", path.display()))?;
+pub(super) fn connect(path: &Path, write: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| file_err(path)(&e))?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sql_err("busy_timeout"))?;
     if write {
         let mode: String =
             conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(sql_err("journal_mode"))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(format!("shadow store {}: WAL mode refused (got {mode})", path.display()));
+            return Err(StoreError::NoWal { path: path.to_path_buf(), mode });
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(sql_err("pragmas"))?;
         conn.execute_batch(SCHEMA).map_err(sql_err("schema"))?;
@@ -224,9 +246,9 @@ pub struct DiffStore {
 
 impl DiffStore {
     /// Opens or creates the file and its schema, applies retention once.
-    pub fn open(path: &Path, retention: Retention) -> Result<DiffStore, String> {
+    pub fn open(path: &Path, retention: Retention) -> Result<DiffStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("shadow store {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| file_err(dir)(&e))?;
         }
         let writer = connect(path, true)?;
         apply_retention(&writer, retention, now_unix_ms())?;
@@ -244,8 +266,8 @@ impl DiffStore {
     /// nothing. An existing file must be a SQLite database this user can
     /// write; a missing one, a directory where it can be created. Either way
     /// the directory must take new files (SQLite's `-wal` and `-shm`).
-    pub fn check(path: &Path) -> Result<(), String> {
-        let failed = |e: &dyn std::fmt::Display| format!("shadow store {}: {e}", path.display());
+    pub fn check(path: &Path) -> Result<(), StoreError> {
+        let failed = |e: &dyn std::fmt::Display| file_err(path)(e);
         if path.exists() {
             let conn = connect(path, false)?;
             conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(|e| failed(&e))?;
@@ -271,7 +293,7 @@ impl DiffStore {
     }
 
     /// Stores one batch in one transaction; run by the writer thread only.
-    pub(super) fn insert_batch(&self, conn: &mut Connection, records: &mut [DiffRecord]) -> Result<(), String> {
+    pub(super) fn insert_batch(&self, conn: &mut Connection, records: &mut [DiffRecord]) -> Result<(), StoreError> {
         let names = self.redacted.load();
         let tx = conn.transaction().map_err(sql_err("begin"))?;
         for record in records.iter_mut() {
@@ -321,7 +343,7 @@ fn insert(tx: &Transaction<'_>, r: &DiffRecord) -> rusqlite::Result<i64> {
 
 /// Deletes records older than `max_age` and all but the newest `max_records`
 /// (their diffs go with them, `ON DELETE CASCADE`).
-pub(super) fn apply_retention(conn: &Connection, retention: Retention, now_ms: i64) -> Result<(), String> {
+pub(super) fn apply_retention(conn: &Connection, retention: Retention, now_ms: i64) -> Result<(), StoreError> {
     let max_age_ms = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
     conn.execute("DELETE FROM shadow_records WHERE at_ms < ?1", [now_ms.saturating_sub(max_age_ms)])
         .map_err(sql_err("retention by age"))?;

@@ -6,7 +6,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
-use super::store::{outcome, sql_err, DiffRecord, DiffStore, StoredDiff};
+use super::store::{outcome, sql_err, DiffRecord, DiffStore, StoreError, StoredDiff};
 
 /// Paths listed per route in a summary, most frequent first.
 pub const SUMMARY_PATHS: usize = 200;
@@ -60,7 +60,7 @@ fn count(n: i64) -> u64 {
 impl DiffStore {
     /// Outcome counts and differing paths per route (one route when `route`
     /// is given), over records at or after `since_unix_ms`; routes by name.
-    pub fn summary(&self, route: Option<&str>, since_unix_ms: Option<i64>) -> Result<Vec<RouteSummary>, String> {
+    pub fn summary(&self, route: Option<&str>, since_unix_ms: Option<i64>) -> Result<Vec<RouteSummary>, StoreError> {
         let conn = self.read();
         let since = since_unix_ms.unwrap_or(i64::MIN);
         let mut sql = format!(
@@ -132,7 +132,7 @@ impl DiffStore {
         diff_path: Option<&str>,
         since_unix_ms: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<DiffRecordHeader>, String> {
+    ) -> Result<Vec<DiffRecordHeader>, StoreError> {
         let conn = self.read();
         let mut sql = String::from(
             "SELECT id, at_ms, route, request_id, method, path, primary_version, outcome, stable_status,
@@ -170,7 +170,7 @@ impl DiffStore {
     }
 
     /// One record with its diffs and bodies; `None` when unknown or expired.
-    pub fn get(&self, id: i64) -> Result<Option<DiffRecord>, String> {
+    pub fn get(&self, id: i64) -> Result<Option<DiffRecord>, StoreError> {
         let conn = self.read();
         let record = conn
             .prepare_cached(

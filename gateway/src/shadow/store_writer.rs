@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::store::{apply_retention, connect, now_unix_ms, DiffRecord, DiffStore};
+use super::store::{apply_retention, connect, now_unix_ms, DiffRecord, DiffStore, StoreError};
 
 /// Records per transaction: one fsync-free WAL commit amortised over many rows.
 pub const BATCH: usize = 256;
@@ -31,7 +31,7 @@ const RETENTION_EVERY: Duration = Duration::from_secs(1);
 pub(super) enum Msg {
     Record(Box<DiffRecord>),
     /// Answered once everything queued before it is committed and retention ran.
-    Flush(mpsc::Sender<Result<(), String>>),
+    Flush(mpsc::Sender<Result<(), StoreError>>),
 }
 
 /// The sending side, cloned into every task that finishes a comparison.
@@ -96,10 +96,10 @@ impl DiffWriter {
 
     /// Blocks until every record queued before the call is committed and
     /// retention has run; for tests and shutdown, not the request path.
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::channel();
-        self.tx.send(Msg::Flush(tx)).map_err(|_| "shadow store writer is gone".to_string())?;
-        rx.recv().map_err(|_| "shadow store writer stopped before flushing".to_string())?
+        self.tx.send(Msg::Flush(tx)).map_err(|_| StoreError::Writer("is gone"))?;
+        rx.recv().map_err(|_| StoreError::Writer("stopped before flushing"))?
     }
 
     /// A writer whose queue nobody drains, so queue-full drops are deterministic.
@@ -174,7 +174,7 @@ impl StoreBudget {
 
     /// Adds the skipped counts to each key's newest stored record, so a
     /// summary counts every comparison (at most a batch or a second late).
-    pub(super) fn write_skipped(&mut self, conn: &Connection) -> Result<(), String> {
+    pub(super) fn write_skipped(&mut self, conn: &Connection) -> Result<(), StoreError> {
         for bucket in self.keys.values_mut().filter(|b| b.skipped > 0) {
             let Some(id) = bucket.last_id else { continue };
             let n = i64::try_from(bucket.skipped).unwrap_or(i64::MAX);

@@ -240,7 +240,7 @@ fn opening_an_unwritable_path_is_an_error() {
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").expect("write");
     let err = DiffStore::open(&file.join("shadow.db"), Retention::default()).err().expect("cannot open");
-    assert!(err.contains("not-a-dir"), "{err}");
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
 }
 
 #[test]

@@ -57,7 +57,7 @@ pub fn summary_routes(
     live: &Live<'_>,
     route: Option<&str>,
     since_ms: Option<i64>,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>, crate::shadow::StoreError> {
     let mut summaries = store.summary(route, since_ms)?;
     for name in &live.shadowed_routes {
         let wanted = route.is_none_or(|r| r == name);

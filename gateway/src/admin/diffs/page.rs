@@ -43,7 +43,7 @@ pub(super) fn render(name: &str, ctx: &Value) -> Result<String, Failure> {
     env()
         .get_template(name)
         .and_then(|t| t.render(ctx))
-        .map_err(|e| Failure::internal(format!("cannot render {name}: {e:#}")))
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render {name}: {e:#}")))
 }
 
 pub(super) fn html_reply(status: StatusCode, body: String) -> Reply {

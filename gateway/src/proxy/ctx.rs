@@ -19,8 +19,10 @@ pub struct RequestCtx {
     /// Why the gateway answered itself, when it did.
     pub answered: Option<AnswerReason>,
     pub upstream: UpstreamState,
-    /// Present when this request is mirrored to the other version.
-    pub shadow: Option<super::shadow_capture::ShadowCapture>,
+    /// Present when this request is mirrored to the other version. Boxed:
+    /// the capture is most of the context's size, and most requests are not
+    /// mirrored, so the context Pingora moves around stays small.
+    pub shadow: Option<Box<super::shadow_capture::ShadowCapture>>,
     _in_flight: InFlight,
 }
 

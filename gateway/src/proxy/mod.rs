@@ -99,7 +99,7 @@ impl ProxyHttp for GatewayProxy {
             Verdict::Continue(routed) => {
                 strip_client_controls(session.req_header_mut(), &snapshot, &routed);
                 let method = &session.req_header().method;
-                ctx.shadow = shadow_capture::start(&snapshot, &routed, method, &ctx.request_id);
+                ctx.shadow = shadow_capture::start(&snapshot, &routed, method, &ctx.request_id).map(Box::new);
                 ctx.routed = Some(routed);
                 Ok(false)
             }

@@ -22,7 +22,8 @@ fn check_summarises_a_good_config() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("OK"), "{t}");
-    assert!(t.contains("cart") && t.contains("canary cart-v2 10.00%"), "{t}");
+    assert!(t.contains("version stable     -> cart-v1        default, 90.00% (every other bucket)"), "{t}");
+    assert!(t.contains("version canary     -> cart-v2        10.00%, buckets [0, 1000)"), "{t}");
     assert!(t.contains("whitelist users [1001, 1002]"), "{t}");
 }
 
@@ -57,7 +58,11 @@ fn explain_names_route_version_and_reason() {
 
     // Bucket 593 for user 42 under salt cart-2026-11 (see the test vectors).
     let out = gateway(&["explain", "-c", &sample(), "--path", "/cart/x", "--user", "42"]);
-    assert!(text(&out).contains("route cart -> canary: bucket 593 < 1000 (10.00%)"), "{}", text(&out));
+    assert!(
+        text(&out).contains("route cart -> canary: bucket 593 in canary's range [0, 1000) (10.00%)"),
+        "{}",
+        text(&out)
+    );
 
     let out = gateway(&["explain", "-c", &sample(), "--path", "/cart/x", "--header", "x-user-id:1001"]);
     assert!(text(&out).contains("whitelisted user 1001"), "{}", text(&out));
@@ -65,9 +70,11 @@ fn explain_names_route_version_and_reason() {
     let out = gateway(&["explain", "-c", &sample(), "--path", "/cart", "--ip", "192.0.2.9"]);
     assert!(text(&out).contains("route cart -> canary: whitelisted ip 192.0.2.9"), "{}", text(&out));
 
+    // The proxy's own pipeline: a request no route takes is answered 404.
     let out = gateway(&["explain", "-c", &sample(), "--path", "/nowhere"]);
-    assert!(!out.status.success());
-    assert!(text(&out).contains("no route matches"), "{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("404: no route matches /nowhere"), "{}", text(&out));
+    assert!(text(&out).contains("verdict respond 404 (no-route)"), "{}", text(&out));
 }
 
 fn tempdir() -> PathBuf {

@@ -21,6 +21,9 @@ pub struct RouteRuntime {
     pub plan: VersionPlan,
     /// In the order of `spec.versions`.
     pub versions: Vec<VersionRuntime>,
+    /// The default version's pool: what an out-of-range index gets (never, for
+    /// a validated route), so no lookup on the request path can panic.
+    pub default_pool: Arc<Pool>,
     pub limits: ScopeLimits,
     pub metrics: RouteMetrics,
     pub pages: RoutePages,
@@ -43,9 +46,7 @@ pub struct RoutePages {
 impl RouteRuntime {
     /// The pool of `version` (an index validated at load; out of range falls back to the default's).
     pub fn pool(&self, version: usize) -> &Arc<Pool> {
-        let v = self.versions.get(version).or_else(|| self.versions.get(self.plan.default));
-        // A validated route has at least one version.
-        &v.unwrap_or_else(|| unreachable!("a route without versions passed validation")).pool
+        self.versions.get(version).map_or(&self.default_pool, |v| &v.pool)
     }
 
     /// The version's name as a header value (version and lane headers).

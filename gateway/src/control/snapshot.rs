@@ -110,6 +110,14 @@ impl Snapshot {
                 let name = http::HeaderValue::from_str(&v.name).unwrap_or_else(|_| http::HeaderValue::from_static("?"));
                 versions.push(VersionRuntime { name, pool: Arc::clone(pool) });
             }
+            let Some(default_pool) = versions.get(spec.default_version).map(|v| Arc::clone(&v.pool)) else {
+                return Err(vec![ConfigError {
+                    file: config.source.clone(),
+                    line: 0,
+                    key: format!("routes.{}", spec.name),
+                    message: "the route has no default version".into(),
+                }]);
+            };
             let plan = VersionPlan::compile(spec);
             let shares: Vec<(&str, f64)> = spec
                 .versions
@@ -128,6 +136,7 @@ impl Snapshot {
             routes.push(Arc::new(RouteRuntime {
                 plan,
                 versions,
+                default_pool,
                 limits: ScopeLimits::build(&spec.name, &spec.rate_limit, &deps.limiters),
                 metrics: route_metrics,
                 pages: RoutePages::render(spec),

@@ -15,16 +15,17 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
-    // Any key length is accepted by HMAC; `new_from_slice` cannot fail for it.
-    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
+/// HMAC takes a key of any length, so this is always `Some`; an `Option`
+/// rather than a panic all the same: a value that cannot be checked is refused.
+fn mac(key: &[u8], parts: &[&[u8]]) -> Option<HmacSha256> {
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).ok()?;
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             m.update(&[0]);
         }
         m.update(part);
     }
-    m
+    Some(m)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -67,8 +68,10 @@ impl TokenError {
 /// A token that forces `version` on `route` until `expires` (Unix seconds).
 pub fn override_token(key: &[u8], route: &str, version: &str, expires: u64) -> String {
     let expiry = expires.to_string();
-    let tag = mac(key, &[b"gw-override", route.as_bytes(), version.as_bytes(), expiry.as_bytes()]).finalize();
-    format!("{version}.{expiry}.{}", hex(&tag.into_bytes()))
+    let tag = mac(key, &[b"gw-override", route.as_bytes(), version.as_bytes(), expiry.as_bytes()])
+        .map(|m| hex(&m.finalize().into_bytes()))
+        .unwrap_or_default();
+    format!("{version}.{expiry}.{tag}")
 }
 
 /// Whether `value` looks like a token (three dot-separated parts) rather than a plain version name.
@@ -86,6 +89,7 @@ pub fn verify_override<'a>(key: &[u8], route: &str, value: &'a str, now: u64) ->
     let expires: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
     let sig = unhex(sig).filter(|s| s.len() == 32).ok_or(TokenError::Malformed)?;
     mac(key, &[b"gw-override", route.as_bytes(), version.as_bytes(), expiry.as_bytes()])
+        .ok_or(TokenError::BadSignature)?
         .verify_slice(&sig)
         .map_err(|_| TokenError::BadSignature)?;
     if expires <= now {
@@ -97,8 +101,8 @@ pub fn verify_override<'a>(key: &[u8], route: &str, value: &'a str, now: u64) ->
 /// A fresh anonymous cookie value for the random `id`.
 pub fn anon_cookie_value(key: &[u8], id: u64) -> String {
     let id = format!("{id:016x}");
-    let tag = mac(key, &[b"gw-anon", id.as_bytes()]).finalize().into_bytes();
-    format!("{id}.{}", hex(&tag[..16]))
+    let tag = mac(key, &[b"gw-anon", id.as_bytes()]).map(|m| hex(&m.finalize().into_bytes()[..16])).unwrap_or_default();
+    format!("{id}.{tag}")
 }
 
 /// The ID part of a genuine anonymous cookie; `None` for anything forged or damaged.
@@ -108,7 +112,7 @@ pub fn verify_anon_cookie<'a>(key: &[u8], value: &'a str) -> Option<&'a str> {
         return None;
     }
     let sig = unhex(sig).filter(|s| s.len() == 16)?;
-    mac(key, &[b"gw-anon", id.as_bytes()]).verify_truncated_left(&sig).ok()?;
+    mac(key, &[b"gw-anon", id.as_bytes()])?.verify_truncated_left(&sig).ok()?;
     Some(id)
 }
 

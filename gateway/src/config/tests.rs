@@ -180,3 +180,16 @@ fn read_buffer_is_none_by_default_and_takes_zero_or_one_kib_to_one_mib() {
         assert!(errs.iter().any(|e| e.starts_with("gateway.toml:3: server.read_buffer:")), "{wrong}: {errs:#?}");
     }
 }
+
+#[test]
+fn six_versions_are_one_error_naming_the_limit() {
+    let versions: Vec<String> = (1..=6)
+        .map(|i| format!("{{ name = \"v{i}\", upstream = \"v1\", percent = {} }}", if i == 1 { 0 } else { 1 }))
+        .collect();
+    let text = format!(
+        "[upstreams.v1]\nbackends = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"cart\"\npath_prefix = \"/cart\"\n\
+         versions = [{}]\n",
+        versions.join(", ")
+    );
+    assert_eq!(errors(&text), vec!["gateway.toml:6: routes[0].versions: at most 5 versions per route (6 given)"]);
+}

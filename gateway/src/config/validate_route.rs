@@ -342,7 +342,8 @@ fn versions(
     };
     let shares: Vec<(usize, u32)> =
         versions.iter().enumerate().filter(|(i, _)| *i != default_version).map(|(i, v)| (i, v.basis_points)).collect();
-    if let Err(e) = Lanes::layout(&shares) {
+    // Too many versions is reported once, above, not again as a layout error.
+    if let (true, Err(e)) = (versions.len() <= MAX_VERSIONS, Lanes::layout(&shares)) {
         let k = if f.versions.is_some() { format!("{key}.versions") } else { format!("{key}.canary_percent") };
         d.error(Some(span), k, e);
     }

@@ -19,10 +19,13 @@ need_build() {
   command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
   command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 }
-# What the test suite adds: promtool (alert rules, metrics lint) and a headless browser (the diff page).
+# What the test suite adds: promtool (alert rules, metrics lint), a headless browser (the diff page),
+# and HAProxy and curl as independent PROXY protocol senders.
 need_test() {
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
   need_lint
 }
 # What `lint` runs. Versions of the PyPI tools are pinned so a new release

@@ -35,6 +35,14 @@ pub struct ServerFile {
     /// The longest gap between two reads of a request body, e.g. "30s".
     pub body_timeout: Option<Sp<String>>,
     pub tls: Option<Sp<TlsFile>>,
+    /// `{ from = ["10.0.0.0/8"] }`: these peers send (and must send) a PROXY protocol header.
+    pub proxy_protocol: Option<Sp<ProxyProtocolFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolFile {
+    pub from: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -153,6 +153,8 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// The longest gap between two reads of a request body (then 408).
     pub body_timeout: Duration,
+    /// Peers that send a PROXY protocol header first (a TCP balancer); empty: none.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// `[server.tls]`: the TLS listener and its certificates.
     pub tls: Option<crate::tls::TlsListenerSpec>,
 }

@@ -114,8 +114,25 @@ pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> (ServerSettings, Ser
     let normalize_path = f.normalize_path.as_ref().is_none_or(|v| *v.get_ref());
     let header_timeout = positive_duration(d, "server.header_timeout", &f.header_timeout, DEFAULT_HEADER_TIMEOUT);
     let body_timeout = positive_duration(d, "server.body_timeout", &f.body_timeout, DEFAULT_BODY_TIMEOUT);
-    let settings =
-        ServerSettings { version_header, version_request_header, normalize_path, header_timeout, body_timeout, tls };
+    let proxy_protocol_from = match &f.proxy_protocol {
+        None => Vec::new(),
+        Some(pp) => {
+            let items: Vec<Sp<String>> = pp.get_ref().from.iter().map(|c| Sp::new(pp.span(), c.clone())).collect();
+            if items.is_empty() {
+                d.error(Some(pp.span()), "server.proxy_protocol.from", "lists no peer; remove proxy_protocol instead");
+            }
+            super::validate::cidrs(d, "server.proxy_protocol.from", &items)
+        }
+    };
+    let settings = ServerSettings {
+        version_header,
+        version_request_header,
+        normalize_path,
+        header_timeout,
+        body_timeout,
+        tls,
+        proxy_protocol_from,
+    };
     (settings, ServerStartup { listen, threads, work_stealing, shutdown_grace, access_log, read_buffer })
 }
 

@@ -34,22 +34,34 @@ impl ConnectionFilter for BlockAtAccept {
     async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
         // A listener without an inet peer (a Unix socket) has nothing to check.
         let Some(addr) = addr else { return true };
-        let snapshot = self.snapshots.load();
         let ip = super::client_ip::canonical(addr.ip());
+        // A PROXY protocol peer's clients are judged once its header names them.
+        if self.snapshots.load().config.server.proxy_protocol_from.iter().any(|n| n.contains(&ip)) {
+            return true;
+        }
+        !self.refuses(ip)
+    }
+}
+
+impl BlockAtAccept {
+    /// True when `ip`'s connection is to be dropped now (`at_accept`, not dry
+    /// run, not a trusted proxy, blocked); counted when so.
+    pub fn refuses(&self, ip: std::net::IpAddr) -> bool {
+        let snapshot = self.snapshots.load();
         let spec = &snapshot.config.blacklist;
         if !spec.at_accept || spec.dry_run || snapshot.config.client_ip.trusted_proxies.iter().any(|n| n.contains(&ip))
         {
-            return true;
+            return false;
         }
         let source = match self.runtime.blacklist.lookup(ip) {
             Some(hit) => hit.source.label(),
             None => match snapshot.static_blacklist.lookup(ip) {
                 Some(hit) => hit.source.label(),
-                None => return true,
+                None => return false,
             },
         };
         snapshot.metrics.blocked(source, false);
         tracing::debug!(target: "blacklist", %ip, source, "connection refused at accept");
-        false
+        true
     }
 }

@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as TcpStream;
 use pingora_core::protocols::{SocketDigest, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_http::RequestHeader;
@@ -59,6 +60,10 @@ pub struct ConnectionLoop<A> {
     /// requests refused before the proxy sees them: the proxy listeners, not
     /// the admin one.
     pub account_refusals: bool,
+    /// The proxy listeners read PROXY protocol headers from the peers
+    /// `server.proxy_protocol` lists, then judge the client they name with
+    /// the accept-time blacklist; the admin listener takes none.
+    pub proxy_protocol: Option<Arc<crate::edge::accept_filter::BlockAtAccept>>,
 }
 
 struct Open(Option<IntGauge>);
@@ -163,6 +168,49 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLoop<A> {
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
+    /// A connection from a peer listed in `server.proxy_protocol`: read its
+    /// PROXY header (within `server.header_timeout`), make the client it
+    /// names the connection's peer, and drop the connection when that client
+    /// is blocked at accept. `None`: the connection is closed (no valid
+    /// header, a blocked client, or a TLS listener, where the header would
+    /// have to come before the handshake).
+    async fn proxy_header(&self, stream: Stream) -> Option<Stream> {
+        use super::proxy_protocol::{read_header, set_peer, ProxySource};
+        let Some(block) = self.proxy_protocol.clone() else { return Some(stream) };
+        let snapshot = self.snapshots.load_full();
+        let from = &snapshot.config.server.proxy_protocol_from;
+        if from.is_empty() {
+            return Some(stream);
+        }
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| client_ip::canonical(a.ip())));
+        let Some(peer) = peer.filter(|p| from.iter().any(|n| n.contains(p))) else { return Some(stream) };
+        let refused = |why: &str| {
+            snapshot.metrics.proxy_protocol_refused(why);
+            tracing::info!(%peer, why, "connection closed: PROXY protocol");
+        };
+        if !stream.as_any().is::<TcpStream>() {
+            refused("tls-listener");
+            return None;
+        }
+        let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else { return None };
+        match read_header(&mut tcp, snapshot.config.server.header_timeout).await {
+            Ok(ProxySource::Client(client)) => {
+                set_peer(&mut tcp, client);
+                if block.refuses(client_ip::canonical(client.ip())) {
+                    return None;
+                }
+            }
+            Ok(ProxySource::Balancer) => {}
+            Err(e) => {
+                refused(e.label());
+                return None;
+            }
+        }
+        Some(tcp as Stream)
+    }
+
     /// The same steps as Pingora's HTTP/1 loop, with the idle wait and the
     /// reading of the request head moved in front of the session. Two
     /// assumptions, both true of the gateway: pipelining is never enabled, so
@@ -177,7 +225,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     /// arrives its whole head must follow within `header_timeout`. A head
     /// that is late gets 408 and the connection is closed; a connection that
     /// sent nothing is closed without an answer.
-    async fn serve_http1(&self, mut stream: Stream, mut shutdown: ShutdownWatch) {
+    async fn serve_http1(&self, stream: Stream, mut shutdown: ShutdownWatch) {
+        let Some(mut stream) = self.proxy_header(stream).await else { return };
         let mut carried: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {

@@ -6,4 +6,5 @@ mod arrived;
 mod chunk_framing;
 pub mod connections;
 mod head_wait;
+pub mod proxy_protocol;
 pub mod server;

@@ -76,17 +76,19 @@ pub fn build(
             shadow: Arc::clone(&reloader.shadow),
         },
     );
+    let block_at_accept = Arc::new(crate::edge::accept_filter::BlockAtAccept {
+        snapshots: Arc::clone(&reloader.snapshots),
+        runtime: Arc::clone(&reloader.runtime),
+    });
     let connections = ConnectionLoop {
         inner: Arc::new(proxy_app),
         open: Some(metrics.downstream_connections.clone()),
         snapshots: Arc::clone(&reloader.snapshots),
         account_refusals: true,
+        proxy_protocol: Some(Arc::clone(&block_at_accept)),
     };
     let mut proxy = Service::new("gateway".to_string(), connections);
-    proxy.set_connection_filter(Arc::new(crate::edge::accept_filter::BlockAtAccept {
-        snapshots: Arc::clone(&reloader.snapshots),
-        runtime: Arc::clone(&reloader.runtime),
-    }));
+    proxy.set_connection_filter(block_at_accept);
     let buffers = L4BufferSettings::new(cfg.startup.server.read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &cfg.startup.server.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
@@ -105,6 +107,7 @@ pub fn build(
         open: None,
         snapshots: Arc::clone(&reloader.snapshots),
         account_refusals: false,
+        proxy_protocol: None,
     };
     let mut admin = Service::new("admin".to_string(), admin_connections);
     admin.add_tcp(&cfg.startup.admin_listen.to_string());

@@ -28,6 +28,7 @@ pub struct Metrics {
     canary_percent: prometheus::GaugeVec,
     version_percent: prometheus::GaugeVec,
     overrides: IntCounterVec,
+    proxy_protocol_refused: IntCounterVec,
     /// Indexed by [`Metrics::blocked_index`]: source (config, file, api) × dry run.
     blocked: [IntCounter; 6],
     rate_limited: IntCounterVec,
@@ -127,6 +128,13 @@ impl Metrics {
             ),
             &["route", "version"],
         ));
+        let proxy_protocol_refused = must(IntCounterVec::new(
+            Opts::new(
+                "gateway_proxy_protocol_refused_total",
+                "Connections from a server.proxy_protocol peer closed: no valid header in time (late, closed, invalid) or a TLS listener",
+            ),
+            &["reason"],
+        ));
         let overrides = must(IntCounterVec::new(
             Opts::new(
                 "gateway_version_overrides_total",
@@ -176,6 +184,7 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(version_percent.clone()),
             Box::new(overrides.clone()),
+            Box::new(proxy_protocol_refused.clone()),
             Box::new(fallbacks.clone()),
             Box::new(degrade_level.clone()),
             Box::new(shadow_requests.clone()),
@@ -218,6 +227,7 @@ impl Metrics {
             canary_percent,
             version_percent,
             overrides,
+            proxy_protocol_refused,
             blocked,
             rate_limited,
             fallbacks,
@@ -259,6 +269,10 @@ impl Metrics {
                 })
             }),
         }
+    }
+
+    pub fn proxy_protocol_refused(&self, reason: &str) {
+        self.proxy_protocol_refused.with_label_values(&[reason]).inc();
     }
 
     /// `gateway_route_canary_percent{route}`: the non-default versions' share together.

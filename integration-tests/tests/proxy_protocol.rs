@@ -7,8 +7,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use integration_tests::{free_addr, is_listening, Backend, Gateway};
+use integration_tests::{free_addr, is_listening, temp_dir, Backend, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "tls/pki.rs"]
+#[allow(dead_code)]
+mod pki;
 
 /// HAProxy in TCP mode in front of the gateway: one frontend sending v2
 /// headers, one sending v1. Stopped when dropped.
@@ -19,13 +23,24 @@ struct Balancer {
 }
 
 impl Balancer {
+    /// `tls`: a TLS listener to forward a third frontend to, with v2 headers.
     fn start(dir: &Path, gateway: SocketAddr) -> Balancer {
+        Self::start_with(dir, gateway, None).0
+    }
+
+    fn start_with(dir: &Path, gateway: SocketAddr, tls: Option<SocketAddr>) -> (Balancer, Option<SocketAddr>) {
         let (v2, v1) = (free_addr(), free_addr());
-        let cfg = format!(
+        let tls_front = tls.map(|_| free_addr());
+        let mut cfg = format!(
             "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
              frontend fv2\n  bind {v2}\n  default_backend gw2\nbackend gw2\n  server gw {gateway} send-proxy-v2\n\
              frontend fv1\n  bind {v1}\n  default_backend gw1\nbackend gw1\n  server gw {gateway} send-proxy\n"
         );
+        if let (Some(front), Some(tls)) = (tls_front, tls) {
+            cfg.push_str(&format!(
+                "frontend ftls\n  bind {front}\n  default_backend gwtls\nbackend gwtls\n  server gw {tls} send-proxy-v2\n"
+            ));
+        }
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, cfg).expect("haproxy config");
         let bin = if Path::new("/usr/sbin/haproxy").exists() { "/usr/sbin/haproxy" } else { "haproxy" };
@@ -37,11 +52,11 @@ impl Balancer {
             .spawn()
             .expect("haproxy is installed (deploy/dev.sh setup installs it)");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !(is_listening(v2) && is_listening(v1)) {
+        while !(is_listening(v2) && is_listening(v1) && tls_front.is_none_or(is_listening)) {
             assert!(std::time::Instant::now() < deadline, "haproxy did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Balancer { child, v2, v1 }
+        (Balancer { child, v2, v1 }, tls_front)
     }
 }
 
@@ -159,4 +174,40 @@ async fn a_listed_peer_without_a_header_and_an_unlisted_peer_with_one_are_refuse
         !backend.received().iter().any(|r| r.path == "/sneaky" || r.path == "/forged"),
         "nothing reached the backend"
     );
+}
+
+/// The TLS listener: HAProxy passes the encrypted bytes through after a v2
+/// header, and the gateway reads the header before the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_tls_listener_the_header_comes_before_the_handshake() {
+    let backend = Backend::start("app").await;
+    let ca = pki::Pki::new();
+    let dir = temp_dir();
+    pki::install(&dir.path().join("certs"), "shop", &ca.leaf(&["shop.test"]));
+    let tls = free_addr();
+    let server = format!(
+        "proxy_protocol = {{ from = [\"127.0.0.1/32\"] }}\n\
+         [server.tls]\nlisten = [\"{tls}\"]\ncerts = [{{ cert = \"certs/shop.pem\", key = \"certs/shop.key\" }}]\n"
+    );
+    let gateway = Gateway::start_in(dir, "gateway.toml", &config(backend.addr(), &server)).await;
+    let (_balancer, front) = Balancer::start_with(gateway.dir(), gateway.listen_addr(), Some(tls));
+    let front = front.expect("tls frontend");
+    for (from, path, want) in [("127.0.0.9", "/tls/allowed", 200), ("127.0.0.66", "/tls/blocked", 403)] {
+        let client = pki::tls_client(&ca, &["shop.test"], front)
+            .local_address(from.parse::<IpAddr>().expect("ip"))
+            .build()
+            .expect("client");
+        let url = format!("https://shop.test:{}{path}", front.port());
+        let resp = client.get(&url).send().await.expect("request over TLS through haproxy");
+        assert_eq!(resp.status().as_u16(), want, "{from}");
+    }
+    let xff =
+        backend.received().into_iter().find(|r| r.path == "/tls/allowed").and_then(|r| r.header("x-forwarded-for"));
+    assert_eq!(xff.as_deref(), Some("127.0.0.9"));
+    // A listed peer that starts the handshake without a header is dropped before TLS.
+    let direct = pki::tls_client(&ca, &["shop.test"], tls)
+        .local_address("127.0.0.1".parse::<IpAddr>().expect("ip"))
+        .build()
+        .expect("c");
+    assert!(direct.get(format!("https://shop.test:{}/tls/direct", tls.port())).send().await.is_err());
 }

@@ -168,47 +168,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLoop<A> {
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
-    /// A connection from a peer listed in `server.proxy_protocol`: read its
-    /// PROXY header (within `server.header_timeout`), make the client it
-    /// names the connection's peer, and drop the connection when that client
-    /// is blocked at accept. `None`: the connection is closed (no valid
-    /// header, a blocked client, or a TLS listener, where the header would
-    /// have to come before the handshake).
+    /// A connection from a peer listed in `server.proxy_protocol`: its PROXY
+    /// header is read and judged here on the plain listener (`admit`); on the
+    /// TLS listener Pingora's pre-TLS hook did it before the handshake.
+    /// `None`: the connection is closed.
     async fn proxy_header(&self, stream: Stream) -> Option<Stream> {
-        use super::proxy_protocol::{read_header, set_peer, ProxySource};
-        let Some(block) = self.proxy_protocol.clone() else { return Some(stream) };
-        let snapshot = self.snapshots.load_full();
-        let from = &snapshot.config.server.proxy_protocol_from;
-        if from.is_empty() {
+        let Some(block) = self.proxy_protocol.as_ref() else { return Some(stream) };
+        if !stream.as_any().is::<TcpStream>() {
             return Some(stream);
         }
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| client_ip::canonical(a.ip())));
-        let Some(peer) = peer.filter(|p| from.iter().any(|n| n.contains(p))) else { return Some(stream) };
-        let refused = |why: &str| {
-            snapshot.metrics.proxy_protocol_refused(why);
-            tracing::info!(%peer, why, "connection closed: PROXY protocol");
-        };
-        if !stream.as_any().is::<TcpStream>() {
-            refused("tls-listener");
-            return None;
-        }
         let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else { return None };
-        match read_header(&mut tcp, snapshot.config.server.header_timeout).await {
-            Ok(ProxySource::Client(client)) => {
-                set_peer(&mut tcp, client);
-                if block.refuses(client_ip::canonical(client.ip())) {
-                    return None;
-                }
-            }
-            Ok(ProxySource::Balancer) => {}
-            Err(e) => {
-                refused(e.label());
-                return None;
-            }
-        }
-        Some(tcp as Stream)
+        super::proxy_protocol::admit(&self.snapshots, block, &mut tcp).await.then_some(tcp as Stream)
     }
 
     /// The same steps as Pingora's HTTP/1 loop, with the idle wait and the

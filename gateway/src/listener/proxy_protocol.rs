@@ -8,13 +8,19 @@
 //! client-IP resolution, the blacklist, rate limits and logs all see it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
+
+use pingora_core::listeners::PreTlsProcess;
 
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::l4::stream::Stream as TcpStream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use ppp::{HeaderResult, PartialResult};
 use tokio::io::AsyncReadExt;
+
+use crate::control::snapshot::SnapshotHandle;
+use crate::edge::accept_filter::BlockAtAccept;
 
 /// The longest header read: a v1 line is at most 107 bytes; a v2 header is
 /// 16 bytes plus its addresses and TLVs, which balancers keep small.
@@ -122,6 +128,54 @@ pub fn set_peer(tcp: &mut TcpStream, client: SocketAddr) {
     let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(PeerAddr::Inet(SocketAddr::new(ip, client.port()))));
     tcp.set_socket_digest(digest);
+}
+
+/// Judge a new connection before anything else reads it: a peer listed in
+/// `server.proxy_protocol` must send a valid header, whose client becomes
+/// the connection's peer and is checked against the accept-time blacklist.
+/// False: close the connection (counted in `gateway_proxy_protocol_refused_total`
+/// or, for a blocked client, in the blacklist's counter).
+pub async fn admit(snapshots: &SnapshotHandle, block: &BlockAtAccept, tcp: &mut TcpStream) -> bool {
+    let snapshot = snapshots.load_full();
+    let from = &snapshot.config.server.proxy_protocol_from;
+    if from.is_empty() {
+        return true;
+    }
+    let peer = tcp
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| crate::edge::client_ip::canonical(a.ip())));
+    let Some(peer) = peer.filter(|p| from.iter().any(|n| n.contains(p))) else { return true };
+    match read_header(tcp, snapshot.config.server.header_timeout).await {
+        Ok(ProxySource::Client(client)) => {
+            set_peer(tcp, client);
+            !block.refuses(crate::edge::client_ip::canonical(client.ip()))
+        }
+        Ok(ProxySource::Balancer) => true,
+        Err(e) => {
+            snapshot.metrics.proxy_protocol_refused(e.label());
+            tracing::info!(%peer, why = e.label(), "connection closed: no valid PROXY protocol header");
+            false
+        }
+    }
+}
+
+/// The TLS listener's hook: the header comes before the handshake
+/// (Pingora's `PreTlsProcess`), judged as on the plain listener.
+pub struct BeforeTls {
+    pub snapshots: SnapshotHandle,
+    pub block: Arc<BlockAtAccept>,
+}
+
+#[async_trait::async_trait]
+impl PreTlsProcess for BeforeTls {
+    async fn process(&self, stream: &mut TcpStream) -> pingora_error::Result<()> {
+        match admit(&self.snapshots, &self.block, stream).await {
+            true => Ok(()),
+            false => {
+                Err(pingora_error::Error::explain(pingora_error::ErrorType::AcceptError, "PROXY protocol: refused"))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,11 @@ pub fn build(
         proxy_protocol: Some(Arc::clone(&block_at_accept)),
     };
     let mut proxy = Service::new("gateway".to_string(), connections);
+    // PROXY protocol headers on the TLS listener come before the handshake.
+    proxy.endpoints().set_pre_tls_callback(Arc::new(super::proxy_protocol::BeforeTls {
+        snapshots: Arc::clone(&reloader.snapshots),
+        block: Arc::clone(&block_at_accept),
+    }));
     proxy.set_connection_filter(block_at_accept);
     let buffers = L4BufferSettings::new(cfg.startup.server.read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &cfg.startup.server.listen {

@@ -131,7 +131,7 @@ impl Metrics {
         let proxy_protocol_refused = must(IntCounterVec::new(
             Opts::new(
                 "gateway_proxy_protocol_refused_total",
-                "Connections from a server.proxy_protocol peer closed: no valid header in time (late, closed, invalid) or a TLS listener",
+                "Connections from a server.proxy_protocol peer closed without a valid header: late, closed or invalid",
             ),
             &["reason"],
         ));

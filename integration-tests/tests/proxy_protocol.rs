@@ -130,6 +130,29 @@ async fn behind_haproxy_the_client_in_the_header_is_the_client_for_everything() 
     );
 }
 
+/// `[blacklist] at_accept`: behind the balancer the connection is judged by
+/// the client in the header, so a blocked client's connection is dropped
+/// and its neighbours behind the same balancer are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_accept_drops_a_blocked_client_named_in_the_header() {
+    let backend = Backend::start("app").await;
+    let text = config(backend.addr(), "proxy_protocol = { from = [\"127.0.0.1/32\"] }").replacen(
+        "[blacklist]\n",
+        "[blacklist]\nat_accept = true\n",
+        1,
+    );
+    let gateway = Gateway::start(&text).await;
+    let balancer = Balancer::start(gateway.dir(), gateway.listen_addr());
+    let (status, _) = get_from("127.0.0.9", balancer.v2, &backend, "/neighbour").await;
+    assert_eq!(status, 200, "the balancer's other clients are served");
+    let client =
+        reqwest::Client::builder().local_address("127.0.0.66".parse::<IpAddr>().expect("ip")).build().expect("client");
+    let blocked = client.get(format!("http://{}/blocked", balancer.v2)).send().await;
+    assert!(blocked.is_err(), "dropped, no 403 page: {blocked:?}");
+    let metrics = reqwest::get(gateway.admin_url("/metrics")).await.expect("m").text().await.expect("t");
+    assert!(metrics.contains("gateway_blocked_requests_total{dry_run=\"false\",source=\"config\"} 1"), "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_s_v1_header_is_read_and_its_request_served() {
     let backend = Backend::start("app").await;

@@ -21,11 +21,7 @@ use crate::pipeline::explain::ExplainRequest;
 pub const DEFAULT_CONFIG: &str = "config/gateway.toml";
 
 #[derive(Parser)]
-#[command(
-    name = "gateway",
-    version,
-    about = "Gray-release edge gateway: stable/canary by user ID, hot reload, metrics"
-)]
+#[command(name = "gateway", version, about = "Gray-release edge gateway: versions by user ID, hot reload, metrics")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -20,12 +20,15 @@ need_build() {
   command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 }
 # What the test suite adds: promtool (alert rules, metrics lint), a headless browser (the diff page),
-# and HAProxy and curl as independent PROXY protocol senders.
+# HAProxy and curl as independent PROXY protocol senders, and redis-server (with
+# redis-cli) as the fleet's shared store.
 need_test() {
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+  command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
   need_lint
 }
 # What `lint` runs. Versions of the PyPI tools are pinned so a new release

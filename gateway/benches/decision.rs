@@ -90,7 +90,12 @@ fn bench_pipeline(c: &mut Criterion) {
 }
 
 fn bench_rate_limit(c: &mut Criterion) {
-    let limiter = RateLimiter::new(LimitSpec { rate: 1_000_000, per: Duration::from_secs(1), burst: 1_000_000 });
+    let limiter = RateLimiter::new(LimitSpec {
+        rate: 1_000_000,
+        per: Duration::from_secs(1),
+        burst: 1_000_000,
+        scope: Default::default(),
+    });
     let mut i = 0u32;
     c.bench_function("rate_limit/check (distinct keys)", |b| {
         b.iter(|| {

@@ -5,6 +5,7 @@
 //!
 //! - `cli/`       the `gateway` command: run, check, explain, ops, diffs, demo
 //! - `config/`    file structs (serde) -> validated model; errors with file:line:key
+//! - `cluster/`   the fleet: shared blocks and degrade level on Redis, cluster rate limits
 //! - `control/`   snapshot (one compiled `RouteRuntime` per route), reload, watch, run-time state
 //! - `listener/`  the connection loop (keep-alive, head deadlines, framing) and the Pingora server
 //! - `proxy/`     the `ProxyHttp` impl: thin, runs the pipeline
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod edge;

@@ -19,6 +19,7 @@ mod client;
 mod config_files;
 mod gateway;
 pub mod raw_http;
+mod redis;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ pub use client::{fresh_connection_client, get_json, http_client, try_get_json, w
 pub use gateway::{is_listening, Gateway};
 /// Signals for [`Gateway::signal`].
 pub use libc::{SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGTERM};
+pub use redis::RedisServer;
 /// Re-exported so tests can build WebSocket messages without their own dep.
 pub use tokio_tungstenite;
 

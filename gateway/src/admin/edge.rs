@@ -6,7 +6,11 @@
 //! `GET /api/degrade`, `PUT /api/degrade {"level": 2}`, `DELETE /api/degrade` (back to the config's level)
 //!
 //! Every change is written to the state file before it answers, so an
-//! answered block survives a crash.
+//! answered block survives a crash. In a fleet it is then pushed to the
+//! cluster store before the answer, whose `applied` field says how far it
+//! reached: `cluster` (every replica within a second), `replica` (the store
+//! is unreachable: applied here, pushed when it returns; `warning` says so),
+//! or `gateway` (a single gateway).
 
 use std::time::SystemTime;
 
@@ -14,6 +18,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::cluster::Reach;
 use crate::config::values;
 use crate::config::MAX_DEGRADE_LEVEL;
 use crate::control::reload::Reloader;
@@ -39,7 +44,23 @@ fn bad(msg: impl Into<String>) -> Reply {
     json_reply(StatusCode::BAD_REQUEST, &json!({"error": msg.into()}))
 }
 
-pub fn add_block(reloader: &Reloader, body: &[u8]) -> Reply {
+/// Push a change just made to the fleet, and say how far it reached.
+async fn reach(reloader: &Reloader) -> Reach {
+    match &reloader.cluster {
+        None => Reach::ThisGateway,
+        Some(link) => link.push().await,
+    }
+}
+
+fn with_reach(mut body: Value, reach: Reach) -> Value {
+    body["applied"] = Value::from(reach.label());
+    if let Some(warning) = reach.warning() {
+        body["warning"] = Value::from(warning);
+    }
+    body
+}
+
+pub async fn add_block(reloader: &Reloader, body: &[u8]) -> Reply {
     let req: BlockRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return bad(format!("expected {{\"cidr\": \"...\", \"reason\": \"...\", \"ttl\": \"1h\"}}: {e}")),
@@ -57,7 +78,8 @@ pub fn add_block(reloader: &Reloader, body: &[u8]) -> Reply {
     match reloader.runtime.blacklist.add(cidr, reason, ttl) {
         Ok(entry) => {
             tracing::warn!(target: "blacklist", cidr = %entry.cidr, reason = entry.reason.as_deref().unwrap_or(""), "blocked by admin API");
-            json_reply(StatusCode::CREATED, &entry_json(&entry))
+            let reach = reach(reloader).await;
+            json_reply(StatusCode::CREATED, &with_reach(entry_json(&entry), reach))
         }
         Err(e @ BlockError::TtlTooLong(_)) => bad(e.to_string()),
         Err(e @ BlockError::State(_)) => {
@@ -66,7 +88,7 @@ pub fn add_block(reloader: &Reloader, body: &[u8]) -> Reply {
     }
 }
 
-pub fn remove_block(reloader: &Reloader, raw_cidr: &str) -> Reply {
+pub async fn remove_block(reloader: &Reloader, raw_cidr: &str) -> Reply {
     let cidr = match values::cidr(raw_cidr) {
         Ok(c) => c,
         Err(e) => return bad(e),
@@ -74,7 +96,8 @@ pub fn remove_block(reloader: &Reloader, raw_cidr: &str) -> Reply {
     match reloader.runtime.blacklist.remove(cidr) {
         Ok(true) => {
             tracing::warn!(target: "blacklist", %cidr, "unblocked by admin API");
-            json_reply(StatusCode::OK, &json!({"removed": cidr.to_string()}))
+            let reach = reach(reloader).await;
+            json_reply(StatusCode::OK, &with_reach(json!({"removed": cidr.to_string()}), reach))
         }
         Ok(false) => {
             let snapshot = reloader.snapshots.load();
@@ -109,7 +132,7 @@ pub fn degrade(reloader: &Reloader) -> Reply {
     json_reply(StatusCode::OK, &degrade_json(reloader))
 }
 
-pub fn set_degrade(reloader: &Reloader, body: Option<&[u8]>) -> Reply {
+pub async fn set_degrade(reloader: &Reloader, body: Option<&[u8]>) -> Reply {
     let level = match body {
         None => None,
         Some(body) => match serde_json::from_slice::<DegradeRequest>(body) {
@@ -125,7 +148,8 @@ pub fn set_degrade(reloader: &Reloader, body: Option<&[u8]>) -> Reply {
     let in_force = reloader.runtime.degrade_level(reloader.snapshots.load().config.degrade_level);
     reloader.metrics.degrade_level.set(i64::from(in_force));
     tracing::warn!(level = in_force, "degrade level changed by admin API");
-    json_reply(StatusCode::OK, &degrade_json(reloader))
+    let reach = reach(reloader).await;
+    json_reply(StatusCode::OK, &with_reach(degrade_json(reloader), reach))
 }
 
 pub fn degrade_json(reloader: &Reloader) -> Value {

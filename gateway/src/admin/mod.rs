@@ -77,18 +77,18 @@ impl ServeHttp for AdminApp {
             (&Method::GET, "/api/explain") => self.explain(&query, session.req_header().uri.query().unwrap_or("")),
             (&Method::GET, "/api/blacklist") => edge::list_blocks(&self.reloader),
             (&Method::POST, "/api/blacklist") => match read_body(session).await {
-                Ok(body) => edge::add_block(&self.reloader, &body),
+                Ok(body) => edge::add_block(&self.reloader, &body).await,
                 Err(reply) => reply,
             },
             (&Method::DELETE, p) if p.starts_with("/api/blacklist/") => {
-                edge::remove_block(&self.reloader, &percent_decode(&p["/api/blacklist/".len()..]))
+                edge::remove_block(&self.reloader, &percent_decode(&p["/api/blacklist/".len()..])).await
             }
             (&Method::GET, "/api/degrade") => edge::degrade(&self.reloader),
             (&Method::PUT, "/api/degrade") => match read_body(session).await {
-                Ok(body) => edge::set_degrade(&self.reloader, Some(&body)),
+                Ok(body) => edge::set_degrade(&self.reloader, Some(&body)).await,
                 Err(reply) => reply,
             },
-            (&Method::DELETE, "/api/degrade") => edge::set_degrade(&self.reloader, None),
+            (&Method::DELETE, "/api/degrade") => edge::set_degrade(&self.reloader, None).await,
             // QA's shadow diffs: /api/diffs[/summary|/{id}] and the /diffs pages (405 for other methods).
             (_, p) if diffs::handles(p) => {
                 diffs::serve(Arc::clone(&self.reloader), method.clone(), path.clone(), query).await

@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use crate::cluster::StoreState;
 use crate::control::reload::Reloader;
 
 pub fn render(reloader: &Reloader) -> Value {
@@ -74,5 +75,26 @@ pub fn render(reloader: &Reloader) -> Value {
             "runtime_entries": reloader.runtime.blacklist.len(),
         },
         "state_file": reloader.runtime.state.path().display().to_string(),
+        "cluster": cluster(reloader),
+    })
+}
+
+/// `null` for a single gateway; else the store's state as this replica sees it.
+fn cluster(reloader: &Reloader) -> Value {
+    let Some(link) = &reloader.cluster else { return Value::Null };
+    let runtime = &reloader.runtime;
+    let store = match link.health.state() {
+        StoreState::Ok => "ok",
+        // Before the first call completes the store is not known to be reachable.
+        StoreState::Unreachable | StoreState::Starting => "unreachable",
+    };
+    json!({
+        "store": store,
+        "redis": link.spec.redis_display(),
+        "key_prefix": link.spec.key_prefix,
+        "replica": link.origin,
+        "since": super::times::rfc3339_seconds(link.health.since()),
+        "last_sync": link.health.last_sync().map(super::times::rfc3339_seconds),
+        "pending_changes": runtime.blacklist.pending().len() + usize::from(runtime.pending_degrade().is_some()),
     })
 }

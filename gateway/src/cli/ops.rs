@@ -85,17 +85,28 @@ pub(crate) fn report(result: Result<(u16, Value), String>, ok: impl Fn(&Value) -
     }
 }
 
+/// A second line when a change did not reach the fleet.
+fn reach_line(answer: &Value) -> String {
+    match answer["warning"].as_str() {
+        Some(w) => format!("\n{w}"),
+        None if answer["applied"] == "cluster" => "\napplied on every replica (cluster store)".to_string(),
+        None => String::new(),
+    }
+}
+
 pub fn block(client: &AdminClient, cidr: &str, ttl: Option<String>, reason: Option<String>) -> ExitCode {
     let body = json!({"cidr": cidr, "ttl": ttl, "reason": reason});
     report(client.call("POST", "/api/blacklist", Some(body)), |e| {
         let until = e["expires_at"].as_str().map(|t| format!(" until {t}")).unwrap_or_default();
-        format!("blocked {}{until}", e["cidr"].as_str().unwrap_or(cidr))
+        format!("blocked {}{until}{}", e["cidr"].as_str().unwrap_or(cidr), reach_line(e))
     })
 }
 
 pub fn unblock(client: &AdminClient, cidr: &str) -> ExitCode {
     let path = format!("/api/blacklist/{}", cidr.replace('/', "%2F"));
-    report(client.call("DELETE", &path, None), |e| format!("unblocked {}", e["removed"].as_str().unwrap_or(cidr)))
+    report(client.call("DELETE", &path, None), |e| {
+        format!("unblocked {}{}", e["removed"].as_str().unwrap_or(cidr), reach_line(e))
+    })
 }
 
 pub fn blocks(client: &AdminClient, as_json: bool) -> ExitCode {
@@ -139,11 +150,12 @@ pub fn degrade(client: &AdminClient, level: Option<String>) -> ExitCode {
         let routes: Vec<&str> =
             d["degraded_routes"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         format!(
-            "degrade level {} (config {}{}); routes on their fallback page: {}",
+            "degrade level {} (config {}{}); routes on their fallback page: {}{}",
             d["level"],
             d["config_level"],
             if d["runtime_override"].is_null() { "" } else { ", set at run time" },
-            if routes.is_empty() { "none".to_string() } else { routes.join(", ") }
+            if routes.is_empty() { "none".to_string() } else { routes.join(", ") },
+            reach_line(d)
         )
     })
 }

@@ -53,11 +53,20 @@ pub struct Diagnostics<'a> {
     pub warnings: Vec<ConfigWarning>,
     /// Every file the load read besides the config itself.
     pub files: super::files::FileRecord,
+    /// Limits with `scope = "cluster"` (key, span): an error unless `[cluster]` is set.
+    pub cluster_limits: Vec<(String, std::ops::Range<usize>)>,
 }
 
 impl<'a> Diagnostics<'a> {
     pub fn new(file: &Path, source: &'a str) -> Self {
-        Self { file: file.to_path_buf(), source, errors: Vec::new(), warnings: Vec::new(), files: Default::default() }
+        Self {
+            file: file.to_path_buf(),
+            source,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            files: Default::default(),
+            cluster_limits: Vec::new(),
+        }
     }
 
     pub fn file(&self) -> &Path {

@@ -264,12 +264,34 @@ pub struct RateLimitFile {
     pub per_route: Option<Sp<LimitFile>>,
 }
 
-/// `{ rate = "200/s", burst = 400 }`.
+/// `{ rate = "200/s", burst = 400, scope = "cluster", on_store_error = "local" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitFile {
     pub rate: String,
     pub burst: Option<i64>,
+    /// `"replica"` (default): each gateway counts alone; `"cluster"`: the fleet shares one budget.
+    pub scope: Option<String>,
+    /// For a cluster limit while the store is unreachable: `"local"` (default), `"allow"` or `"deny"`.
+    pub on_store_error: Option<String>,
+}
+
+/// `[cluster]`: the fleet's shared store (Redis). Absent: a single gateway.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub redis: Option<Sp<String>>,
+    pub key_prefix: Option<Sp<String>>,
+    /// Relative to the config file; overrides a password in the URL.
+    pub password_file: Option<Sp<String>>,
+    /// Per Redis call.
+    pub timeout: Option<Sp<String>>,
+    /// How often the whole shared state is read back (pub/sub carries changes at once).
+    pub reconcile: Option<Sp<String>>,
+    /// How often cluster rate-limit counts are exchanged.
+    pub rate_limit_sync: Option<Sp<String>>,
+    /// This replica's name in the shared store (default: host name and process ID).
+    pub replica_name: Option<Sp<String>>,
 }
 
 /// `[routes.fallback]`: the static page served when the upstream cannot answer.

@@ -86,6 +86,67 @@ pub struct LimitSpec {
     pub rate: u32,
     pub per: Duration,
     pub burst: u32,
+    pub scope: LimitScope,
+}
+
+/// `[cluster]`: the store a fleet shares run-time state and cluster limits through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSpec {
+    /// `redis://` or `rediss://` URL as written (a password in it is never shown).
+    pub redis_url: String,
+    /// From `password_file`; wins over one in the URL.
+    pub password: Option<Secret>,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub reconcile: Duration,
+    pub rate_limit_sync: Duration,
+    /// Names this replica's changes in the store; `None`: host name and process ID.
+    pub replica_name: Option<String>,
+}
+
+impl ClusterSpec {
+    /// The URL without its password, for logs and `/api/status`.
+    pub fn redis_display(&self) -> String {
+        match self.redis_url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => self.redis_url.clone(),
+            },
+            None => self.redis_url.clone(),
+        }
+    }
+}
+
+/// A secret read from a file; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Who shares a limit's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LimitScope {
+    /// Each gateway counts on its own (a fleet of N admits N × rate).
+    #[default]
+    Replica,
+    /// The fleet shares one budget through the `[cluster]` store.
+    Cluster(OnStoreError),
+}
+
+/// What a cluster limit does while the shared store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnStoreError {
+    /// Enforce the limit on each replica alone.
+    #[default]
+    Local,
+    /// Admit every request the limit would judge.
+    Allow,
+    /// Refuse every request the limit would judge (429).
+    Deny,
 }
 
 /// Why a fallback page is served instead of an upstream answer.

@@ -51,6 +51,8 @@ bound_at_start! {
         "admin.listen" => admin_listen: SocketAddr,
         /// The run-time state file (blocks added through the API, degrade level).
         "state.path" => state_path: PathBuf,
+        /// `[cluster]` as a whole: the store connection is made once.
+        "cluster" => cluster: Option<super::model::ClusterSpec>,
         nested server: ServerStartup,
         nested shadow_store: ShadowStoreSpec,
     }

@@ -193,3 +193,43 @@ fn six_versions_are_one_error_naming_the_limit() {
     );
     assert_eq!(errors(&text), vec!["gateway.toml:6: routes[0].versions: at most 5 versions per route (6 given)"]);
 }
+
+#[test]
+fn cluster_section_and_cluster_limits_are_checked_together() {
+    let limit = "\n[routes.rate_limit]\nper_ip = { rate = \"100/s\", scope = \"cluster\" }\n";
+    // A cluster limit without [cluster]: the limit's own line and key.
+    let shown = errors(&format!("{GOOD}{limit}"));
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(
+        shown[0]
+            .starts_with("gateway.toml:22: routes[0].rate_limit.per_ip.scope: scope = \"cluster\" needs a [cluster]"),
+        "{shown:?}"
+    );
+
+    // Every mistake of the section at once.
+    let bad = format!(
+        "{GOOD}{limit}\n[cluster]\nredis = \"http://127.0.0.1:6379\"\nkey_prefix = \"a b\"\ntimeout = \"0s\"\n\
+         password_file = \"/nonexistent/redis.pass\"\n"
+    );
+    let shown = errors(&bad);
+    for key in ["cluster.redis", "cluster.key_prefix", "cluster.timeout", "cluster.password_file"] {
+        assert!(shown.iter().any(|e| e.contains(&format!(": {key}: "))), "{key} in {shown:?}");
+    }
+    assert!(!shown.iter().any(|e| e.contains("scope")), "{shown:?}");
+
+    let good = format!(
+        "{GOOD}\n[routes.rate_limit]\nper_ip = {{ rate = \"100/s\", scope = \"cluster\", on_store_error = \"deny\" }}\n\
+         \n[cluster]\nredis = \"redis://:secret@127.0.0.1:6379/0\"\n"
+    );
+    let loaded = parse(Path::new("gateway.toml"), &good).expect("valid");
+    let spec = loaded.config.startup.cluster.as_ref().expect("cluster");
+    assert_eq!(spec.redis_display(), "redis://***@127.0.0.1:6379/0", "the password is never shown");
+    assert_eq!((spec.key_prefix.as_str(), spec.timeout), ("gw:", std::time::Duration::from_millis(200)));
+    let per_ip = loaded.config.routes[0].rate_limit.per_ip.expect("limit");
+    assert_eq!(per_ip.scope, LimitScope::Cluster(OnStoreError::Deny));
+
+    // on_store_error means nothing for a replica limit.
+    let shown =
+        errors(&format!("{GOOD}\n[routes.rate_limit]\nper_ip = {{ rate = \"1/s\", on_store_error = \"allow\" }}\n"));
+    assert!(shown.iter().any(|e| e.contains("per_ip.on_store_error: applies only to scope")), "{shown:?}");
+}

@@ -17,6 +17,7 @@ use super::error::{ConfigError, ConfigWarning, Diagnostics};
 use super::file::*;
 use super::model::*;
 use super::startup::StartupSettings;
+use super::validate_cluster;
 use super::validate_edge;
 use super::validate_route;
 use super::validate_server;
@@ -36,7 +37,7 @@ pub struct LoadedConfig {
 }
 
 const SECTIONS: &str =
-    "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow, anonymous_cookie";
+    "server, admin, client_ip, upstreams, routes, blacklist, rate_limit, degrade, state, shadow, anonymous_cookie, cluster";
 
 /// Read and validate a config file.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, Vec<ConfigError>> {
@@ -82,6 +83,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     let mut rate_limit = RateLimitFile::default();
     let mut shadow_store = ShadowStoreFile::default();
     let mut anonymous_cookie = AnonymousCookieFile::default();
+    let mut cluster: Option<ClusterFile> = None;
 
     for (key, value) in root.into_inner() {
         let key_span = key.span();
@@ -95,6 +97,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
             "rate_limit" => rate_limit = section(&mut d, "rate_limit", value).unwrap_or_default(),
             "shadow" => shadow_store = section(&mut d, "shadow", value).unwrap_or_default(),
             "anonymous_cookie" => anonymous_cookie = section(&mut d, "anonymous_cookie", value).unwrap_or_default(),
+            "cluster" => cluster = Some(section(&mut d, "cluster", value).unwrap_or_default()),
             "upstreams" => {
                 let span = value.span();
                 match value.into_inner() {
@@ -140,6 +143,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     let degrade_level = validate_edge::degrade_level(&mut d, &degrade);
     let rate_limit = validate_edge::rate_limit(&mut d, "rate_limit", &rate_limit);
     let shadow_store = validate_shadow::store(&mut d, &shadow_store);
+    let cluster = validate_cluster::cluster(&mut d, cluster);
     if routes.is_empty() && d.errors.is_empty() {
         // Also what a half-written or truncated file looks like: never serve it.
         d.error(None, "routes", "the config defines no [[routes]]; every request would get a 404");
@@ -153,7 +157,7 @@ pub fn parse(path: &Path, source: &str) -> Result<LoadedConfig, Vec<ConfigError>
     Ok(LoadedConfig {
         config: GatewayConfig {
             source: path.to_path_buf(),
-            startup: StartupSettings { admin_listen, state_path, server: server_startup, shadow_store },
+            startup: StartupSettings { admin_listen, state_path, server: server_startup, cluster, shadow_store },
             server,
             admin,
             client_ip,

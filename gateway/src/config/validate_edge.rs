@@ -116,7 +116,8 @@ pub fn rate_limit(d: &mut Diagnostics, key: &str, f: &RateLimitFile) -> RateLimi
                         rate
                     }
                 };
-                Some(LimitSpec { rate, per, burst })
+                let scope = limit_scope(d, &key, l);
+                Some(LimitSpec { rate, per, burst, scope })
             }
         }
     };
@@ -124,6 +125,44 @@ pub fn rate_limit(d: &mut Diagnostics, key: &str, f: &RateLimitFile) -> RateLimi
         per_ip: one("per_ip", &f.per_ip),
         per_user: one("per_user", &f.per_user),
         per_route: one("per_route", &f.per_route),
+    }
+}
+
+/// `scope` and `on_store_error` of one limit.
+fn limit_scope(d: &mut Diagnostics, key: &str, l: &Sp<LimitFile>) -> LimitScope {
+    let f = l.get_ref();
+    let on_error = match f.on_store_error.as_deref() {
+        None | Some("local") => OnStoreError::Local,
+        Some("allow") => OnStoreError::Allow,
+        Some("deny") => OnStoreError::Deny,
+        Some(other) => {
+            d.error(
+                Some(l.span()),
+                format!("{key}.on_store_error"),
+                format!("{other:?} is not one of \"local\", \"allow\", \"deny\""),
+            );
+            OnStoreError::Local
+        }
+    };
+    match f.scope.as_deref() {
+        None | Some("replica") => {
+            if f.on_store_error.is_some() {
+                d.error(
+                    Some(l.span()),
+                    format!("{key}.on_store_error"),
+                    "applies only to scope = \"cluster\"; a replica limit never asks the store",
+                );
+            }
+            LimitScope::Replica
+        }
+        Some("cluster") => {
+            d.cluster_limits.push((key.to_string(), l.span()));
+            LimitScope::Cluster(on_error)
+        }
+        Some(other) => {
+            d.error(Some(l.span()), format!("{key}.scope"), format!("{other:?} is not \"replica\" or \"cluster\""));
+            LimitScope::Replica
+        }
     }
 }
 

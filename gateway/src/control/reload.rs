@@ -13,10 +13,12 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::cluster::ClusterLink;
 use crate::config::{self, ConfigError, GatewayConfig, LoadedConfig};
-use crate::control::runtime::RuntimeState;
+use crate::control::runtime::{RuntimeState, Sharing};
 use crate::control::snapshot::{BuildDeps, Snapshot, SnapshotHandle};
 use crate::control::state::OpenMode;
+use crate::edge::limits::LimiterBook;
 use crate::shadow::engine::ShadowEngine;
 use crate::shadow::DiffStore;
 use crate::telemetry::metrics::Metrics;
@@ -51,6 +53,8 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// Blocks and degrade level entered at run time; opened once at start.
     pub runtime: Arc<RuntimeState>,
+    /// The fleet's shared store, with `[cluster]`; bound at start.
+    pub cluster: Option<Arc<ClusterLink>>,
     pub shadow: Arc<ShadowEngine>,
     /// Set by a SIGHUP that arrives before the reload task listens (see `server::build`).
     pub early_hup: Arc<std::sync::atomic::AtomicBool>,
@@ -83,8 +87,13 @@ impl Reloader {
         metrics: Arc<Metrics>,
         shadow: Arc<ShadowEngine>,
     ) -> Result<Self, Vec<ConfigError>> {
-        let deps = BuildDeps::new(Arc::clone(&metrics), Arc::clone(&shadow));
+        let cluster = loaded.config.startup.cluster.clone().map(|spec| ClusterLink::new(spec, &metrics.registry, None));
+        let mut deps = BuildDeps::new(Arc::clone(&metrics), Arc::clone(&shadow));
+        deps.limiters = LimiterBook::with_cluster(cluster.clone());
         let runtime = prepare(path, &loaded, Steps::Run(&shadow), &deps)?;
+        if let (Some(link), Ok(state)) = (&cluster, runtime.state.load()) {
+            link.health.restore_last_sync(state.cluster.and_then(|c| c.last_sync_unix));
+        }
         let started_with = loaded.config.clone();
         let tls = crate::tls::CertResolver::new(&metrics.registry, loaded.config.server.tls.as_ref());
         let snapshot = Snapshot::build(loaded, 1, &deps)?;
@@ -98,6 +107,7 @@ impl Reloader {
             deps,
             metrics,
             runtime: Arc::new(runtime),
+            cluster,
             shadow,
             early_hup: Arc::default(),
             control_ready: Default::default(),
@@ -247,7 +257,11 @@ fn prepare(
         Steps::Run(_) => OpenMode::Create,
         Steps::Check => OpenMode::Inspect,
     };
-    let runtime = RuntimeState::open(&config.startup.state_path, mode)
+    let sharing = match &config.startup.cluster {
+        Some(spec) => Sharing { origin: crate::cluster::replica_name(spec), fleet: true },
+        None => Sharing::single(),
+    };
+    let runtime = RuntimeState::open_shared(&config.startup.state_path, mode, sharing)
         .map_err(|e| {
             errors.push(ConfigError {
                 file: path.to_path_buf(),

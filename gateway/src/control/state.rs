@@ -33,13 +33,23 @@ pub enum OpenMode {
     Inspect,
 }
 
-/// The whole state file. Fields default so that files written by older versions load.
+/// The whole state file. Fields default so that files written by older
+/// versions load; the fleet's fields (stamps, unblocks, the store's epoch)
+/// sit beside the original ones, so an older gateway still reads the blocks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedState {
     #[serde(default)]
     pub blacklist: Vec<PersistedBlock>,
     #[serde(default)]
     pub degrade_level: Option<u8>,
+    /// When and where the degrade level was last set (fleet mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degrade_change: Option<PersistedChange>,
+    /// Unblocks a fleet still remembers (tombstones), so a stale copy cannot bring a block back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unblocked: Vec<PersistedUnblock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<PersistedCluster>,
 }
 
 /// One run-time block, as written to disk.
@@ -52,6 +62,36 @@ pub struct PersistedBlock {
     pub added_at_unix: u64,
     #[serde(default)]
     pub expires_at_unix: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<PersistedChange>,
+}
+
+/// The stamp of a change and whether the shared store has it yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedChange {
+    pub at_ms: u64,
+    pub origin: String,
+    /// Made while the store was unreachable: pushed when it returns.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedUnblock {
+    pub cidr: String,
+    pub change: PersistedChange,
+}
+
+/// What this replica last knew of the shared store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedCluster {
+    /// The store's identity: a different one means the store lost its data
+    /// (or is another store), and everything this replica knows is pushed again.
+    #[serde(default)]
+    pub epoch: Option<String>,
+    /// The last full read of the store, in seconds since the epoch.
+    #[serde(default)]
+    pub last_sync_unix: Option<u64>,
 }
 
 /// Why the state file cannot be used; every variant names the file.
@@ -93,6 +133,13 @@ struct RawState {
     blacklist: Vec<RawBlock>,
     #[serde(default)]
     degrade_level: Option<Number>,
+    // Written only by the gateway: a wrong type is a parse error naming the file.
+    #[serde(default)]
+    degrade_change: Option<PersistedChange>,
+    #[serde(default)]
+    unblocked: Vec<PersistedUnblock>,
+    #[serde(default)]
+    cluster: Option<PersistedCluster>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +151,8 @@ struct RawBlock {
     added_at_unix: Option<Number>,
     #[serde(default)]
     expires_at_unix: Option<Number>,
+    #[serde(default)]
+    change: Option<PersistedChange>,
 }
 
 impl RawState {
@@ -135,9 +184,19 @@ impl RawState {
                 reason: b.reason,
                 added_at_unix: added_at_unix.unwrap_or(0),
                 expires_at_unix,
+                change: b.change,
             });
         }
-        Ok(PersistedState { blacklist, degrade_level })
+        for (i, u) in self.unblocked.iter().enumerate() {
+            values::cidr(&u.cidr).map_err(|e| (format!("unblocked[{i}].cidr"), e))?;
+        }
+        Ok(PersistedState {
+            blacklist,
+            degrade_level,
+            degrade_change: self.degrade_change,
+            unblocked: self.unblocked,
+            cluster: self.cluster,
+        })
     }
 }
 

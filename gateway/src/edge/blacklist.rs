@@ -1,26 +1,24 @@
-//! The IP blacklist's data: where blocks come from, list files, the merged
-//! static list (config + files, rebuilt on reload) and the run-time list
-//! (admin API, persisted, changed in place).
+//! The IP blacklist's data: where blocks come from, list files, and the
+//! merged static list (config + files, rebuilt on reload). The run-time list
+//! (admin API, persisted, shared in a fleet) is `runtime_blacklist`.
 //!
-//! Both lists answer lookups without locks: the static one is immutable and
-//! swapped in whole by the reload thread, the run-time one swaps a fresh set
-//! behind an `ArcSwap` on every change.
+//! Lookups take no lock: the static list is immutable and swapped in whole
+//! by the reload thread.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use super::ipset::IpSet;
+pub use super::runtime_blacklist::RuntimeBlacklist;
 use crate::config::values;
 use crate::config::ConfigError;
-use crate::control::state::{PersistedBlock, StateError, StateFile, MAX_UNIX_TIME};
+use crate::control::state::StateError;
 
 /// A humantime year (365.25 days), so that `ttl = "10y"` is exactly the limit.
 const YEAR: Duration = Duration::from_secs(31_557_600);
@@ -210,186 +208,6 @@ impl StaticBlacklist {
 
     pub fn is_empty(&self) -> bool {
         self.entries == 0
-    }
-}
-
-/// Blocks added through the admin API: small, persisted, changed in place.
-pub struct RuntimeBlacklist {
-    state: Arc<StateFile>,
-    /// The entries in the order they were added; the source of truth for the set and the file.
-    entries: Mutex<Vec<BlockEntry>>,
-    set: ArcSwap<IpSet<Arc<BlockEntry>>>,
-}
-
-impl RuntimeBlacklist {
-    /// Load the persisted blocks at start-up, dropping those already expired.
-    /// A corrupt state file or entry is an error: starting empty would unblock them all.
-    pub fn open(state: Arc<StateFile>) -> Result<Self, StateError> {
-        let persisted = state.load()?;
-        Self::from_persisted(state, persisted.blacklist)
-    }
-
-    /// [`RuntimeBlacklist::open`] with the file already read (start-up reads it once).
-    pub fn from_persisted(state: Arc<StateFile>, blocks: Vec<PersistedBlock>) -> Result<Self, StateError> {
-        let now = SystemTime::now();
-        let mut entries = Vec::with_capacity(blocks.len());
-        for (i, p) in blocks.into_iter().enumerate() {
-            let cidr = values::cidr(&p.cidr).map_err(|message| StateError::Field {
-                path: state.path().to_path_buf(),
-                field: format!("blacklist[{i}].cidr"),
-                message,
-            })?;
-            let entry = BlockEntry {
-                cidr,
-                source: BlockSource::Api,
-                reason: p.reason,
-                added_at: Some(from_unix(p.added_at_unix)),
-                expires_at: p.expires_at_unix.map(from_unix),
-            };
-            if !entry.is_expired(now) {
-                entries.push(entry);
-            }
-        }
-        // A hand-edited file may list a CIDR twice: keep the last, as `add` would have.
-        let mut seen = HashSet::new();
-        entries.reverse();
-        entries.retain(|e| seen.insert(e.cidr));
-        entries.reverse();
-        let set = ArcSwap::from_pointee(build_set(&entries));
-        Ok(RuntimeBlacklist { state, entries: Mutex::new(entries), set })
-    }
-
-    /// Block `cidr` (normalised to its network), replacing an existing block of
-    /// the same CIDR; runs on an admin request. Persisted before it takes effect.
-    /// A TTL over [`MAX_BLOCK_TTL`] is refused before anything changes.
-    pub fn add(&self, cidr: IpNet, reason: Option<String>, ttl: Option<Duration>) -> Result<BlockEntry, BlockError> {
-        let now = SystemTime::now();
-        let expires_at = match ttl {
-            None => None,
-            // Also refused when the clock is so far ahead that the expiry would pass
-            // what the state file can hold: the block would not load after a restart.
-            Some(ttl) => Some(
-                now.checked_add(ttl)
-                    .filter(|t| ttl <= MAX_BLOCK_TTL && unix_secs(*t) <= MAX_UNIX_TIME)
-                    .ok_or(BlockError::TtlTooLong(ttl))?,
-            ),
-        };
-        let entry =
-            BlockEntry { cidr: cidr.trunc(), source: BlockSource::Api, reason, added_at: Some(now), expires_at };
-        self.change(|entries| {
-            match entries.iter_mut().find(|e| e.cidr == entry.cidr) {
-                Some(existing) => *existing = entry.clone(),
-                None => entries.push(entry.clone()),
-            }
-            true
-        })?;
-        Ok(entry)
-    }
-
-    /// Unblock exactly `cidr` (not the addresses inside it); `Ok(false)` when it was not blocked.
-    pub fn remove(&self, cidr: IpNet) -> Result<bool, StateError> {
-        let cidr = cidr.trunc();
-        self.change(|entries| {
-            let before = entries.len();
-            entries.retain(|e| e.cidr != cidr);
-            entries.len() != before
-        })
-    }
-
-    /// The live blocks, oldest first; those whose TTL passed are left out.
-    pub fn list(&self) -> Vec<BlockEntry> {
-        let now = SystemTime::now();
-        self.lock().iter().filter(|e| !e.is_expired(now)).cloned().collect()
-    }
-
-    /// The most specific live block covering `ip`; runs per request, lock-free.
-    ///
-    /// A block whose TTL passed no longer counts even before the sweeper removes
-    /// it; a broader block around it still does.
-    pub fn lookup(&self, ip: IpAddr) -> Option<Arc<BlockEntry>> {
-        let set = self.set.load();
-        let mut now = None;
-        let found =
-            set.matches(ip).find(|e| e.expires_at.is_none() || !e.is_expired(*now.get_or_insert_with(SystemTime::now)));
-        found.cloned()
-    }
-
-    /// Drop expired blocks; the lead's background task calls this every second.
-    /// Returns how many were dropped. A failed write is logged: lookups already
-    /// ignore the dropped blocks, and `open` drops them again after a restart.
-    pub fn sweep_expired(&self) -> usize {
-        let now = SystemTime::now();
-        let mut entries = self.lock();
-        let before = entries.len();
-        entries.retain(|e| !e.is_expired(now));
-        let removed = before - entries.len();
-        if removed > 0 {
-            if let Err(e) = self.persist(&entries) {
-                tracing::warn!(error = %e, removed, "cannot persist the blacklist after dropping expired blocks");
-            }
-            self.set.store(Arc::new(build_set(&entries)));
-        }
-        removed
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    /// Apply `f` to a copy of the entries; if it reports a change, persist the
-    /// copy and only then make it live, so memory never runs ahead of the file.
-    fn change(&self, f: impl FnOnce(&mut Vec<BlockEntry>) -> bool) -> Result<bool, StateError> {
-        let mut entries = self.lock();
-        let mut next = entries.clone();
-        if !f(&mut next) {
-            return Ok(false);
-        }
-        self.persist(&next)?;
-        self.set.store(Arc::new(build_set(&next)));
-        *entries = next;
-        Ok(true)
-    }
-
-    fn persist(&self, entries: &[BlockEntry]) -> Result<(), StateError> {
-        let blocks: Vec<PersistedBlock> = entries.iter().map(to_persisted).collect();
-        self.state.update(|s| s.blacklist = blocks)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<BlockEntry>> {
-        // Every change is built on a copy and stored whole, so a panic cannot leave a half-applied list.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn build_set(entries: &[BlockEntry]) -> IpSet<Arc<BlockEntry>> {
-    IpSet::build(entries.iter().map(|e| (e.cidr, Arc::new(e.clone()))))
-}
-
-/// A time read from the state file (at most [`MAX_UNIX_TIME`] once loaded); never panics.
-fn from_unix(secs: u64) -> SystemTime {
-    let secs = Duration::from_secs(secs.min(MAX_UNIX_TIME));
-    UNIX_EPOCH.checked_add(secs).unwrap_or(UNIX_EPOCH)
-}
-
-/// Whole seconds since the epoch, rounded up; 0 before it.
-fn unix_secs(t: SystemTime) -> u64 {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
-}
-
-/// Capped at [`MAX_UNIX_TIME`]: the gateway never writes a file it would refuse to load.
-fn to_persisted(e: &BlockEntry) -> PersistedBlock {
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs().min(MAX_UNIX_TIME);
-    PersistedBlock {
-        cidr: e.cidr.to_string(),
-        reason: e.reason.clone(),
-        added_at_unix: e.added_at.map_or(0, secs),
-        // Rounded up: after a restart a block may last a fraction of a second longer, never shorter.
-        expires_at_unix: e.expires_at.map(|t| unix_secs(t).min(MAX_UNIX_TIME)),
     }
 }
 

@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{LimitSpec, RateLimitSpec};
+use crate::cluster::limits::SharedBudget;
+use crate::cluster::ClusterLink;
+use crate::config::{LimitScope, LimitSpec, RateLimitSpec};
 
 use super::rate_limit::{LimitKey, RateLimiter, Verdict};
 
@@ -19,18 +21,43 @@ type BookKey = (String, LimitKey, LimitSpec);
 #[derive(Default)]
 pub struct LimiterBook {
     limiters: Mutex<HashMap<BookKey, Arc<RateLimiter>>>,
+    /// The fleet, for `scope = "cluster"` limits; without it they count locally (`gateway check`).
+    cluster: Option<Arc<ClusterLink>>,
 }
 
 impl LimiterBook {
+    pub fn with_cluster(cluster: Option<Arc<ClusterLink>>) -> Self {
+        Self { limiters: Mutex::default(), cluster }
+    }
+
     fn get(&self, scope: &str, key: LimitKey, spec: LimitSpec) -> Arc<RateLimiter> {
         let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(map.entry((scope.to_string(), key, spec)).or_insert_with(|| Arc::new(RateLimiter::new(spec))))
+        let make = || match (spec.scope, &self.cluster) {
+            (LimitScope::Cluster(on_error), Some(link)) => {
+                // The same name on every replica with the same config: the fleet's shared bucket.
+                let name = format!("{}:{}:{}/{}ms", scope_name(scope), key.as_str(), spec.rate, spec.per.as_millis());
+                let limiter = Arc::new(RateLimiter::shared(spec, SharedBudget::new(name, on_error, Arc::clone(link))));
+                link.limits.register(&limiter);
+                limiter
+            }
+            _ => Arc::new(RateLimiter::new(spec)),
+        };
+        Arc::clone(map.entry((scope.to_string(), key, spec)).or_insert_with(make))
     }
 
     /// Drop limiters no snapshot uses any more (called after a swap).
     pub fn retain_only(&self, live: &[&ScopeLimits]) {
         let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, l| live.iter().any(|s| s.uses(l)));
+    }
+}
+
+/// A route's name, or `global` for the top-level `[rate_limit]`.
+fn scope_name(scope: &str) -> &str {
+    if scope.is_empty() {
+        "global"
+    } else {
+        scope
     }
 }
 

@@ -10,4 +10,5 @@ pub mod ipset;
 pub mod limits;
 pub mod path;
 pub mod rate_limit;
+pub mod runtime_blacklist;
 pub mod static_lists;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::cluster::limits::{Judge, SharedBudget};
 use crate::config::LimitSpec;
 
 /// Slots per limiter: 64 Ki × 8 bytes = 512 KiB, fixed at creation.
@@ -28,6 +29,8 @@ pub const DEFAULT_SLOTS: usize = 1 << 16;
 
 pub struct RateLimiter {
     spec: LimitSpec,
+    /// Set for a `scope = "cluster"` limit in a fleet.
+    shared: Option<SharedBudget>,
     /// Nanoseconds between two requests at the sustained rate.
     interval_ns: u64,
     /// How far TAT may run ahead of now: (burst - 1) intervals.
@@ -56,6 +59,7 @@ impl RateLimiter {
         let tolerance_ns = interval_ns.saturating_mul(u64::from(spec.burst.max(1) - 1));
         Self {
             spec,
+            shared: None,
             interval_ns,
             tolerance_ns,
             slots: (0..slots.max(2)).map(|_| AtomicU64::new(0)).collect(),
@@ -63,17 +67,58 @@ impl RateLimiter {
         }
     }
 
+    /// A limit whose budget the fleet shares (`cluster::limits`).
+    pub fn shared(spec: LimitSpec, budget: SharedBudget) -> Self {
+        Self { shared: Some(budget), ..Self::new(spec) }
+    }
+
     pub fn spec(&self) -> LimitSpec {
         self.spec
     }
 
+    pub fn shared_budget(&self) -> Option<&SharedBudget> {
+        self.shared.as_ref()
+    }
+
     /// Count one request for `key` and say whether it may pass.
     pub fn check(&self, key: &[u8]) -> Verdict {
-        self.check_at(key, self.epoch.elapsed().as_nanos() as u64)
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let Some(shared) = &self.shared else { return self.check_at(key, now) };
+        match shared.judge() {
+            Judge::Allow => Verdict::Allow,
+            Judge::Deny => Verdict::Limit { retry_after: Duration::from_secs(1) },
+            Judge::Local => {
+                let verdict = self.check_at(key, now);
+                if verdict == Verdict::Allow {
+                    shared.count(key);
+                }
+                verdict
+            }
+        }
+    }
+
+    /// Take in the fleet's view of `key`: its arrival time is `ahead` past
+    /// now. Never lowers what this replica counted itself.
+    pub fn adopt(&self, key: &[u8], ahead: Duration) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let tat = now.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX)).saturating_add(1);
+        let n = self.slots.len() as u64;
+        self.slots[(xxh3_64_with_seed(key, 0x5eed_0001) % n) as usize].fetch_max(tat, Ordering::Relaxed);
+        self.slots[(xxh3_64_with_seed(key, 0x5eed_0002) % n) as usize].fetch_max(tat, Ordering::Relaxed);
+    }
+
+    /// Nanoseconds per request at the sustained rate.
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval_ns)
     }
 
     /// What `check` would say, without counting the request (explain's dry run).
     pub fn peek(&self, key: &[u8]) -> Verdict {
+        match self.shared.as_ref().map(SharedBudget::judge) {
+            Some(Judge::Allow) => return Verdict::Allow,
+            Some(Judge::Deny) => return Verdict::Limit { retry_after: Duration::from_secs(1) },
+            _ => {}
+        }
         let now = self.epoch.elapsed().as_nanos() as u64;
         let n = self.slots.len() as u64;
         let a = &self.slots[(xxh3_64_with_seed(key, 0x5eed_0001) % n) as usize];
@@ -136,7 +181,7 @@ mod tests {
     use super::*;
 
     fn spec(rate: u32, per_secs: u64, burst: u32) -> LimitSpec {
-        LimitSpec { rate, per: Duration::from_secs(per_secs), burst }
+        LimitSpec { rate, per: Duration::from_secs(per_secs), burst, scope: Default::default() }
     }
 
     const SEC: u64 = 1_000_000_000;

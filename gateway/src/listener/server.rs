@@ -184,7 +184,14 @@ struct ControlPlane {
 impl BackgroundService for ControlPlane {
     async fn start(&self, shutdown: ShutdownWatch) {
         let snapshots = Arc::clone(&self.reloader.snapshots);
+        let fleet_shutdown = shutdown.clone();
+        let fleet = async move {
+            if let Some(link) = &self.reloader.cluster {
+                crate::cluster::sync::run(Arc::clone(&self.reloader), Arc::clone(link), fleet_shutdown).await;
+            }
+        };
         tokio::join!(
+            fleet,
             sweep_expired_blocks(Arc::clone(&self.reloader.runtime), shutdown.clone()),
             upstream::health::run(snapshots, shutdown.clone()),
             watch::watch_config(Arc::clone(&self.reloader), shutdown.clone()),

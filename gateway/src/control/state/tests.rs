@@ -10,6 +10,7 @@ fn block(cidr: &str) -> PersistedBlock {
         reason: Some("abuse".into()),
         added_at_unix: 1_700_000_000,
         expires_at_unix: None,
+        change: None,
     }
 }
 

@@ -1,0 +1,258 @@
+//! The shared store: one Redis (or anything that speaks its protocol),
+//! reached through the `redis` crate's multiplexed connection. Every call has
+//! a deadline (`[cluster] timeout`); a failed call drops the connection so
+//! the next one reconnects. Only the sync task and the subscriber talk to
+//! the store: the request path never waits on it.
+//!
+//! Keys, under `key_prefix`:
+//! - `state`: a hash of shared records, field `block:<cidr>` or `degrade`,
+//!   value the record's JSON (`record::SharedRecord`);
+//! - `epoch`: the store's identity, set once by the first replica;
+//! - `changes`: the pub/sub channel every change is published on;
+//! - `rl:<limit>:<key hash>`: a cluster rate limit's GCRA time for one key.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Script};
+
+use crate::config::ClusterSpec;
+
+/// Why a store call failed. The request path never sees one: it is counted,
+/// shown in `/api/status`, and the call is retried by the sync task.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the store: {0}")]
+    Connect(redis::RedisError),
+    #[error("the store refused the call: {0}")]
+    Command(redis::RedisError),
+}
+
+/// Writes a record unless the store holds a newer one for the same field
+/// ("latest change wins", by `at_ms`, then `origin`), and publishes it.
+/// Returns nil when written, else the store's record (equal or newer).
+const PUT_IF_NEWER: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ok, c = pcall(cjson.decode, cur)
+  if ok and type(c) == 'table' and type(c.at_ms) == 'number' then
+    local at = tonumber(ARGV[2])
+    if c.at_ms > at or (c.at_ms == at and tostring(c.origin) >= ARGV[3]) then
+      return cur
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return false
+";
+
+/// Deletes a spent record only if it is still the record the caller read.
+const DELETE_IF_SAME: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+";
+
+/// GCRA for a batch of keys of one limit, on the store's clock: each key's
+/// theoretical arrival time (µs) moves `count` intervals past
+/// max(itself, now). Returns, per key, how far it is ahead of now (µs).
+const GCRA_BATCH: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or '0') or 0
+  if tat < now then tat = now end
+  tat = tat + tonumber(ARGV[i + 1]) * interval
+  local ahead = tat - now
+  redis.call('SET', key, string.format('%.0f', tat), 'PX', math.floor(ahead / 1000) + 1000)
+  out[i] = ahead
+end
+return out
+";
+
+/// Key names under the fleet's prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub state: String,
+    pub epoch: String,
+    pub channel: String,
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            state: format!("{prefix}state"),
+            epoch: format!("{prefix}epoch"),
+            channel: format!("{prefix}changes"),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The key of one cluster rate-limit bucket.
+    pub fn limit(&self, limit: &str, key_hash: u64) -> String {
+        format!("{}rl:{limit}:{key_hash:016x}", self.prefix)
+    }
+}
+
+pub struct Store {
+    client: Client,
+    conn: Option<MultiplexedConnection>,
+    pub keys: Keys,
+    timeout: Duration,
+    put: Script,
+    delete: Script,
+    gcra: Script,
+}
+
+impl Store {
+    /// Prepare the client; nothing connects yet. Fails only on a URL that
+    /// `gateway check` would have refused.
+    pub fn new(spec: &ClusterSpec) -> Result<Store, StoreError> {
+        let mut info = spec.redis_url.as_str().into_connection_info().map_err(StoreError::Connect)?;
+        if let Some(password) = &spec.password {
+            let settings = info.redis_settings().clone().set_password(&password.0);
+            info = info.set_redis_settings(settings);
+        }
+        let client = Client::open(info).map_err(StoreError::Connect)?;
+        Ok(Store {
+            client,
+            conn: None,
+            keys: Keys::new(&spec.key_prefix),
+            timeout: spec.timeout,
+            put: Script::new(PUT_IF_NEWER),
+            delete: Script::new(DELETE_IF_SAME),
+            gcra: Script::new(GCRA_BATCH),
+        })
+    }
+
+    /// A client for the subscriber's own connection (pub/sub needs one).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn conn(&mut self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let connect = self.client.get_multiplexed_async_connection_with_config(&config);
+        let conn = match tokio::time::timeout(self.timeout, connect).await {
+            Err(_) => return Err(StoreError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(StoreError::Connect(e)),
+            Ok(Ok(c)) => c,
+        };
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Run one call with the deadline; any failure drops the connection.
+    async fn call<T>(
+        &mut self,
+        f: impl AsyncFnOnce(MultiplexedConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn().await?;
+        let result = match tokio::time::timeout(self.timeout, f(conn)).await {
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => Err(StoreError::Connect(e)),
+            Ok(Err(e)) => Err(StoreError::Command(e)),
+            Ok(Ok(v)) => Ok(v),
+        };
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// Write `json` for `field` unless the store has a newer record, and
+    /// publish it. `Ok(None)`: written; `Ok(Some(record))`: the store's
+    /// record won (or was this one already).
+    pub async fn put(
+        &mut self,
+        field: &str,
+        at_ms: u64,
+        origin: &str,
+        json: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (state, channel) = (self.keys.state.clone(), self.keys.channel.clone());
+        let message = format!("{field}\n{json}");
+        let script = self.put.clone();
+        self.call(async move |mut c| {
+            script
+                .key(&state)
+                .arg(field)
+                .arg(at_ms)
+                .arg(origin)
+                .arg(json)
+                .arg(&channel)
+                .arg(&message)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Delete `field` if it still holds `json` (a spent record).
+    pub async fn delete_if_same(&mut self, field: &str, json: &str) -> Result<(), StoreError> {
+        let state = self.keys.state.clone();
+        let script = self.delete.clone();
+        self.call(async move |mut c| script.key(&state).arg(field).arg(json).invoke_async::<i64>(&mut c).await)
+            .await
+            .map(|_| ())
+    }
+
+    /// The store's epoch, set to `fresh` first if it has none (a new or emptied store).
+    pub async fn epoch(&mut self, fresh: &str) -> Result<String, StoreError> {
+        let key = self.keys.epoch.clone();
+        self.call(async move |mut c| {
+            redis::cmd("SET").arg(&key).arg(fresh).arg("NX").query_async::<Option<String>>(&mut c).await?;
+            redis::cmd("GET").arg(&key).query_async::<Option<String>>(&mut c).await
+        })
+        .await
+        .map(|e| e.unwrap_or_default())
+    }
+
+    /// A liveness check, once a second while the store is up.
+    pub async fn ping(&mut self) -> Result<(), StoreError> {
+        self.call(async move |mut c| redis::cmd("PING").query_async::<String>(&mut c).await).await.map(|_| ())
+    }
+
+    /// Every shared record, as (field, JSON).
+    pub async fn read_all(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let key = self.keys.state.clone();
+        self.call(async move |mut c| redis::cmd("HGETALL").arg(&key).query_async::<Vec<(String, String)>>(&mut c).await)
+            .await
+    }
+
+    /// Count `counts[i]` requests for `keys[i]` of one limit (`interval_us`
+    /// per request); returns how far each key's time is ahead of the store's now (µs).
+    pub async fn gcra(&mut self, keys: &[String], interval_us: u64, counts: &[u32]) -> Result<Vec<i64>, StoreError> {
+        let script = self.gcra.clone();
+        let keys = keys.to_vec();
+        let counts = counts.to_vec();
+        self.call(async move |mut c| {
+            let mut invocation = script.prepare_invoke();
+            for k in &keys {
+                invocation.key(k);
+            }
+            invocation.arg(interval_us);
+            for n in &counts {
+                invocation.arg(*n);
+            }
+            invocation.invoke_async::<Vec<i64>>(&mut c).await
+        })
+        .await
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::common::cart_config_with;
 use crate::{output_text, promtool, read_repo_file, run_promtool};
-use integration_tests::{free_addr, http_client, temp_dir, Backend, Gateway};
+use integration_tests::{free_addr, http_client, temp_dir, Backend, Gateway, RedisServer};
 use serde_json::Value;
 
 /// Every PromQL expression of the dashboard, with Grafana's variables filled
@@ -62,6 +62,13 @@ async fn metrics_after_traffic() -> String {
         1,
     );
     assert!(config.contains("[shadow]"), "the shadow store was not added to the config:\n{config}");
+    // A fleet member, so the cluster series exist too.
+    let redis = RedisServer::start();
+    config = config.replacen(
+        "[upstreams.cart-v1]",
+        &format!("[cluster]\nredis = \"{}\"\n\n[upstreams.cart-v1]", redis.url()),
+        1,
+    );
     let dir = temp_dir();
     let certified = rcgen::generate_simple_self_signed(vec!["shop.localhost".to_string()]).expect("a test certificate");
     std::fs::write(dir.path().join("shop.pem"), certified.cert.pem()).expect("write the certificate");

@@ -15,7 +15,9 @@ usage() {
 usage: benches/load/run.sh [options]
 
   --variant V        a  plain routing (default)
-                     b  + 100,000-entry blacklist and per-IP rate limits (set never to trigger)
+                     b  + 100,000-entry blacklist and per-IP rate limits (set never to trigger);
+                        proxy gateway-cluster runs it as a fleet member: [cluster] on a local
+                        redis-server and the limit with scope = "cluster"
                      c  gateway only: shadow 100% on vs off (needs [routes.shadow])
                      d  memory per idle keep-alive client connection
                      e  plain routing with a hot reload every 100 ms
@@ -28,7 +30,8 @@ usage: benches/load/run.sh [options]
                      others; one thread) instead of wrk; latency counts from each request's
                      due time, so it is free of coordinated omission. Pick R below every
                      proxy's saturation. Default: none, closed-loop wrk. Variant d ignores it
-  --proxies LIST     comma-separated subset of gateway,nginx,haproxy,bare-pingora,gateway-base
+  --proxies LIST     comma-separated subset of gateway,nginx,haproxy,bare-pingora,gateway-base,
+                     gateway-cluster (variant b)
   --base-bin PATH    a second gateway binary (e.g. the previous commit's release build), run as
                      proxy 'gateway-base' with the same config, to compare two builds in one run
   --idle-conns N     variant d: idle connections per proxy (default 10000)
@@ -102,8 +105,11 @@ die() { log "error: $*"; exit 1; }
 STABLE_PORT=$((BASE_PORT + 1)) CANARY_PORT=$((BASE_PORT + 2)) SHADOW_PORT=$((BASE_PORT + 3))
 STATUS_PORT=$((BASE_PORT + 4))
 declare -A PORT=([gateway]=$((BASE_PORT + 10)) [gateway-shadow]=$((BASE_PORT + 20)) [nginx]=$((BASE_PORT + 30))
-    [haproxy]=$((BASE_PORT + 40)) [bare-pingora]=$((BASE_PORT + 50)) [gateway-base]=$((BASE_PORT + 60)))
-declare -A ADMIN_PORT=([gateway]=$((BASE_PORT + 11)) [gateway-shadow]=$((BASE_PORT + 21)) [gateway-base]=$((BASE_PORT + 61)))
+    [haproxy]=$((BASE_PORT + 40)) [bare-pingora]=$((BASE_PORT + 50)) [gateway-base]=$((BASE_PORT + 60))
+    [gateway-cluster]=$((BASE_PORT + 70)))
+declare -A ADMIN_PORT=([gateway]=$((BASE_PORT + 11)) [gateway-shadow]=$((BASE_PORT + 21)) [gateway-base]=$((BASE_PORT + 61))
+    [gateway-cluster]=$((BASE_PORT + 71)))
+REDIS_PORT=$((BASE_PORT + 5))
 
 # --- variant ------------------------------------------------------------------
 SALT="cart-2026-11" CANARY_PERCENT=10 SEED=2026
@@ -120,8 +126,13 @@ case "$VARIANT" in
 esac
 IFS=',' read -r -a LIST <<<"${PROXIES:-$DEFAULT_PROXIES}"
 for p in "${LIST[@]}"; do
-    [[ -n "${PORT[$p]:-}" ]] || die "unknown proxy '$p' (gateway, gateway-shadow, nginx, haproxy, bare-pingora, gateway-base)"
+    [[ -n "${PORT[$p]:-}" ]] || die "unknown proxy '$p' (gateway, gateway-shadow, nginx, haproxy, bare-pingora, gateway-base, gateway-cluster)"
 done
+CLUSTER=0
+if [[ " ${LIST[*]} " == *" gateway-cluster "* ]]; then
+    [[ "$VARIANT" == b ]] || die "proxy gateway-cluster compares cluster rate limits: use it with --variant b"
+    CLUSTER=1
+fi
 if [[ " ${LIST[*]} " == *" gateway-base "* ]]; then
     [[ -x "$BASE_BIN" ]] || die "proxy gateway-base needs --base-bin PATH (an executable gateway binary)"
 fi
@@ -159,6 +170,7 @@ need=()
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
 command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
 [[ -n "$RATE" ]] || command -v wrk >/dev/null || need+=(wrk)
+((CLUSTER)) && { command -v redis-server >/dev/null || need+=(redis-server); }
 if ((${#need[@]})); then
     ((INSTALL)) || die "missing: ${need[*]} (drop --no-install, or apt-get install ${need[*]})"
     log "installing ${need[*]} from Debian's packages"
@@ -236,6 +248,7 @@ forget() { # drop a pgid from the cleanup list once stopped
 }
 
 all_ports=("$STABLE_PORT" "$CANARY_PORT" "$SHADOW_PORT" "$STATUS_PORT")
+((CLUSTER)) && all_ports+=("$REDIS_PORT")
 for p in "${LIST[@]}"; do all_ports+=("${PORT[$p]}"); [[ -n "${ADMIN_PORT[$p]:-}" ]] && all_ports+=("${ADMIN_PORT[$p]}"); done
 "${PYB[@]}" free "${all_ports[@]}" || die "pick other ports with --base-port"
 
@@ -262,16 +275,19 @@ for p in "${LIST[@]}"; do
     d="$TMP/$p"
     mkdir -p "$d/tmp"
     case "$p" in
-        gateway|gateway-shadow|gateway-base)
+        gateway|gateway-shadow|gateway-base|gateway-cluster)
             # Its own directory: the gateway watches its config file's directory.
             gflags=("${FLAGS[@]}")
+            scope=""
+            if [[ "$p" == gateway-cluster ]]; then gflags+=(--flag cluster); scope=', scope = "cluster"'; fi
             [[ "$VARIANT" == c ]] && gflags+=(--flag shadow_upstream)
             [[ "$p" == gateway-shadow ]] && gflags+=(--flag shadow)
             mkdir -p "$d/conf"
             [[ "$VARIANT" == b ]] && cp "$TMP/lists/blacklist.txt" "$d/conf/blacklist.txt"
             "${PYB[@]}" render "$TPL/gateway.toml" "$d/conf/gateway.toml" "${common[@]}" "${gflags[@]}" \
                 --set "PORT=${PORT[$p]}" --set "ADMIN_PORT=${ADMIN_PORT[$p]}" --set "THREADS=1" \
-                --set "ACCESS_LOG=off" --set "WHITELIST_USERS=$WHITELIST_TOML"
+                --set "ACCESS_LOG=off" --set "WHITELIST_USERS=$WHITELIST_TOML" \
+                --set "REDIS_PORT=$REDIS_PORT" --set "LIMIT_SCOPE=$scope"
             CONFIG[$p]="$d/conf/gateway.toml"
             bin=$GATEWAY_BIN
             [[ "$p" == gateway-base ]] && bin=$BASE_BIN
@@ -280,6 +296,7 @@ for p in "${LIST[@]}"; do
                 what="this config"
                 [[ "$VARIANT" == b ]] && what="[blacklist] files / [routes.rate_limit] per_ip (variant b)"
                 [[ "$p" == gateway-shadow ]] && what="[routes.shadow] (variant c)"
+                [[ "$p" == gateway-cluster ]] && what="[cluster] (variant b, gateway-cluster)"
                 die "the gateway rejects $what: the feature is not (yet) in $GATEWAY_BIN. Config: ${CONFIG[$p]}"
             fi
             ;;
@@ -311,11 +328,20 @@ for port in "$STABLE_PORT" "$CANARY_PORT" "$SHADOW_PORT"; do
     "${PYB[@]}" wait-http --port "$port" --pid "$BACKENDS_PID" --timeout 15 || die "backend :$port did not start"
 done
 
+# --- the fleet's store (gateway-cluster) -------------------------------------
+if ((CLUSTER)); then
+    start redis "$LOAD_CPUS" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no
+    for _ in $(seq 100); do
+        "${PYB[@]}" free "$REDIS_PORT" 2>/dev/null || break
+        sleep 0.1
+    done
+fi
+
 # --- one proxy ----------------------------------------------------------------
 start_proxy() { # name -> PROXY_PID
     local p=$1 d="$TMP/$1"
     case "$p" in
-        gateway|gateway-shadow) start "$p" "$PROXY_CPUS" "$GATEWAY_BIN" run -c "${CONFIG[$p]}" ;;
+        gateway|gateway-shadow|gateway-cluster) start "$p" "$PROXY_CPUS" "$GATEWAY_BIN" run -c "${CONFIG[$p]}" ;;
         gateway-base) start "$p" "$PROXY_CPUS" "$BASE_BIN" run -c "${CONFIG[$p]}" ;;
         nginx) start "$p" "$PROXY_CPUS" nginx -p "$d" -c "$d/nginx.conf" ;;
         haproxy) rm -f "$d/master.sock"

@@ -60,6 +60,15 @@ fn summary(loaded: &config::LoadedConfig) -> String {
         c.startup.state_path.display(),
         c.degrade_level
     ));
+    match &c.startup.cluster {
+        Some(k) => s.push_str(&format!(
+            "cluster: {} (prefix {:?}, timeout {:?}; not contacted by check: run starts while it is down)\n",
+            k.redis_display(),
+            k.key_prefix,
+            k.timeout
+        )),
+        None => s.push_str("cluster: none (a single gateway: run-time blocks and degrade level stay on this one)\n"),
+    }
     s.push_str("routes:\n");
     for r in &c.routes {
         let hosts = if r.hosts.is_empty() { "*".to_string() } else { r.hosts.join(",") };

@@ -23,27 +23,35 @@ use crate::edge::rate_limit::RateLimiter;
 /// must not grow memory without bound).
 pub const MAX_KEYS_PER_SYNC: usize = 100_000;
 
+/// Counts are kept in shards chosen by the key's hash, so proxy threads
+/// counting different keys rarely meet on one lock.
+const SHARDS: usize = 16;
+
 /// The part of a rate limiter that a fleet shares.
 pub struct SharedBudget {
     /// Names the limit in the store: scope, key kind and spec.
     pub name: String,
     on_store_error: OnStoreError,
     link: Arc<ClusterLink>,
-    counts: Mutex<HashMap<Box<[u8]>, u32>>,
+    counts: [Mutex<HashMap<Box<[u8]>, u32>>; SHARDS],
 }
 
 /// How a cluster limit judges a request right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Judge {
-    /// The local table (with what the fleet counted so far).
-    Local,
+    /// The local table (with what the fleet counted so far); `count`: the
+    /// admitted request is counted for the next exchange (not while the
+    /// store is unreachable: those counts could not be sent).
+    Local {
+        count: bool,
+    },
     Allow,
     Deny,
 }
 
 impl SharedBudget {
     pub fn new(name: String, on_store_error: OnStoreError, link: Arc<ClusterLink>) -> SharedBudget {
-        SharedBudget { name, on_store_error, link, counts: Mutex::new(HashMap::new()) }
+        SharedBudget { name, on_store_error, link, counts: std::array::from_fn(|_| Mutex::new(HashMap::new())) }
     }
 
     /// Per request: one atomic load.
@@ -51,23 +59,30 @@ impl SharedBudget {
         match (self.link.health.state(), self.on_store_error) {
             (StoreState::Unreachable, OnStoreError::Allow) => Judge::Allow,
             (StoreState::Unreachable, OnStoreError::Deny) => Judge::Deny,
-            _ => Judge::Local,
+            (StoreState::Unreachable, OnStoreError::Local) => Judge::Local { count: false },
+            (StoreState::Ok | StoreState::Starting, _) => Judge::Local { count: true },
         }
     }
 
     /// Count one admitted request for the next sync.
     pub fn count(&self, key: &[u8]) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let shard = (xxhash_rust::xxh3::xxh3_64(key) % SHARDS as u64) as usize;
+        let mut counts = self.counts[shard].lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = counts.get_mut(key) {
             *n = n.saturating_add(1);
-        } else if counts.len() < MAX_KEYS_PER_SYNC {
+        } else if counts.len() < MAX_KEYS_PER_SYNC / SHARDS {
             counts.insert(key.into(), 1);
         }
     }
 
     /// The counts since the last sync.
-    pub fn drain(&self) -> HashMap<Box<[u8]>, u32> {
-        std::mem::take(&mut *self.counts.lock().unwrap_or_else(PoisonError::into_inner))
+    pub fn drain(&self) -> Vec<(Box<[u8]>, u32)> {
+        let mut out = Vec::new();
+        for shard in &self.counts {
+            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
+            out.extend(taken);
+        }
+        out
     }
 }
 

@@ -165,6 +165,9 @@ pub enum Reach {
     Fleet,
     /// Applied and persisted here; pushed to the store when it returns.
     ThisReplicaOnly,
+    /// Applied and persisted here; the push did not finish in time (the sync
+    /// task is busy) and goes on in the background.
+    Pending,
 }
 
 impl Reach {
@@ -174,14 +177,16 @@ impl Reach {
             Reach::ThisGateway => "gateway",
             Reach::Fleet => "cluster",
             Reach::ThisReplicaOnly => "replica",
+            Reach::Pending => "pending",
         }
     }
 
-    /// The line the API and CLI show with a change that did not reach the fleet.
+    /// The line the API and CLI show with a change that did not (yet) reach the fleet.
     pub fn warning(self) -> Option<&'static str> {
         match self {
             Reach::ThisReplicaOnly => Some("applied on this replica only: cluster store unreachable"),
-            _ => None,
+            Reach::Pending => Some("applied on this replica; the push to the cluster store is still under way"),
+            Reach::ThisGateway | Reach::Fleet => None,
         }
     }
 }
@@ -227,13 +232,15 @@ impl ClusterLink {
     /// Waits at most a few store timeouts; runs on an admin request.
     pub async fn push(&self) -> Reach {
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Push(reply)).await.is_err() {
-            return Reach::ThisReplicaOnly;
+        // A full queue means the sync task is busy: the change is pending and pushed with the next batch.
+        if self.commands.try_send(Command::Push(reply)).is_err() {
+            return Reach::Pending;
         }
         // Connect, push, and a retry's worth of slack.
         match tokio::time::timeout(self.spec.timeout * 4 + Duration::from_millis(100), answer).await {
             Ok(Ok(true)) => Reach::Fleet,
-            _ => Reach::ThisReplicaOnly,
+            Ok(Ok(false)) => Reach::ThisReplicaOnly,
+            Ok(Err(_)) | Err(_) => Reach::Pending,
         }
     }
 

@@ -3,10 +3,11 @@
 //!
 //! The merge rule is "latest change per key wins": a record replaces another
 //! of the same key only when its stamp is greater, stamps ordering by the
-//! wall-clock time of the change, then by replica name. An unblock is kept
-//! as a record of its own (a tombstone) for [`TOMBSTONE_RETENTION`], so a
-//! replica that was cut off and still holds the block cannot bring it back
-//! by writing its older copy.
+//! wall-clock time of the change, then by replica name (byte order, in Rust
+//! and in the store's Lua alike). An unblock is kept as a record of its own
+//! (a tombstone), and an expired block stays as one, for
+//! [`TOMBSTONE_RETENTION`]: a replica that was cut off and still holds an
+//! older block cannot bring it back by writing its copy.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -118,26 +119,27 @@ impl SharedRecord {
             (RecordKey::Degrade, Body::Degrade { level }) => level.is_none_or(|l| l <= MAX_DEGRADE_LEVEL),
             _ => false,
         };
-        if !ok || record.stamp.origin.len() > 256 {
+        // Past year 9999 is corruption, and beyond 2^53 the store's Lua would compare it inexactly.
+        let sane_time = record.stamp.at_ms <= MAX_UNIX_TIME.saturating_mul(1000);
+        if !ok || !sane_time || record.stamp.origin.len() > 256 {
             return Err(format!("{field}: the record's body or times are out of range"));
         }
         Ok((key, record))
     }
 
-    /// A record nobody needs any more: a block past its expiry, or an
-    /// unblock older than [`TOMBSTONE_RETENTION`]. Any replica may delete it
-    /// from the store (if it is still the same record).
+    /// A record nobody needs any more: an unblock, or a block that expired,
+    /// more than [`TOMBSTONE_RETENTION`] ago. Until then an expired block
+    /// blocks nothing but still orders later writes, like an unblock. Any
+    /// replica may delete a spent record from the store (if it is still the
+    /// same record); the retention dwarfs any clock skew between replicas.
     pub fn is_spent(&self, now: SystemTime) -> bool {
-        match &self.body {
-            Body::Block { expires_at: Some(t), .. } => *t <= values_now_secs(now),
-            Body::Block { .. } | Body::Degrade { .. } => false,
-            Body::Unblocked => self.stamp.time() + TOMBSTONE_RETENTION <= now,
-        }
+        let ended = match &self.body {
+            Body::Block { expires_at: Some(t), .. } => UNIX_EPOCH.checked_add(Duration::from_secs(*t)).unwrap_or(now),
+            Body::Block { .. } | Body::Degrade { .. } => return false,
+            Body::Unblocked => self.stamp.time(),
+        };
+        ended.checked_add(TOMBSTONE_RETENTION).is_some_and(|t| t <= now)
     }
-}
-
-fn values_now_secs(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A channel message: the field, a newline, the record's JSON.
@@ -191,8 +193,9 @@ mod tests {
             stamp: Stamp { at_ms: 0, origin: "a".into() },
             body: Body::Block { reason: None, added_at: 0, expires_at },
         };
-        assert!(block(Some(999_999)).is_spent(now));
-        assert!(!block(Some(1_000_001)).is_spent(now));
+        assert!(!block(Some(999_999)).is_spent(now), "expired, but still orders later writes");
+        assert!(block(Some(999_999)).is_spent(now + TOMBSTONE_RETENTION));
+        assert!(!block(Some(1_000_001)).is_spent(now + TOMBSTONE_RETENTION));
         assert!(!block(None).is_spent(now));
         let tomb =
             |at_s: u64| SharedRecord { stamp: Stamp { at_ms: at_s * 1000, origin: "a".into() }, body: Body::Unblocked };

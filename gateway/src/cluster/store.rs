@@ -7,7 +7,6 @@
 //! Keys, under `key_prefix`:
 //! - `state`: a hash of shared records, field `block:<cidr>` or `degrade`,
 //!   value the record's JSON (`record::SharedRecord`);
-//! - `epoch`: the store's identity, set once by the first replica;
 //! - `changes`: the pub/sub channel every change is published on;
 //! - `rl:<limit>:<key hash>`: a cluster rate limit's GCRA time for one key.
 
@@ -26,20 +25,38 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("cannot reach the store: {0}")]
     Connect(redis::RedisError),
+    /// The store answered, with an error (a wrong key type, a refused
+    /// write): it is reachable, so this does not make it "unreachable".
     #[error("the store refused the call: {0}")]
     Command(redis::RedisError),
+}
+
+impl StoreError {
+    /// Whether the store is out of reach (as opposed to answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        !matches!(self, StoreError::Command(_))
+    }
 }
 
 /// Writes a record unless the store holds a newer one for the same field
 /// ("latest change wins", by `at_ms`, then `origin`), and publishes it.
 /// Returns nil when written, else the store's record (equal or newer).
+/// Replica names are compared byte by byte, as Rust compares strings (Lua's
+/// `<` on strings follows the server's locale).
 const PUT_IF_NEWER: &str = r"
+local function bytes_before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local ok, c = pcall(cjson.decode, cur)
   if ok and type(c) == 'table' and type(c.at_ms) == 'number' then
     local at = tonumber(ARGV[2])
-    if c.at_ms > at or (c.at_ms == at and tostring(c.origin) >= ARGV[3]) then
+    if c.at_ms > at or (c.at_ms == at and not bytes_before(tostring(c.origin), ARGV[3])) then
       return cur
     end
   end
@@ -80,19 +97,13 @@ return out
 #[derive(Debug, Clone)]
 pub struct Keys {
     pub state: String,
-    pub epoch: String,
     pub channel: String,
     prefix: String,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
-        Keys {
-            state: format!("{prefix}state"),
-            epoch: format!("{prefix}epoch"),
-            channel: format!("{prefix}changes"),
-            prefix: prefix.to_string(),
-        }
+        Keys { state: format!("{prefix}state"), channel: format!("{prefix}changes"), prefix: prefix.to_string() }
     }
 
     /// The key of one cluster rate-limit bucket.
@@ -145,9 +156,10 @@ impl Store {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
+        // Deadlines are per call (`call`): a full read may take longer than a write.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
+            .set_response_timeout(Some(self.read_timeout()));
         let connect = self.client.get_multiplexed_async_connection_with_config(&config);
         let conn = match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => return Err(StoreError::Timeout(self.timeout)),
@@ -158,48 +170,67 @@ impl Store {
         Ok(conn)
     }
 
-    /// Run one call with the deadline; any failure drops the connection.
+    /// A full read's deadline: ten calls' worth, at least 2 s (a large
+    /// shared state must not look like an unreachable store).
+    fn read_timeout(&self) -> Duration {
+        (self.timeout * 10).max(Duration::from_secs(2))
+    }
+
+    /// Run one call with the deadline; a failure to reach the store drops the connection.
     async fn call<T>(
         &mut self,
         f: impl AsyncFnOnce(MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
+        let deadline = self.timeout;
+        self.call_within(deadline, f).await
+    }
+
+    async fn call_within<T>(
+        &mut self,
+        deadline: Duration,
+        f: impl AsyncFnOnce(MultiplexedConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
         let conn = self.conn().await?;
-        let result = match tokio::time::timeout(self.timeout, f(conn)).await {
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        let result = match tokio::time::timeout(deadline, f(conn)).await {
+            Err(_) => Err(StoreError::Timeout(deadline)),
             Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => Err(StoreError::Connect(e)),
             Ok(Err(e)) => Err(StoreError::Command(e)),
             Ok(Ok(v)) => Ok(v),
         };
-        if result.is_err() {
+        if result.as_ref().is_err_and(StoreError::is_unreachable) {
             self.conn = None;
         }
         result
     }
 
-    /// Write `json` for `field` unless the store has a newer record, and
-    /// publish it. `Ok(None)`: written; `Ok(Some(record))`: the store's
-    /// record won (or was this one already).
-    pub async fn put(
+    /// Write each record (field, at_ms, origin, JSON) unless the store has
+    /// a newer one for its field, and publish it; sent together (the
+    /// connection pipelines them). Per record, `None`: written;
+    /// `Some(record)`: the store's record won (or was this one already).
+    pub async fn put_all(
         &mut self,
-        field: &str,
-        at_ms: u64,
-        origin: &str,
-        json: &str,
-    ) -> Result<Option<String>, StoreError> {
+        records: &[(String, u64, String, String)],
+    ) -> Result<Vec<Option<String>>, StoreError> {
         let (state, channel) = (self.keys.state.clone(), self.keys.channel.clone());
-        let message = format!("{field}\n{json}");
         let script = self.put.clone();
-        self.call(async move |mut c| {
-            script
-                .key(&state)
-                .arg(field)
-                .arg(at_ms)
-                .arg(origin)
-                .arg(json)
-                .arg(&channel)
-                .arg(&message)
-                .invoke_async(&mut c)
-                .await
+        let deadline = self.read_timeout();
+        self.call_within(deadline, async move |c| {
+            let calls = records.iter().map(|(field, at_ms, origin, json)| {
+                let (mut c, script, state, channel) = (c.clone(), &script, &state, &channel);
+                async move {
+                    script
+                        .key(state)
+                        .arg(field)
+                        .arg(*at_ms)
+                        .arg(origin)
+                        .arg(json)
+                        .arg(channel)
+                        .arg(format!("{field}\n{json}"))
+                        .invoke_async::<Option<String>>(&mut c)
+                        .await
+                }
+            });
+            futures_util::future::join_all(calls).await.into_iter().collect()
         })
         .await
     }
@@ -213,27 +244,20 @@ impl Store {
             .map(|_| ())
     }
 
-    /// The store's epoch, set to `fresh` first if it has none (a new or emptied store).
-    pub async fn epoch(&mut self, fresh: &str) -> Result<String, StoreError> {
-        let key = self.keys.epoch.clone();
-        self.call(async move |mut c| {
-            redis::cmd("SET").arg(&key).arg(fresh).arg("NX").query_async::<Option<String>>(&mut c).await?;
-            redis::cmd("GET").arg(&key).query_async::<Option<String>>(&mut c).await
-        })
-        .await
-        .map(|e| e.unwrap_or_default())
-    }
-
     /// A liveness check, once a second while the store is up.
     pub async fn ping(&mut self) -> Result<(), StoreError> {
         self.call(async move |mut c| redis::cmd("PING").query_async::<String>(&mut c).await).await.map(|_| ())
     }
 
-    /// Every shared record, as (field, JSON).
-    pub async fn read_all(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+    /// Every shared record, as (field, JSON) bytes: a field that is not
+    /// UTF-8 is the caller's to skip, not a failed read.
+    pub async fn read_all(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let key = self.keys.state.clone();
-        self.call(async move |mut c| redis::cmd("HGETALL").arg(&key).query_async::<Vec<(String, String)>>(&mut c).await)
-            .await
+        let deadline = self.read_timeout();
+        self.call_within(deadline, async move |mut c| {
+            redis::cmd("HGETALL").arg(&key).query_async::<Vec<(Vec<u8>, Vec<u8>)>>(&mut c).await
+        })
+        .await
     }
 
     /// Count `counts[i]` requests for `keys[i]` of one limit (`interval_us`

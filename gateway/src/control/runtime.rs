@@ -48,10 +48,20 @@ impl RuntimeState {
         let persisted = state.load()?;
         state.check_writable(mode)?;
         let degrade_override = persisted.degrade_level.map(i16::from).unwrap_or(-1);
-        let degrade_change = DegradeChange {
-            stamp: persisted.degrade_change.as_ref().map(|c| Stamp { at_ms: c.at_ms, origin: c.origin.clone() }),
-            level: persisted.degrade_level,
-            pending: sharing.fleet && persisted.degrade_change.as_ref().is_some_and(|c| c.pending),
+        let degrade_change = match (&persisted.degrade_change, persisted.degrade_level) {
+            (Some(c), level) => DegradeChange {
+                stamp: Some(Stamp { at_ms: c.at_ms, origin: c.origin.clone() }),
+                level,
+                pending: sharing.fleet && c.pending,
+            },
+            // Set before this replica joined a fleet: offered to the store with the
+            // oldest stamp, so any level the fleet set since wins over it.
+            (None, Some(level)) if sharing.fleet => DegradeChange {
+                stamp: Some(Stamp { at_ms: 0, origin: String::new() }),
+                level: Some(level),
+                pending: true,
+            },
+            (None, level) => DegradeChange { stamp: None, level, pending: false },
         };
         let blacklist = RuntimeBlacklist::from_persisted(Arc::clone(&state), &persisted, sharing.clone())?;
         Ok(Self {
@@ -162,5 +172,46 @@ impl RuntimeState {
 
     fn lock_degrade(&self) -> std::sync::MutexGuard<'_, DegradeChange> {
         self.degrade_change.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::state::testutil::TempDir;
+
+    fn open(dir: &TempDir, origin: &str) -> RuntimeState {
+        let sharing = Sharing { origin: origin.into(), fleet: true };
+        RuntimeState::open_shared(&dir.path().join("state.json"), OpenMode::Create, sharing).expect("open")
+    }
+
+    fn remote(at_ms: u64, origin: &str, level: Option<u8>) -> SharedRecord {
+        SharedRecord { stamp: Stamp { at_ms, origin: origin.into() }, body: Body::Degrade { level } }
+    }
+
+    #[test]
+    fn the_latest_degrade_change_wins_and_a_local_one_waits_for_the_store() {
+        let dir = TempDir::new("gw-degrade");
+        let state = open(&dir, "a");
+        assert!(state.merge_degrade(&remote(1_000, "b", Some(2))).expect("merge"));
+        assert_eq!(state.degrade_level(0), 2);
+        assert!(state.pending_degrade().is_none(), "taken from the store: nothing to push");
+
+        // An older record (a stale replica) changes nothing and marks ours to be pushed again.
+        assert!(!state.merge_degrade(&remote(500, "c", Some(5))).expect("merge"));
+        assert_eq!(state.degrade_level(0), 2);
+        let pending = state.pending_degrade().expect("ours is pending again");
+        assert_eq!(pending.stamp.at_ms, 1_000);
+
+        // A local clear is newer than everything seen, pending, and survives a restart as such.
+        state.set_degrade(None).expect("clear");
+        assert_eq!(state.degrade_level(3), 3, "back to the config's level");
+        let stamp = state.pending_degrade().expect("pending").stamp;
+        assert!(stamp.at_ms > 1_000 && stamp.origin == "a");
+        drop(state);
+        let state = open(&dir, "a");
+        assert_eq!(state.pending_degrade().map(|r| r.stamp), Some(stamp.clone()));
+        state.degrade_stored(&stamp).expect("stored");
+        assert!(state.pending_degrade().is_none());
     }
 }

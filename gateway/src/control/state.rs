@@ -34,7 +34,7 @@ pub enum OpenMode {
 }
 
 /// The whole state file. Fields default so that files written by older
-/// versions load; the fleet's fields (stamps, unblocks, the store's epoch)
+/// versions load; the fleet's fields (stamps, unblocks, the last sync)
 /// sit beside the original ones, so an older gateway still reads the blocks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedState {
@@ -85,10 +85,6 @@ pub struct PersistedUnblock {
 /// What this replica last knew of the shared store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedCluster {
-    /// The store's identity: a different one means the store lost its data
-    /// (or is another store), and everything this replica knows is pushed again.
-    #[serde(default)]
-    pub epoch: Option<String>,
     /// The last full read of the store, in seconds since the epoch.
     #[serde(default)]
     pub last_sync_unix: Option<u64>,

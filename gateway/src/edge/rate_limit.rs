@@ -87,9 +87,9 @@ impl RateLimiter {
         match shared.judge() {
             Judge::Allow => Verdict::Allow,
             Judge::Deny => Verdict::Limit { retry_after: Duration::from_secs(1) },
-            Judge::Local => {
+            Judge::Local { count } => {
                 let verdict = self.check_at(key, now);
-                if verdict == Verdict::Allow {
+                if count && verdict == Verdict::Allow {
                     shared.count(key);
                 }
                 verdict

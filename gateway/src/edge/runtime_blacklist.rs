@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +18,7 @@ use ipnet::IpNet;
 
 use super::blacklist::{BlockEntry, BlockError, BlockSource, MAX_BLOCK_TTL};
 use super::ipset::IpSet;
-use crate::cluster::record::{Body, SharedRecord, Stamp};
+use crate::cluster::record::{unix_ms, Body, SharedRecord, Stamp};
 use crate::config::values;
 use crate::control::state::{
     PersistedBlock, PersistedChange, PersistedState, PersistedUnblock, StateError, StateFile, MAX_UNIX_TIME,
@@ -80,6 +81,10 @@ impl BlockRecord {
     fn is_spent(&self, now: SystemTime) -> bool {
         self.to_shared().is_spent(now)
     }
+
+    fn is_expired(&self, now: SystemTime) -> bool {
+        self.block.as_ref().is_some_and(|b| b.is_expired(now))
+    }
 }
 
 pub struct RuntimeBlacklist {
@@ -88,6 +93,8 @@ pub struct RuntimeBlacklist {
     records: Mutex<Vec<BlockRecord>>,
     set: ArcSwap<IpSet<Arc<BlockEntry>>>,
     sharing: Sharing,
+    /// The last sweep (ms since the epoch): blocks that expired since are counted once.
+    swept_ms: AtomicU64,
 }
 
 impl RuntimeBlacklist {
@@ -119,8 +126,11 @@ impl RuntimeBlacklist {
             };
             // Files from before stamps: the block's own time orders it.
             let (stamp, pending) = stamp_of(p.change.as_ref(), p.added_at_unix.saturating_mul(1000));
-            if !entry.is_expired(now) {
-                records.push(BlockRecord { cidr, stamp, block: Some(entry), pending: pending && sharing.fleet });
+            let record = BlockRecord { cidr, stamp, block: Some(entry), pending: pending && sharing.fleet };
+            // In a fleet an expired block still orders later writes (see `record`) until spent.
+            let keep = if sharing.fleet { !record.is_spent(now) } else { !record.is_expired(now) };
+            if keep {
+                records.push(record);
             }
         }
         if sharing.fleet {
@@ -145,7 +155,8 @@ impl RuntimeBlacklist {
             best.get(&r.cidr) == Some(&(i - 1))
         });
         let set = ArcSwap::from_pointee(build_set(&records));
-        Ok(RuntimeBlacklist { state, records: Mutex::new(records), set, sharing })
+        let swept_ms = AtomicU64::new(unix_ms(now));
+        Ok(RuntimeBlacklist { state, records: Mutex::new(records), set, sharing, swept_ms })
     }
 
     /// Block `cidr` (normalised to its network), replacing an existing block of
@@ -217,18 +228,22 @@ impl RuntimeBlacklist {
         found.cloned()
     }
 
-    /// Drop expired blocks and spent unblocks; the lead's background task
-    /// calls this every second. Returns how many blocks expired. A failed
-    /// write is logged: lookups already ignore expired blocks, and `open`
-    /// drops them again after a restart.
+    /// Drop what is no longer needed; the lead's background task calls this
+    /// every second. A single gateway drops expired blocks; a fleet keeps
+    /// them (and unblocks) until spent, as they still order later writes.
+    /// Returns how many blocks expired since the last sweep. A failed write
+    /// is logged: lookups already ignore expired blocks, and `open` drops
+    /// them again after a restart.
     pub fn sweep_expired(&self) -> usize {
         let now = SystemTime::now();
+        let since = from_ms(self.swept_ms.swap(unix_ms(now), Ordering::Relaxed));
         let mut records = self.lock();
-        let expired = records.iter().filter(|r| r.block.as_ref().is_some_and(|b| b.is_expired(now))).count();
+        let expired =
+            records.iter().filter_map(|r| r.block.as_ref()?.expires_at).filter(|t| *t > since && *t <= now).count();
         let before = records.len();
-        records.retain(|r| match &r.block {
-            Some(b) => !b.is_expired(now),
-            None => r.pending || !r.is_spent(now),
+        records.retain(|r| match self.sharing.fleet {
+            true => r.pending || !r.is_spent(now),
+            false => !r.is_expired(now),
         });
         if records.len() != before {
             if let Err(e) = self.persist(&records) {
@@ -253,38 +268,29 @@ impl RuntimeBlacklist {
         self.lock().iter().filter(|r| r.pending).map(|r| (r.cidr, r.to_shared())).collect()
     }
 
-    /// Every record, for a push after the store lost its data.
-    pub fn mark_all_pending(&self) -> Result<usize, StateError> {
-        let mut n = 0;
+    /// The store now holds these changes (ours): they are no longer pending.
+    /// One write of the state file for the whole batch.
+    pub fn mark_stored(&self, stored: &[(IpNet, Stamp)]) -> Result<(), StateError> {
         self.change(|records| {
-            for r in records.iter_mut().filter(|r| !r.pending) {
-                r.pending = true;
-                n += 1;
+            let mut dirty = false;
+            for r in records.iter_mut().filter(|r| r.pending) {
+                if stored.iter().any(|(cidr, stamp)| *cidr == r.cidr && *stamp == r.stamp) {
+                    r.pending = false;
+                    dirty = true;
+                }
             }
-            n > 0
-        })?;
-        Ok(n)
-    }
-
-    /// The store now holds `stamp` for `cidr` (ours, or a newer one it
-    /// answered with, which `merge` takes in).
-    pub fn mark_stored(&self, cidr: IpNet, stamp: &Stamp) -> Result<(), StateError> {
-        self.change(|records| match records.iter_mut().find(|r| r.cidr == cidr && &r.stamp == stamp && r.pending) {
-            Some(r) => {
-                r.pending = false;
-                true
-            }
-            None => false,
+            dirty
         })
         .map(|_| ())
     }
 
     /// Take in records read from the store. A record wins over the local one
-    /// when its stamp is greater; a local change the store lacks or holds an
-    /// older copy of is marked pending (to be pushed). With `complete` (a
-    /// full read of the store), a local record the store no longer has and
-    /// that is not pending is dropped: the store forgets only spent records.
-    /// Returns how many blocks changed (added, replaced or removed).
+    /// when its stamp is greater; a local change the store holds an older
+    /// copy of is marked pending (to be pushed). With `complete` (a full
+    /// read of the store), a local record the store lacks is pushed again
+    /// too: a store restored from an old snapshot, failed over to a lagging
+    /// replica, or emptied, gets the fleet's copy back. Only spent records
+    /// are let go. Returns how many live blocks changed.
     pub fn merge(&self, incoming: Vec<(IpNet, SharedRecord)>, complete: bool) -> Result<usize, StateError> {
         let now = SystemTime::now();
         let mut changed_blocks = 0;
@@ -297,14 +303,15 @@ impl RuntimeBlacklist {
                 if remote.is_spent(now) || (remote.block.is_none() && !self.sharing.fleet) {
                     continue;
                 }
+                let live = |r: &BlockRecord| r.block.is_some() && !r.is_expired(now);
                 match records.iter().position(|r| r.cidr == cidr) {
                     None => {
-                        changed_blocks += usize::from(remote.block.is_some());
+                        changed_blocks += usize::from(live(&remote));
                         records.push(remote);
                         dirty = true;
                     }
                     Some(i) if remote.stamp > records[i].stamp => {
-                        changed_blocks += usize::from(remote.block != records[i].block);
+                        changed_blocks += usize::from(live(&remote) || live(&records[i]));
                         records[i] = remote;
                         dirty = true;
                     }
@@ -319,12 +326,12 @@ impl RuntimeBlacklist {
             }
             if complete {
                 let before = records.len();
-                records.retain(|r| {
-                    let keep = r.pending || present.contains(&r.cidr);
-                    changed_blocks += usize::from(!keep && r.block.is_some());
-                    keep
-                });
+                records.retain(|r| r.pending || present.contains(&r.cidr) || !r.is_spent(now));
                 dirty |= records.len() != before;
+                for r in records.iter_mut().filter(|r| !r.pending && !present.contains(&r.cidr)) {
+                    r.pending = true;
+                    dirty = true;
+                }
             }
             dirty
         })?;
@@ -379,6 +386,10 @@ fn stamp_of(change: Option<&PersistedChange>, fallback_ms: u64) -> (Stamp, bool)
 
 fn build_set(records: &[BlockRecord]) -> IpSet<Arc<BlockEntry>> {
     IpSet::build(records.iter().filter_map(|r| r.block.as_ref()).map(|e| (e.cidr, Arc::new(e.clone()))))
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms)).unwrap_or(UNIX_EPOCH)
 }
 
 /// A time read from the state file or the store (at most [`MAX_UNIX_TIME`]); never panics.

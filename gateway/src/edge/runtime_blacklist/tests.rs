@@ -190,7 +190,7 @@ fn in_a_fleet_changes_stay_pending_until_the_store_has_them_even_across_a_restar
     assert_eq!(list.pending().len(), 1);
     assert!(list.lookup(ip("203.0.113.9")).is_some());
 
-    list.mark_stored(*cidr, &record.stamp).expect("stored");
+    list.mark_stored(&[(*cidr, record.stamp.clone())]).expect("stored");
     assert!(list.pending().is_empty());
     assert!(fleet(&dir, "a").pending().is_empty(), "the cleared mark is persisted");
 }
@@ -229,21 +229,41 @@ fn latest_change_per_cidr_wins_and_an_unblock_is_not_undone_by_a_stale_block() {
 }
 
 #[test]
-fn a_complete_read_drops_what_the_store_forgot_but_keeps_pending_changes() {
+fn a_complete_read_of_a_store_that_lost_records_pushes_them_back() {
+    // A Redis restored from an old snapshot, failed over to a lagging replica, or emptied:
+    // what this replica knows and the store lacks is pushed again, never dropped.
     let dir = TempDir::new("gw-fleet");
     let list = fleet(&dir, "a");
     let old = net("192.0.2.0/24");
     list.merge(vec![(old, remote(1_000, "x", blocked("old")))], false).expect("merge");
+    assert!(list.pending().is_empty(), "taken from the store");
     list.add(net("10.0.0.0/8"), None, None).expect("add (pending)");
-    assert_eq!(list.merge(Vec::new(), true).expect("complete merge"), 1);
+    assert_eq!(list.merge(Vec::new(), true).expect("complete merge"), 0, "nothing unblocked");
     let left: Vec<_> = list.list().iter().map(|e| e.cidr.to_string()).collect();
-    assert_eq!(left, ["10.0.0.0/8"]);
-    // After a store lost its data, everything is pushed again.
-    let cidr = net("10.0.0.0/8");
-    let stamp = list.pending()[0].1.stamp.clone();
-    list.mark_stored(cidr, &stamp).expect("stored");
-    assert_eq!(list.mark_all_pending().expect("mark"), 1);
-    assert_eq!(list.pending().len(), 1);
+    assert_eq!(left, ["192.0.2.0/24", "10.0.0.0/8"]);
+    let mut pending: Vec<_> = list.pending().into_iter().map(|(c, _)| c.to_string()).collect();
+    pending.sort();
+    assert_eq!(pending, ["10.0.0.0/8", "192.0.2.0/24"]);
+    let stored: Vec<_> = list.pending().into_iter().map(|(c, r)| (c, r.stamp)).collect();
+    list.mark_stored(&stored).expect("stored");
+    assert!(list.pending().is_empty());
+}
+
+#[test]
+fn an_expired_block_still_outranks_an_older_copy_until_it_is_spent() {
+    let dir = TempDir::new("gw-fleet");
+    let list = fleet(&dir, "a");
+    let cidr = net("203.0.113.0/24");
+    // A permanent block (t=1000) everywhere; then, here, a newer 1 ms block that expires.
+    list.merge(vec![(cidr, remote(1_000, "x", blocked("permanent")))], false).expect("merge");
+    list.add(cidr, Some("short".into()), Some(Duration::from_millis(1))).expect("add");
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(list.lookup(ip("203.0.113.1")).is_none(), "expired");
+    list.sweep_expired();
+    assert_eq!(list.pending().len(), 1, "kept (and pending) after the sweep");
+    // The older permanent block comes back from a stale replica: it loses to the expired, newer change.
+    assert_eq!(list.merge(vec![(cidr, remote(1_000, "x", blocked("permanent")))], false).expect("merge"), 0);
+    assert!(list.lookup(ip("203.0.113.1")).is_none());
 }
 
 #[test]

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Script};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Script, TlsCertificates};
 
 use crate::config::ClusterSpec;
 
@@ -131,7 +131,14 @@ impl Store {
             let settings = info.redis_settings().clone().set_password(&password.0);
             info = info.set_redis_settings(settings);
         }
-        let client = Client::open(info).map_err(StoreError::Connect)?;
+        let client = match &spec.ca_pem {
+            // rediss:// with the config's CA instead of the system's roots.
+            Some(pem) => {
+                Client::build_with_tls(info, TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) })
+            }
+            None => Client::open(info),
+        }
+        .map_err(StoreError::Connect)?;
         Ok(Store {
             client,
             conn: None,

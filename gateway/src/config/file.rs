@@ -284,6 +284,8 @@ pub struct ClusterFile {
     pub key_prefix: Option<Sp<String>>,
     /// Relative to the config file; overrides a password in the URL.
     pub password_file: Option<Sp<String>>,
+    /// With `rediss://`: the CA (PEM) to verify the store's certificate with, instead of the system's roots.
+    pub ca_file: Option<Sp<String>>,
     /// Per Redis call.
     pub timeout: Option<Sp<String>>,
     /// How often the whole shared state is read back (pub/sub carries changes at once).

@@ -96,6 +96,8 @@ pub struct ClusterSpec {
     pub redis_url: String,
     /// From `password_file`; wins over one in the URL.
     pub password: Option<Secret>,
+    /// From `ca_file` (PEM): the roots for `rediss://`; `None`: the system's.
+    pub ca_pem: Option<Vec<u8>>,
     pub key_prefix: String,
     pub timeout: Duration,
     pub reconcile: Duration,

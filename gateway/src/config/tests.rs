@@ -209,10 +209,10 @@ fn cluster_section_and_cluster_limits_are_checked_together() {
     // Every mistake of the section at once.
     let bad = format!(
         "{GOOD}{limit}\n[cluster]\nredis = \"http://127.0.0.1:6379\"\nkey_prefix = \"a b\"\ntimeout = \"0s\"\n\
-         password_file = \"/nonexistent/redis.pass\"\n"
+         password_file = \"/nonexistent/redis.pass\"\nca_file = \"ca.pem\"\n"
     );
     let shown = errors(&bad);
-    for key in ["cluster.redis", "cluster.key_prefix", "cluster.timeout", "cluster.password_file"] {
+    for key in ["cluster.redis", "cluster.key_prefix", "cluster.timeout", "cluster.password_file", "cluster.ca_file"] {
         assert!(shown.iter().any(|e| e.contains(&format!(": {key}: "))), "{key} in {shown:?}");
     }
     assert!(!shown.iter().any(|e| e.contains("scope")), "{shown:?}");

@@ -11,6 +11,7 @@ use super::file::ClusterFile;
 use super::model::{ClusterSpec, Secret};
 use super::validate::resolve;
 use super::validate_server::duration_or;
+use super::validate_tls;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
 /// Pub/sub carries each change at once; the reconcile repairs what a
@@ -68,6 +69,17 @@ pub fn cluster(d: &mut Diagnostics, f: Option<ClusterFile>) -> Option<ClusterSpe
             }
         }
     });
+    let ca_pem = f.ca_file.as_ref().and_then(|cf| {
+        let path = resolve(d.file(), cf.get_ref());
+        d.files.note(&path);
+        if !redis_url.starts_with("rediss://") {
+            d.error(Some(cf.span()), "cluster.ca_file", "applies only to a rediss:// (TLS) store");
+            return None;
+        }
+        validate_tls::read_ca_pem(&path)
+            .map_err(|e| d.error(Some(cf.span()), "cluster.ca_file", format!("{}: {e}", path.display())))
+            .ok()
+    });
     let timeout = bounded(d, "cluster.timeout", &f.timeout, DEFAULT_TIMEOUT, Duration::from_secs(10));
     let reconcile = bounded(d, "cluster.reconcile", &f.reconcile, DEFAULT_RECONCILE, Duration::from_secs(300));
     let rate_limit_sync =
@@ -82,7 +94,7 @@ pub fn cluster(d: &mut Diagnostics, f: Option<ClusterFile>) -> Option<ClusterSpe
         }
     });
     d.cluster_limits.clear();
-    Some(ClusterSpec { redis_url, password, key_prefix, timeout, reconcile, rate_limit_sync, replica_name })
+    Some(ClusterSpec { redis_url, password, ca_pem, key_prefix, timeout, reconcile, rate_limit_sync, replica_name })
 }
 
 /// A duration in `(0, max]`.

@@ -163,6 +163,13 @@ pub fn upstream(d: &mut Diagnostics, key: &str, f: &UpstreamFile) -> Option<Upst
     Some(UpstreamTlsSpec { sni, verify, ca, ca_file, ca_key })
 }
 
+/// A `ca_file` checked like an upstream's, returned as the PEM bytes (the
+/// cluster store's client takes PEM).
+pub fn read_ca_pem(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    read_ca_file(path)?;
+    std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
+}
+
 /// The PEM certificates of a `ca_file`, each checked to be X.509.
 fn read_ca_file(path: &std::path::Path) -> Result<Arc<[WrappedX509]>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;

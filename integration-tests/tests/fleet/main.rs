@@ -6,6 +6,7 @@
 mod limits;
 mod outage;
 mod shared_state;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -11,6 +11,7 @@
 //! - `proxy/`     the `ProxyHttp` impl: thin, runs the pipeline
 //! - `pipeline/`  the phases in order, each returning a typed `Verdict`; failure handling; explain
 //! - `routing/`   route match, versions, buckets, overrides, sticky cookie -> `Decision`
+//! - `release/`   the release guard: progressive rollouts with automatic rollback
 //! - `edge/`      client IP, path normalization, blacklist, rate limits, fallback pages
 //! - `upstream/`  pools, health, peer selection
 //! - `shadow/`    capture, mirror, compare (diff, noise), store
@@ -27,6 +28,7 @@ pub mod edge;
 pub mod listener;
 pub mod pipeline;
 pub mod proxy;
+pub mod release;
 pub mod routing;
 pub mod shadow;
 pub mod telemetry;

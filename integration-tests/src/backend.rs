@@ -44,10 +44,26 @@ impl ReceivedRequest {
 struct State {
     name: String,
     healthy: AtomicBool,
+    /// A misbehaviour switched on at run time (a bad release).
+    fault: Mutex<Fault>,
     received: Mutex<Vec<ReceivedRequest>>,
     /// Tells upgraded WebSocket tasks (which hyper hands off to their own
     /// tasks, outside our connection set) to hang up when the backend stops.
     stopping: watch::Sender<bool>,
+}
+
+/// How a backend misbehaves from now on ([`Backend::set_fault`]): a new
+/// release that answers errors, answers slowly, or answers differently.
+#[derive(Debug, Clone, Default)]
+pub struct Fault {
+    /// Answer this status instead of 200.
+    pub status: Option<u16>,
+    /// Wait this long before answering.
+    pub delay_ms: u64,
+    /// Add this field to the JSON answer (a changed answer).
+    pub extra: Option<(String, serde_json::Value)>,
+    /// Add a field `ts` with a fresh value every time (noise).
+    pub noisy: bool,
 }
 
 /// A named upstream on 127.0.0.1.
@@ -83,6 +99,7 @@ impl Backend {
         let state = Arc::new(State {
             name: name.to_string(),
             healthy: AtomicBool::new(true),
+            fault: Mutex::new(Fault::default()),
             received: Mutex::new(Vec::new()),
             stopping: watch::Sender::new(false),
         });
@@ -102,6 +119,11 @@ impl Backend {
     /// Makes `/healthz` answer 200 (`true`) or 503 (`false`) from now on.
     pub fn set_healthy(&self, healthy: bool) {
         self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Misbehave from now on (health checks still pass): see [`Fault`].
+    pub fn set_fault(&self, fault: Fault) {
+        *self.state.fault.lock().expect("fault lock") = fault;
     }
 
     /// How many requests arrived, health checks excluded. A request is counted
@@ -213,6 +235,10 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
     if let Some(ms) = param("sleep_ms").and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let fault = state.fault.lock().expect("fault lock").clone();
+    if fault.delay_ms > 0 && path != "/healthz" {
+        tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+    }
 
     let mut response = if path == "/healthz" {
         if state.healthy.load(Ordering::SeqCst) {
@@ -231,6 +257,7 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
     } else {
         let status = param("status")
             .and_then(|s| s.parse::<u16>().ok())
+            .or(fault.status)
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::OK);
         let (body_len, body_sha256) = digest(body).await;
@@ -251,6 +278,14 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
             "body_len": body_len,
             "body_sha256": body_sha256,
         });
+        let mut echo = echo;
+        if let Some((key, value)) = fault.extra {
+            echo[key] = value;
+        }
+        if fault.noisy {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            echo["ts"] = serde_json::Value::from(nanos.to_string());
+        }
         (status, axum::Json(echo)).into_response()
     };
     if let Ok(name) = HeaderValue::from_str(&state.name) {

@@ -15,6 +15,7 @@
 
 mod backend;
 mod binary;
+pub mod browser;
 mod client;
 mod config_files;
 mod gateway;
@@ -24,7 +25,7 @@ mod redis;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use backend::{Backend, ReceivedRequest};
+pub use backend::{Backend, Fault, ReceivedRequest};
 pub use binary::{dead_addr, free_addr, gateway_bin, run_cli, temp_dir};
 pub use client::{fresh_connection_client, get_json, http_client, try_get_json, ws_connect, ws_echo_once, WsStream};
 pub use gateway::{is_listening, Gateway};

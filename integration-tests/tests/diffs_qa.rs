@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -166,41 +166,6 @@ async fn without_a_shadowed_route_the_diff_endpoints_say_so() {
 
 // ---- the pages in a headless browser -----------------------------------------
 
-/// Debian's `chromium` on PATH.
-fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("chromium")).find(|p| p.is_file())
-}
-
-/// Runs headless chromium on `url` with `args` (`--dump-dom` or `--screenshot=...`); its stdout.
-async fn browse(bin: &Path, scratch: &Path, args: &[String], url: &str) -> String {
-    let profile = tempfile::Builder::new().prefix("chromium-").tempdir_in(scratch).expect("profile dir");
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .args(args)
-    .arg(url)
-    .stdin(std::process::Stdio::null())
-    .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("chromium finishes within 2 minutes")
-        .expect("run chromium");
-    assert!(out.status.success(), "chromium failed on {url}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The text of the element starting at `start` (up to its closing `</tag>`).
 fn element_at<'a>(dom: &'a str, start: usize, tag: &str) -> &'a str {
     let end = dom[start..].find(&format!("</{tag}>")).map_or(dom.len(), |e| start + e);
@@ -210,7 +175,7 @@ fn element_at<'a>(dom: &'a str, start: usize, tag: &str) -> &'a str {
 async fn screenshot(bin: &Path, dir: &Path, url: &str, name: &str, copy_to: &str) {
     let shot = dir.join(name);
     let args = [format!("--screenshot={}", shot.display()), "--window-size=1280,900".to_string()];
-    browse(bin, dir, &args, url).await;
+    integration_tests::browser::browse(bin, dir, &args, url).await;
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} is not a real screenshot", shot.display());
     std::fs::copy(&shot, copy_to).unwrap_or_else(|e| panic!("copy to {copy_to}: {e}"));
@@ -218,7 +183,7 @@ async fn screenshot(bin: &Path, dir: &Path, url: &str, name: &str, copy_to: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_diff_pages_show_the_difference_highlighted_and_the_noise_apart() {
-    let Some(bin) = chromium() else {
+    let Some(bin) = integration_tests::browser::chromium() else {
         assert!(std::env::var_os("CI").is_none(), "CI is set but chromium is missing: deploy/dev.sh setup installs it");
         eprintln!("skipped: chromium is not installed (apt-get install chromium; deploy/dev.sh setup does it)");
         return;
@@ -230,7 +195,7 @@ async fn the_diff_pages_show_the_difference_highlighted_and_the_noise_apart() {
 
     // The summary page: the price among the differences, $.ts with a noise badge.
     let page = gateway.admin_url("/diffs?route=cart&since=1h");
-    let dom = browse(&bin, scratch.path(), &["--dump-dom".to_string()], &page).await;
+    let dom = integration_tests::browser::browse(&bin, scratch.path(), &["--dump-dom".to_string()], &page).await;
     let row = |path: &str| {
         let start = dom.find(&format!("data-path=\"{path}\"")).unwrap_or_else(|| panic!("no row for {path}:\n{dom}"));
         element_at(&dom, start, "tr").to_string()
@@ -244,7 +209,7 @@ async fn the_diff_pages_show_the_difference_highlighted_and_the_noise_apart() {
 
     // The record page: the price lines of both answers inside <mark>.
     let record = gateway.admin_url(&format!("/diffs/{example}"));
-    let dom = browse(&bin, scratch.path(), &["--dump-dom".to_string()], &record).await;
+    let dom = integration_tests::browser::browse(&bin, scratch.path(), &["--dump-dom".to_string()], &record).await;
     let marks: Vec<&str> = dom.match_indices("<mark").map(|(i, _)| element_at(&dom, i, "mark")).collect();
     let price_marks: Vec<&&str> = marks.iter().filter(|m| m.contains(&format!("data-path=\"{PRICE}\""))).collect();
     assert_eq!(price_marks.len(), 2, "one highlighted line per answer:\n{marks:#?}");

@@ -8,6 +8,7 @@
 
 mod diffs;
 mod edge;
+pub(crate) mod rollouts;
 mod status;
 pub(crate) mod times;
 
@@ -89,6 +90,14 @@ impl ServeHttp for AdminApp {
                 Err(reply) => reply,
             },
             (&Method::DELETE, "/api/degrade") => edge::set_degrade(&self.reloader, None).await,
+            (&Method::GET, "/api/rollouts") => rollouts::list(&self.reloader),
+            (&Method::GET, p) if p.starts_with("/api/rollouts/") => {
+                rollouts::route(&self.reloader, &p["/api/rollouts/".len()..], false)
+            }
+            (&Method::POST, p) if p.starts_with("/api/rollouts/") => {
+                rollouts::route(&self.reloader, &p["/api/rollouts/".len()..], true)
+            }
+            (&Method::GET, "/releases") => rollouts::page(&self.reloader),
             // QA's shadow diffs: /api/diffs[/summary|/{id}] and the /diffs pages (405 for other methods).
             (_, p) if diffs::handles(p) => {
                 diffs::serve(Arc::clone(&self.reloader), method.clone(), path.clone(), query).await
@@ -96,7 +105,7 @@ impl ServeHttp for AdminApp {
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/api/status" | "/api/reload" | "/api/explain" | "/api/blacklist"
-                | "/api/degrade",
+                | "/api/degrade" | "/api/rollouts" | "/releases",
             ) => json_reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({"error": format!("{method} is not allowed on {path}")}),
@@ -193,6 +202,7 @@ impl AdminApp {
                     "bucket": a.bucket,
                     "rules": a.rules,
                     "override_refused": a.override_refused,
+                    "rollout": a.rollout,
                     "client_ip": a.client_ip.to_string(),
                     "user_id": a.user_id,
                     "explanation": a.text,

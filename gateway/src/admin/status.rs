@@ -76,7 +76,29 @@ pub fn render(reloader: &Reloader) -> Value {
         },
         "state_file": reloader.runtime.state.path().display().to_string(),
         "cluster": cluster(reloader),
+        "rollouts": rollouts(reloader),
     })
+}
+
+/// Each rolled-out route in one line: state, step, share in force, the last event's reason.
+fn rollouts(reloader: &Reloader) -> Value {
+    let snapshot = reloader.snapshots.load();
+    let all: Vec<Value> = snapshot
+        .routes
+        .iter()
+        .filter_map(|r| super::rollouts::rollout_json(reloader, r))
+        .map(|r| {
+            json!({
+                "route": r["route"],
+                "version": r["version"],
+                "phase": r["phase"],
+                "step": r["step"],
+                "percent": r["percent"],
+                "reason": r["events"].get(0).map_or(Value::Null, |e| e["reason"].clone()),
+            })
+        })
+        .collect();
+    Value::Array(all)
 }
 
 /// `null` for a single gateway; else the store's state as this replica sees it.

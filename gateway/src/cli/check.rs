@@ -96,6 +96,20 @@ fn summary(loaded: &config::LoadedConfig) -> String {
             };
             s.push_str(&format!("               version {:<10} -> {:<14} {share}{whitelist}\n", v.name, v.upstream));
         }
+        if let Some(ro) = &r.rollout {
+            let steps: Vec<String> = ro.steps.iter().map(|bp| format!("{}%", f64::from(*bp) / 100.0)).collect();
+            let name = r.versions.get(ro.version).map_or("?", |v| v.name.as_str());
+            let file = r.versions.get(ro.version).map_or(0, |v| v.basis_points);
+            s.push_str(&format!(
+                "               rollout {name}: {} each held {:?}, checked every {:?}; the file's {}% is the \
+                 starting point, in force until `gateway rollout start {}`\n",
+                steps.join(" -> "),
+                ro.hold,
+                ro.interval,
+                f64::from(file) / 100.0,
+                r.name
+            ));
+        }
         let mut extras = Vec::new();
         if !r.rate_limit.is_empty() {
             let fmt = |name: &str, l: &Option<crate::config::LimitSpec>| {

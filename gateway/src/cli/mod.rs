@@ -7,6 +7,7 @@ pub mod diffs;
 pub mod explain;
 pub mod ops;
 pub mod override_token;
+pub mod rollout;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -122,6 +123,18 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The release guard: `status [ROUTE]`, or `start`, `pause`, `resume`, `promote` (to 100%), `abort` a route's rollout.
+    Rollout {
+        /// status, start, pause, resume, promote, abort.
+        action: String,
+        /// The route (required but for `status`).
+        route: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Shadow diffs for QA: per route, which fields differ between stable and canary, how often, and which are noise.
     Diffs {
         /// Only this route.
@@ -181,6 +194,10 @@ pub fn main() -> ExitCode {
         },
         Command::Degrade { level, admin } => match admin_client(admin) {
             Ok(c) => ops::degrade(&c, level),
+            Err(code) => code,
+        },
+        Command::Rollout { action, route, json, admin } => match admin_client(admin) {
+            Ok(c) => rollout::run(&c, &action, route.as_deref(), json),
             Err(code) => code,
         },
         Command::Diffs { route, since, show, json, admin } => match admin_client(admin) {

@@ -141,6 +141,34 @@ pub struct RouteFile {
     pub shadow: Option<Sp<ShadowFile>>,
     /// Answer plain-HTTP requests with 308 to the same URL on the TLS listener.
     pub https_redirect: Option<Sp<bool>>,
+    /// The release guard: widen a version step by step, roll it back when it misbehaves.
+    pub rollout: Option<Sp<RolloutFile>>,
+}
+
+/// `[routes.rollout]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    /// The version rolled out; default: the canary of the two-version shorthand, or the only non-default version.
+    pub version: Option<String>,
+    pub steps: Vec<f64>,
+    pub hold: Option<String>,
+    pub interval: Option<String>,
+    pub min_requests: Option<i64>,
+    pub failure_limit: Option<i64>,
+    #[serde(default)]
+    pub gates: GatesFile,
+    pub on_abort: Option<String>,
+}
+
+/// `gates = { max_error_rate_delta = 0.5, max_error_rate = 2.0, max_p99_ratio = 1.3, max_diff_rate = 1.0 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatesFile {
+    pub max_error_rate_delta: Option<f64>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub max_diff_rate: Option<f64>,
 }
 
 /// One entry of `versions = [...]`.

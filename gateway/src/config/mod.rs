@@ -9,6 +9,7 @@ pub mod startup;
 pub mod validate;
 mod validate_cluster;
 mod validate_edge;
+mod validate_rollout;
 mod validate_route;
 mod validate_server;
 mod validate_shadow;

@@ -431,6 +431,36 @@ pub struct RouteSpec {
     pub shadow_against: usize,
     /// Plain-HTTP requests get 308 to the TLS listener.
     pub https_redirect: bool,
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// `[routes.rollout]`: the release guard's plan for one version of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutSpec {
+    /// Index into the route's `versions`; never the default version.
+    pub version: usize,
+    /// Each step's share, in basis points (percent × 100), strictly increasing.
+    pub steps: Vec<u32>,
+    pub hold: Duration,
+    pub interval: Duration,
+    /// Per interval, for the rolled-out version; fewer requests make the check inconclusive.
+    pub min_requests: u64,
+    /// Consecutive failed checks that abort.
+    pub failure_limit: u32,
+    pub gates: Gates,
+}
+
+/// The thresholds a check compares with; `None`: that gate is not checked.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Gates {
+    /// Percent points: the version's error rate minus the default version's.
+    pub max_error_rate_delta: Option<f64>,
+    /// Percent.
+    pub max_error_rate: Option<f64>,
+    /// The version's p99 over the default version's.
+    pub max_p99_ratio: Option<f64>,
+    /// Percent of shadowed requests with a real (non-noise) differing field.
+    pub max_diff_rate: Option<f64>,
 }
 
 /// How one route's requests are mirrored to the other version and compared.

@@ -12,7 +12,7 @@ use super::error::Diagnostics;
 use super::file::*;
 use super::model::*;
 use super::validate::{cidrs, read_secret};
-use super::{validate_edge, validate_shadow, validate_tls, values};
+use super::{validate_edge, validate_rollout, validate_shadow, validate_tls, values};
 use crate::routing::lanes::Lanes;
 
 /// The most versions one route may have (the default and four more).
@@ -99,6 +99,8 @@ pub(super) fn routes(
             );
         }
         let https_redirect = validate_tls::https_redirect(d, &key, &f.https_redirect, has_tls);
+        let rollout =
+            f.rollout.as_ref().and_then(|r| validate_rollout::rollout(d, &key, r, &versions, default_version));
         out.push(RouteSpec {
             name,
             path_prefix: prefix,
@@ -116,6 +118,7 @@ pub(super) fn routes(
             shadow,
             shadow_against,
             https_redirect,
+            rollout,
         });
     }
     (out, cookie_users)

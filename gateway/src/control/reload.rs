@@ -91,6 +91,7 @@ impl Reloader {
         let mut deps = BuildDeps::new(Arc::clone(&metrics), Arc::clone(&shadow));
         deps.limiters = LimiterBook::with_cluster(cluster.clone());
         let runtime = prepare(path, &loaded, Steps::Run(&shadow), &deps)?;
+        deps.rollouts = Arc::clone(&runtime.rollouts);
         if let (Some(link), Ok(state)) = (&cluster, runtime.state.load()) {
             link.health.restore_last_sync(state.cluster.and_then(|c| c.last_sync_unix));
         }
@@ -200,6 +201,24 @@ impl Reloader {
         }
         tracing::info!(trigger, generation, hash = %snapshot.hash, "config reloaded");
         Ok(ReloadOutcome::Applied { generation, restart_needed })
+    }
+
+    /// Build the running config again with the shares in force now (the
+    /// release guard moved a rollout): same generation, same file; the next
+    /// request routes with the new share.
+    pub fn recompile(&self) -> Result<(), Vec<config::ConfigError>> {
+        let _serialised = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshots.load_full();
+        let loaded = LoadedConfig {
+            config: current.config.clone(),
+            warnings: Vec::new(),
+            hash: current.hash.clone(),
+            files: current.files.clone(),
+        };
+        let mut snapshot = Snapshot::build(loaded, current.generation, &self.deps)?;
+        snapshot.loaded_at = current.loaded_at;
+        self.snapshots.store(Arc::new(snapshot));
+        Ok(())
     }
 
     /// Forget the last rejected attempt once the file matches the running config.

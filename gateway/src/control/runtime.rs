@@ -12,6 +12,7 @@ use crate::cluster::record::{Body, SharedRecord, Stamp};
 use crate::control::state::{OpenMode, PersistedChange, StateError, StateFile};
 use crate::edge::blacklist::RuntimeBlacklist;
 pub use crate::edge::runtime_blacklist::Sharing;
+use crate::release::book::RolloutBook;
 
 pub struct RuntimeState {
     pub state: Arc<StateFile>,
@@ -21,6 +22,8 @@ pub struct RuntimeState {
     /// The degrade level's latest change; changes are made under this lock.
     degrade_change: Mutex<DegradeChange>,
     pub sharing: Sharing,
+    /// The release guard's rollouts (persisted in the same file).
+    pub rollouts: Arc<RolloutBook>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -64,7 +67,9 @@ impl RuntimeState {
             (None, level) => DegradeChange { stamp: None, level, pending: false },
         };
         let blacklist = RuntimeBlacklist::from_persisted(Arc::clone(&state), &persisted, sharing.clone())?;
+        let rollouts = Arc::new(RolloutBook::open(Arc::clone(&state), persisted.rollouts.clone()));
         Ok(Self {
+            rollouts,
             state,
             blacklist,
             degrade_override: AtomicI16::new(degrade_override),

@@ -35,6 +35,8 @@ pub struct BuildDeps {
     pub metrics: Arc<Metrics>,
     /// Opened (its store) when a config first shadows a route.
     pub shadow: Option<Arc<ShadowEngine>>,
+    /// The release guard's shares in force (empty in `gateway check`: the file's apply).
+    pub rollouts: Arc<crate::release::book::RolloutBook>,
 }
 
 impl BuildDeps {
@@ -95,7 +97,10 @@ impl Snapshot {
         let pools: HashMap<String, Arc<Pool>> =
             config.upstreams.values().map(|spec| (spec.name.clone(), Arc::new(Pool::new(spec, book)))).collect();
         let mut routes = Vec::with_capacity(config.routes.len());
-        for spec in &config.routes {
+        for file_spec in &config.routes {
+            // The rolled-out version's share is the rollout's, not the file's.
+            let effective = deps.rollouts.effective(file_spec);
+            let spec = &effective;
             let mut versions = Vec::with_capacity(spec.versions.len());
             for v in &spec.versions {
                 let Some(pool) = pools.get(&v.upstream) else {

@@ -36,7 +36,7 @@ pub enum OpenMode {
 /// The whole state file. Fields default so that files written by older
 /// versions load; the fleet's fields (stamps, unblocks, the last sync)
 /// sit beside the original ones, so an older gateway still reads the blocks.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersistedState {
     #[serde(default)]
     pub blacklist: Vec<PersistedBlock>,
@@ -50,6 +50,9 @@ pub struct PersistedState {
     pub unblocked: Vec<PersistedUnblock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<PersistedCluster>,
+    /// Each route's release-guard rollout: a restart resumes at the same step and time left.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rollouts: std::collections::BTreeMap<String, crate::release::plan::Rollout>,
 }
 
 /// One run-time block, as written to disk.
@@ -136,6 +139,8 @@ struct RawState {
     unblocked: Vec<PersistedUnblock>,
     #[serde(default)]
     cluster: Option<PersistedCluster>,
+    #[serde(default)]
+    rollouts: std::collections::BTreeMap<String, crate::release::plan::Rollout>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +197,7 @@ impl RawState {
             degrade_change: self.degrade_change,
             unblocked: self.unblocked,
             cluster: self.cluster,
+            rollouts: self.rollouts,
         })
     }
 }

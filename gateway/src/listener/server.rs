@@ -190,8 +190,10 @@ impl BackgroundService for ControlPlane {
                 crate::cluster::sync::run(Arc::clone(&self.reloader), Arc::clone(link), fleet_shutdown).await;
             }
         };
+        let release = crate::release::controller::run(Arc::clone(&self.reloader), shutdown.clone());
         tokio::join!(
             fleet,
+            release,
             sweep_expired_blocks(Arc::clone(&self.reloader.runtime), shutdown.clone()),
             upstream::health::run(snapshots, shutdown.clone()),
             watch::watch_config(Arc::clone(&self.reloader), shutdown.clone()),

@@ -64,6 +64,8 @@ pub struct ExplainAnswer {
     pub rules: Option<String>,
     /// A tester override that was refused, and why.
     pub override_refused: Option<&'static str>,
+    /// The route's release-guard rollout: state, step and the share in force.
+    pub rollout: Option<String>,
     pub client_ip: IpAddr,
     pub user_id: Option<String>,
     /// One line, e.g. `route cart -> v2: bucket 731 in v2's range [0, 1000) (10.00%)`.
@@ -138,7 +140,7 @@ pub fn explain(
         tls: req.tls,
         now,
     };
-    Ok(match run(snapshot, runtime, &facts, Mode::DryRun) {
+    let mut answer = match run(snapshot, runtime, &facts, Mode::DryRun) {
         Verdict::Continue(routed) => {
             let text = routed_line(&routed, ip);
             answer_for(Some(&routed), "proxy", None, None, ip, text)
@@ -150,6 +152,54 @@ pub fn explain(
                 None => why,
             };
             answer_for(local.routed.as_ref(), "respond", Some(local.page.status), Some(local.reason.label()), ip, text)
+        }
+    };
+    let route = answer.route.as_deref().and_then(|name| snapshot.route_named(name));
+    if let Some(line) = route.and_then(|r| rollout_line(snapshot, runtime, r)) {
+        answer.text = format!("{}; {line}", answer.text);
+        answer.rollout = Some(line);
+    }
+    Ok(answer)
+}
+
+/// `rollout of v2 running: step 2 of 5, 5% in force (the file says 1%)`.
+fn rollout_line(
+    snapshot: &Snapshot,
+    runtime: &RuntimeState,
+    route: &crate::control::route_runtime::RouteRuntime,
+) -> Option<String> {
+    let spec = route.spec.rollout.as_ref()?;
+    let version = &route.spec.versions.get(spec.version)?.name;
+    let file_bp = snapshot
+        .config
+        .routes
+        .iter()
+        .find(|r| r.name == route.spec.name)
+        .and_then(|r| r.versions.get(spec.version))
+        .map_or(0, |v| v.basis_points);
+    let pct = |bp: u32| format!("{}%", f64::from(bp) / 100.0);
+    Some(match runtime.rollouts.get(&route.spec.name) {
+        None => format!("rollout of {version} pending: the file's {} until `gateway rollout start`", pct(file_bp)),
+        Some(r) => {
+            use crate::release::plan::Phase;
+            let share = pct(r.share_bp.unwrap_or(file_bp));
+            match r.phase {
+                Phase::Pending => {
+                    format!("rollout of {version} pending: the file's {share} until `gateway rollout start`")
+                }
+                Phase::Running | Phase::Paused => format!(
+                    "rollout of {version} {}: step {} of {}, {share} in force (the file says {})",
+                    r.phase.as_str(),
+                    r.step + 1,
+                    spec.steps.len(),
+                    pct(file_bp)
+                ),
+                Phase::Promoted => format!("rollout of {version} promoted: {share} in force"),
+                Phase::Aborted => {
+                    let why = r.events.iter().rev().find(|e| e.kind == "aborted").map_or("", |e| e.reason.as_str());
+                    format!("rollout of {version} aborted: 0% in force ({why}); whitelists and overrides still apply")
+                }
+            }
         }
     })
 }
@@ -178,6 +228,7 @@ fn answer_for(
             OverrideOutcome::Refused(why) => Some(why.as_str()),
             _ => None,
         }),
+        rollout: None,
         client_ip,
         user_id: routed.and_then(|r| r.user_id.clone()),
         text,

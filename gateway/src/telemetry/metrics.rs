@@ -412,7 +412,27 @@ pub struct VersionMetrics {
     latency: Histogram,
 }
 
+/// A version's counters so far (the release guard subtracts two of these).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VersionTotals {
+    pub requests: u64,
+    /// Answers with a 5xx status: the upstream's, and the gateway's own
+    /// (connect errors, timeouts, fallback pages).
+    pub errors: u64,
+    /// The latency histogram's cumulative buckets: (upper bound in seconds, count).
+    pub buckets: Vec<(f64, u64)>,
+}
+
 impl VersionMetrics {
+    pub fn totals(&self) -> VersionTotals {
+        use prometheus::core::Metric;
+        let requests = self.classes.iter().map(IntCounter::get).sum();
+        let proto = self.latency.metric();
+        let buckets =
+            proto.get_histogram().get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+        VersionTotals { requests, errors: self.classes[4].get(), buckets }
+    }
+
     pub fn observe(&self, status: u16, seconds: f64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.classes[class].inc();

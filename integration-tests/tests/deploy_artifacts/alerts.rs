@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::common::cart_config;
+use crate::common::cart_config_with;
 use crate::{output_text, promtool, read_repo_file, run_promtool};
 use integration_tests::{Backend, Gateway, RedisServer};
 use serde_json::Value;
@@ -140,9 +140,9 @@ fn status_path_helpers_read_code_spans_and_nested_arrays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_texts_name_fields_that_api_status_really_has() {
     let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
-    // A fleet member: the cluster fields are part of what on-call reads.
     let redis = RedisServer::start();
-    let config = cart_config(&[&v1], &[&v2], 10.0).replacen(
+    // A fleet member with a rollout: the cluster and rollout fields are part of what on-call reads.
+    let config = cart_config_with(&[&v1], &[&v2], 10.0, "[routes.rollout]\nsteps = [10, 50]\nhold = \"1m\"").replacen(
         "[upstreams.cart-v1]",
         &format!("[cluster]\nredis = \"{}\"\n\n[upstreams.cart-v1]", redis.url()),
         1,

@@ -56,7 +56,10 @@ fn collect_exprs(value: &Value, out: &mut Vec<String>) {
 async fn metrics_after_traffic() -> String {
     let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
     // Shadowing on, with the diff store in the gateway's temp dir, so the shadow series exist too.
-    let mut config = cart_config_with(&[&v1], &[&v2], 50.0, "[routes.shadow]\npercent = 100.0").replacen(
+    // A rollout checked every second, so the release guard's series exist too.
+    let route_extra = "[routes.shadow]\npercent = 100.0\n\n[routes.rollout]\nsteps = [50, 100]\nhold = \"1h\"\n\
+                       interval = \"1s\"\nmin_requests = 1\ngates = { max_error_rate = 50.0 }";
+    let mut config = cart_config_with(&[&v1], &[&v2], 50.0, route_extra).replacen(
         "[upstreams.cart-v1]",
         "[shadow]\nstore = \"{dir}/diffs.sqlite\"\n\n[upstreams.cart-v1]",
         1,
@@ -89,6 +92,21 @@ async fn metrics_after_traffic() -> String {
     }
     let (code, body) = gateway.reload().await;
     assert_eq!(code, 200, "POST /api/reload: {body}");
+    let started = gateway.admin_request(reqwest::Method::POST, "/api/rollouts/cart/start").send().await.expect("start");
+    assert_eq!(started.status(), 200, "POST /api/rollouts/cart/start");
+    gateway
+        .eventually("a rollout check is counted", std::time::Duration::from_secs(20), || async {
+            for user in 0..20 {
+                let _ = client.get(gateway.url("/cart/items")).header("x-user-id", user.to_string()).send().await;
+            }
+            let m = gateway.admin_request(reqwest::Method::GET, "/metrics").send().await;
+            let text = match m {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            text.contains("gateway_rollout_gate_value")
+        })
+        .await;
     // Shadows finish off the request path; wait until they are counted.
     gateway
         .eventually("shadow outcomes are counted", std::time::Duration::from_secs(10), || async {

@@ -27,7 +27,7 @@
 
 mod api;
 mod highlight;
-mod page;
+pub(super) mod page;
 mod since;
 #[cfg(test)]
 mod tests;
@@ -75,9 +75,9 @@ pub async fn serve(reloader: Arc<Reloader>, method: Method, path: String, query:
 
 /// An error answer: JSON `{"error": ...}` for the API, a small page for the HTML routes.
 #[derive(Debug)]
-struct Failure {
-    status: StatusCode,
-    message: String,
+pub(in crate::admin) struct Failure {
+    pub(in crate::admin) status: StatusCode,
+    pub(in crate::admin) message: String,
 }
 
 impl Failure {

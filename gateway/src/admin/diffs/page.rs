@@ -20,8 +20,9 @@ use super::{filter, load_record, store, Failure, Reply};
 /// Records listed per route on the summary page.
 const PAGE_RECENT: usize = 20;
 
-const TEMPLATES: [(&str, &str); 4] = [
+const TEMPLATES: [(&str, &str); 5] = [
     ("base.html", include_str!("../../../templates/base.html")),
+    ("releases.html", include_str!("../../../templates/releases.html")),
     ("diffs.html", include_str!("../../../templates/diffs.html")),
     ("diff_record.html", include_str!("../../../templates/diff_record.html")),
     ("diff_error.html", include_str!("../../../templates/diff_error.html")),
@@ -39,14 +40,14 @@ fn env() -> &'static Environment<'static> {
     })
 }
 
-pub(super) fn render(name: &str, ctx: &Value) -> Result<String, Failure> {
+pub(in crate::admin) fn render(name: &str, ctx: &Value) -> Result<String, Failure> {
     env()
         .get_template(name)
         .and_then(|t| t.render(ctx))
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render {name}: {e:#}")))
 }
 
-pub(super) fn html_reply(status: StatusCode, body: String) -> Reply {
+pub(in crate::admin) fn html_reply(status: StatusCode, body: String) -> Reply {
     let body = body.into_bytes();
     Response::builder()
         .status(status)

@@ -1,0 +1,233 @@
+//! The release guard's loop: once a second it looks at every route with a
+//! `[routes.rollout]`; each `interval` it reads the version's and the
+//! default version's counters, judges the difference by the gates, and
+//! moves the rollout (hold, step, promote, abort). A change of the share in
+//! force recompiles the snapshot (same config, new share), which takes
+//! effect for the next request; nothing restarts, no connection drops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use pingora_core::server::ShutdownWatch;
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use super::gates::{self, DiffWindow, Verdict, Window};
+use super::plan::{Phase, Rollout};
+use crate::cluster::record::unix_ms;
+use crate::control::reload::Reloader;
+use crate::control::route_runtime::RouteRuntime;
+use crate::control::snapshot::Snapshot;
+use crate::telemetry::metrics::{Metrics, VersionTotals};
+
+/// The rollout series, registered once per process.
+pub struct RolloutMetrics {
+    pub step: IntGaugeVec,
+    pub percent: GaugeVec,
+    pub state: IntGaugeVec,
+    pub gate: GaugeVec,
+    pub checks: IntCounterVec,
+}
+
+impl RolloutMetrics {
+    pub fn register(registry: &Registry) -> Option<RolloutMetrics> {
+        let step = IntGaugeVec::new(
+            Opts::new("gateway_rollout_step", "The rollout's current step, 1-based (0 while pending)"),
+            &["route"],
+        )
+        .ok()?;
+        let percent = GaugeVec::new(
+            Opts::new("gateway_rollout_percent", "The rolled-out version's share in force, percent"),
+            &["route", "version"],
+        )
+        .ok()?;
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "gateway_rollout_state",
+                "1 for the rollout's state: pending, running, paused, promoted, aborted",
+            ),
+            &["route", "state"],
+        )
+        .ok()?;
+        let gate = GaugeVec::new(
+            Opts::new(
+                "gateway_rollout_gate_value",
+                "The last check's values: error_rate, error_rate_delta, p99_ratio, diff_rate",
+            ),
+            &["route", "gate"],
+        )
+        .ok()?;
+        let checks = IntCounterVec::new(
+            Opts::new("gateway_rollout_checks_total", "Rollout checks by verdict: pass, fail, inconclusive"),
+            &["route", "verdict"],
+        )
+        .ok()?;
+        for c in [
+            Box::new(step.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(percent.clone()),
+            Box::new(state.clone()),
+            Box::new(gate.clone()),
+            Box::new(checks.clone()),
+        ] {
+            registry.register(c).ok()?;
+        }
+        Some(RolloutMetrics { step, percent, state, gate, checks })
+    }
+
+    fn show(&self, route: &str, version: &str, rollout: &Rollout, file_bp: u32) {
+        let step = if matches!(rollout.phase, Phase::Pending) { 0 } else { rollout.step as i64 + 1 };
+        self.step.with_label_values(&[route]).set(step);
+        let bp = rollout.share_bp.unwrap_or(file_bp);
+        self.percent.with_label_values(&[route, version]).set(f64::from(bp) / 100.0);
+        for phase in Phase::ALL {
+            self.state.with_label_values(&[route, phase.as_str()]).set(i64::from(phase == rollout.phase));
+        }
+    }
+}
+
+/// The counters one check needs, read at one moment.
+#[derive(Debug, Clone, Default)]
+struct Reading {
+    canary: VersionTotals,
+    base: VersionTotals,
+    /// Shadowed requests compared, and those with a real difference.
+    diff: Option<(u64, u64)>,
+}
+
+impl Reading {
+    fn take(route: &RouteRuntime, version: usize, metrics: &Metrics) -> Reading {
+        let totals = |i: usize| route.metrics.versions.get(i).map(|v| v.totals()).unwrap_or_default();
+        let diff = route.spec.shadow.as_ref().map(|_| {
+            let name = &route.spec.name;
+            let different = metrics.shadow_count(name, "different");
+            let compared =
+                different + metrics.shadow_count(name, "identical") + metrics.shadow_count(name, "noise-only");
+            (compared, different)
+        });
+        Reading { canary: totals(version), base: totals(route.spec.default_version), diff }
+    }
+}
+
+/// The rolled-out version's upstream as it is configured now: a change is a new revision.
+pub fn revision(snapshot: &Snapshot, route: &RouteRuntime, version: usize) -> String {
+    let Some(v) = route.spec.versions.get(version) else { return String::new() };
+    let upstream = snapshot.config.upstreams.get(&v.upstream);
+    let text = format!("{}:{upstream:?}", v.upstream);
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+/// The share the version gets when promoted: all that the other non-default versions leave.
+pub fn full_share(route: &RouteRuntime, version: usize) -> u32 {
+    let others: u32 = route
+        .spec
+        .versions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != version && *i != route.spec.default_version)
+        .map(|(_, v)| v.basis_points)
+        .sum();
+    10_000u32.saturating_sub(others)
+}
+
+pub async fn run(reloader: Arc<Reloader>, mut shutdown: ShutdownWatch) {
+    let metrics = RolloutMetrics::register(&reloader.metrics.registry);
+    let book = Arc::clone(&reloader.runtime.rollouts);
+    let mut readings: HashMap<String, (Instant, Reading)> = HashMap::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let snapshot = reloader.snapshots.load_full();
+        let mut recompile = false;
+        for route in &snapshot.routes {
+            let Some(spec) = &route.spec.rollout else { continue };
+            let name = route.spec.name.clone();
+            let now_ms = unix_ms(SystemTime::now());
+            let rev = revision(&snapshot, route, spec.version);
+            let before = book.get(&name);
+            let result = book.update(&name, &rev, |r| {
+                if r.revision != rev {
+                    r.new_revision(spec, rev.clone(), now_ms);
+                }
+            });
+            let Ok((mut current, ())) = result else {
+                tracing::warn!(target: "rollout", route = %name, "cannot persist the rollout");
+                continue;
+            };
+            let reading = Reading::take(route, spec.version, &snapshot.metrics);
+            let now = Instant::now();
+            match readings.get(&name) {
+                Some((at, _)) if now.duration_since(*at) < spec.interval => {}
+                Some((at, prev)) if before.as_ref().is_some_and(|b| b.revision == current.revision) => {
+                    let elapsed_ms = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
+                    let canary = Window::between(&prev.canary, &reading.canary);
+                    let base = Window::between(&prev.base, &reading.base);
+                    let diff = reading.diff.zip(prev.diff).map(|((c, d), (pc, pd))| DiffWindow {
+                        compared: c.saturating_sub(pc),
+                        different: d.saturating_sub(pd),
+                    });
+                    let (values, verdict) = gates::check(spec, &canary, &base, diff);
+                    if let Some(m) = &metrics {
+                        let label = match &verdict {
+                            Verdict::Pass => "pass",
+                            Verdict::Fail(_) => "fail",
+                            Verdict::Inconclusive(_) => "inconclusive",
+                        };
+                        if matches!(current.phase, Phase::Running | Phase::Paused) {
+                            m.checks.with_label_values(&[&name, label]).inc();
+                            for (gate, v) in [
+                                ("error_rate", values.error_rate),
+                                ("error_rate_delta", values.error_rate_delta),
+                                ("p99_ratio", values.p99_ratio),
+                                ("diff_rate", values.diff_rate),
+                            ] {
+                                if let Some(v) = v {
+                                    m.gate.with_label_values(&[&name, gate]).set(v);
+                                }
+                            }
+                        }
+                    }
+                    match book.update(&name, &rev, |r| r.on_check(spec, values, verdict, elapsed_ms, now_ms)) {
+                        Ok((after, ())) => current = after,
+                        Err(e) => {
+                            tracing::warn!(target: "rollout", route = %name, error = %e, "cannot persist the rollout")
+                        }
+                    }
+                    readings.insert(name.clone(), (now, reading));
+                }
+                _ => {
+                    readings.insert(name.clone(), (now, reading));
+                }
+            }
+            let share_before = before.and_then(|b| b.share_bp);
+            if current.share_bp != share_before {
+                recompile = true;
+            }
+            if let Some(m) = &metrics {
+                let version = route.spec.versions.get(spec.version).map_or("", |v| v.name.as_str());
+                let file_bp = snapshot
+                    .config
+                    .routes
+                    .iter()
+                    .find(|r| r.name == name)
+                    .and_then(|r| r.versions.get(spec.version))
+                    .map_or(0, |v| v.basis_points);
+                m.show(&name, version, &current, file_bp);
+            }
+        }
+        if recompile {
+            apply(&reloader);
+        }
+    }
+}
+
+/// Put the shares in force into a new snapshot of the same config.
+pub fn apply(reloader: &Reloader) {
+    if let Err(errors) = reloader.recompile() {
+        for e in errors {
+            tracing::error!(target: "rollout", "cannot apply the rollout's share: {e}");
+        }
+    }
+}

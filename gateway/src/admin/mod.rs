@@ -92,10 +92,10 @@ impl ServeHttp for AdminApp {
             (&Method::DELETE, "/api/degrade") => edge::set_degrade(&self.reloader, None).await,
             (&Method::GET, "/api/rollouts") => rollouts::list(&self.reloader),
             (&Method::GET, p) if p.starts_with("/api/rollouts/") => {
-                rollouts::route(&self.reloader, &p["/api/rollouts/".len()..], false)
+                rollouts::route(&self.reloader, &p["/api/rollouts/".len()..], false).await
             }
             (&Method::POST, p) if p.starts_with("/api/rollouts/") => {
-                rollouts::route(&self.reloader, &p["/api/rollouts/".len()..], true)
+                rollouts::route(&self.reloader, &p["/api/rollouts/".len()..], true).await
             }
             (&Method::GET, "/releases") => rollouts::page(&self.reloader),
             // QA's shadow diffs: /api/diffs[/summary|/{id}] and the /diffs pages (405 for other methods).

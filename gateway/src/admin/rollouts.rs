@@ -131,7 +131,7 @@ pub fn list(reloader: &Reloader) -> Reply {
 }
 
 /// `GET /api/rollouts/{route}` and `POST /api/rollouts/{route}/{action}`.
-pub fn route(reloader: &Reloader, rest: &str, post: bool) -> Reply {
+pub async fn route(reloader: &Reloader, rest: &str, post: bool) -> Reply {
     let (name, action) = match (rest.split_once('/'), post) {
         (Some((name, action)), true) => (name, Some(action)),
         (None, false) => (rest, None),
@@ -171,8 +171,17 @@ pub fn route(reloader: &Reloader, rest: &str, post: bool) -> Reply {
             if after.share_bp != before {
                 apply(reloader);
             }
+            // In a fleet the command is shared at once (the evaluating replica and every other one follow it).
+            let reach = match &reloader.cluster {
+                Some(link) => link.push().await,
+                None => crate::cluster::Reach::ThisGateway,
+            };
             let snapshot = reloader.snapshots.load();
-            let body = snapshot.route_named(name).and_then(|r| rollout_json(reloader, r)).unwrap_or(Value::Null);
+            let mut body = snapshot.route_named(name).and_then(|r| rollout_json(reloader, r)).unwrap_or(Value::Null);
+            body["applied"] = Value::from(reach.label());
+            if let Some(w) = reach.warning() {
+                body["warning"] = Value::from(w);
+            }
             json_reply(StatusCode::OK, &body)
         }
     }

@@ -53,6 +53,8 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 pub enum RecordKey {
     Block(IpNet),
     Degrade,
+    /// A route's release-guard rollout.
+    Rollout(String),
 }
 
 impl RecordKey {
@@ -60,6 +62,7 @@ impl RecordKey {
         match self {
             RecordKey::Block(cidr) => format!("block:{cidr}"),
             RecordKey::Degrade => "degrade".to_string(),
+            RecordKey::Rollout(route) => format!("rollout:{route}"),
         }
     }
 
@@ -73,6 +76,9 @@ impl RecordKey {
                 }
                 Ok(RecordKey::Block(net))
             }
+            Some(("rollout", route)) if !route.is_empty() && route.len() <= 256 => {
+                Ok(RecordKey::Rollout(route.to_string()))
+            }
             None if field == "degrade" => Ok(RecordKey::Degrade),
             _ => Err(format!("unknown field {field:?}")),
         }
@@ -80,7 +86,7 @@ impl RecordKey {
 }
 
 /// What a record says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Body {
     /// Blocked; times in whole seconds since the epoch.
@@ -89,11 +95,13 @@ pub enum Body {
     Unblocked,
     /// The run-time degrade level; `None` gives the config's level back.
     Degrade { level: Option<u8> },
+    /// A route's rollout, as the evaluating replica (or an operator) left it.
+    Rollout { rollout: Box<crate::release::plan::Rollout> },
 }
 
 /// One record as stored: `{"at_ms":…,"origin":"…","body":{…}}` (the Lua
 /// scripts read `at_ms` and `origin` to order writes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SharedRecord {
     #[serde(flatten)]
     pub stamp: Stamp,
@@ -117,6 +125,7 @@ impl SharedRecord {
             }
             (RecordKey::Block(_), Body::Unblocked) => true,
             (RecordKey::Degrade, Body::Degrade { level }) => level.is_none_or(|l| l <= MAX_DEGRADE_LEVEL),
+            (RecordKey::Rollout(_), Body::Rollout { rollout }) => rollout.share_bp.is_none_or(|bp| bp <= 10_000),
             _ => false,
         };
         // Past year 9999 is corruption, and beyond 2^53 the store's Lua would compare it inexactly.
@@ -135,7 +144,7 @@ impl SharedRecord {
     pub fn is_spent(&self, now: SystemTime) -> bool {
         let ended = match &self.body {
             Body::Block { expires_at: Some(t), .. } => UNIX_EPOCH.checked_add(Duration::from_secs(*t)).unwrap_or(now),
-            Body::Block { .. } | Body::Degrade { .. } => return false,
+            Body::Block { .. } | Body::Degrade { .. } | Body::Rollout { .. } => return false,
             Body::Unblocked => self.stamp.time(),
         };
         ended.checked_add(TOMBSTONE_RETENTION).is_some_and(|t| t <= now)

@@ -93,6 +93,20 @@ end
 return out
 ";
 
+/// Takes the lease if it is free, renews it if this replica holds it.
+const LEASE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// Key names under the fleet's prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -104,6 +118,16 @@ pub struct Keys {
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
         Keys { state: format!("{prefix}state"), channel: format!("{prefix}changes"), prefix: prefix.to_string() }
+    }
+
+    /// The lease of the replica that evaluates rollouts.
+    pub fn rollout_lease(&self) -> String {
+        format!("{}lease:rollouts", self.prefix)
+    }
+
+    /// The fleet's counters of one route for one interval (numbered since the epoch).
+    pub fn rollout_window(&self, route: &str, interval_no: u64) -> String {
+        format!("{}ro:{route}:{interval_no}", self.prefix)
     }
 
     /// The key of one cluster rate-limit bucket.
@@ -120,6 +144,7 @@ pub struct Store {
     put: Script,
     delete: Script,
     gcra: Script,
+    lease: Script,
 }
 
 impl Store {
@@ -147,6 +172,7 @@ impl Store {
             put: Script::new(PUT_IF_NEWER),
             delete: Script::new(DELETE_IF_SAME),
             gcra: Script::new(GCRA_BATCH),
+            lease: Script::new(LEASE),
         })
     }
 
@@ -249,6 +275,35 @@ impl Store {
         self.call(async move |mut c| script.key(&state).arg(field).arg(json).invoke_async::<i64>(&mut c).await)
             .await
             .map(|_| ())
+    }
+
+    /// Hold (take or renew) the lease `key` as `me` for `ttl`; `true` when this replica holds it.
+    pub async fn lease(&mut self, key: &str, me: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let script = self.lease.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.call(async move |mut c| script.key(key).arg(me).arg(ttl_ms).invoke_async::<i64>(&mut c).await)
+            .await
+            .map(|held| held == 1)
+    }
+
+    /// Add `fields` to the counters hash `key` (kept for `ttl`).
+    pub async fn add_counts(&mut self, key: &str, fields: &[(String, i64)], ttl: Duration) -> Result<(), StoreError> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.call(async move |mut c| {
+            let mut pipe = redis::pipe();
+            for (field, n) in fields {
+                pipe.cmd("HINCRBY").arg(key).arg(field).arg(*n).ignore();
+            }
+            pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// The counters hash `key` (empty when no replica wrote it).
+    pub async fn counts(&mut self, key: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        self.call(async move |mut c| redis::cmd("HGETALL").arg(key).query_async::<Vec<(String, i64)>>(&mut c).await)
+            .await
     }
 
     /// A liveness check, once a second while the store is up.

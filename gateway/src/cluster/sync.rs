@@ -203,6 +203,7 @@ impl Sync {
         if let Some(d) = runtime.pending_degrade() {
             records.push((RecordKey::Degrade, d));
         }
+        records.extend(runtime.rollouts.pending().into_iter().map(|(route, r)| (RecordKey::Rollout(route), r)));
         if records.is_empty() {
             return Ok(());
         }
@@ -212,6 +213,7 @@ impl Sync {
         self.outcome("push", &result);
         let answers = result?;
         let mut stored_blocks: Vec<(IpNet, Stamp)> = Vec::new();
+        let mut stored_rollouts: Vec<(String, Stamp)> = Vec::new();
         let mut stored_degrade = None;
         let mut theirs = Vec::new();
         for ((key, record), answer) in records.into_iter().zip(answers) {
@@ -234,12 +236,14 @@ impl Sync {
             match (stored, key) {
                 (true, RecordKey::Block(cidr)) => stored_blocks.push((cidr, record.stamp)),
                 (true, RecordKey::Degrade) => stored_degrade = Some(record.stamp),
+                (true, RecordKey::Rollout(route)) => stored_rollouts.push((route, record.stamp)),
                 (false, _) => {}
             }
         }
         let rt = Arc::clone(&runtime);
         on_disk("that changes reached the store", move || {
             rt.blacklist.mark_stored(&stored_blocks)?;
+            rt.rollouts.mark_stored(&stored_rollouts)?;
             match stored_degrade {
                 Some(stamp) => rt.degrade_stored(&stamp),
                 None => Ok(()),
@@ -277,24 +281,34 @@ impl Sync {
     async fn merge(&mut self, records: Vec<(RecordKey, SharedRecord)>, complete: bool) {
         let runtime = Arc::clone(&self.runtime);
         let mut blocks: Vec<(IpNet, SharedRecord)> = Vec::new();
+        let mut rollouts: Vec<(String, SharedRecord)> = Vec::new();
         let mut degrade = None;
         for (key, r) in records {
             match key {
                 RecordKey::Block(cidr) => blocks.push((cidr, r)),
                 RecordKey::Degrade => degrade = Some(r),
+                RecordKey::Rollout(route) => rollouts.push((route, r)),
             }
         }
         let rt = Arc::clone(&runtime);
         let merged = on_disk("the fleet's changes", move || {
             let blocks = if blocks.is_empty() && !complete { 0 } else { rt.blacklist.merge(blocks, complete)? };
+            let rollouts_changed = match !rollouts.is_empty() || complete {
+                true => !rt.rollouts.merge(rollouts, complete)?.is_empty(),
+                false => false,
+            };
             let degrade_moved = match &degrade {
                 Some(r) => rt.merge_degrade(r)?.then(|| r.stamp.origin.clone()),
                 None => None,
             };
-            Ok((blocks, degrade_moved))
+            Ok((blocks, degrade_moved, rollouts_changed))
         })
         .await;
-        let Some((blocks, degrade_moved)) = merged else { return };
+        let Some((blocks, degrade_moved, rollouts_changed)) = merged else { return };
+        if rollouts_changed {
+            // A step decided elsewhere applies here now, not at the controller's next tick.
+            crate::release::controller::apply(&self.reloader);
+        }
         if blocks > 0 {
             tracing::info!(target: "blacklist", changed = blocks, "run-time blocks changed by the fleet");
         }
@@ -379,7 +393,9 @@ impl Sync {
 
     fn update_gauges(&self) {
         let runtime = &self.runtime;
-        let pending = runtime.blacklist.pending().len() + usize::from(runtime.pending_degrade().is_some());
+        let pending = runtime.blacklist.pending().len()
+            + usize::from(runtime.pending_degrade().is_some())
+            + runtime.rollouts.pending().len();
         self.link.metrics.pending_changes.set(i64::try_from(pending).unwrap_or(i64::MAX));
         let since = self.link.health.last_sync().unwrap_or(self.link.started);
         let age = SystemTime::now().duration_since(since).unwrap_or_default().as_secs();

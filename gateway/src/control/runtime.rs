@@ -67,7 +67,7 @@ impl RuntimeState {
             (None, level) => DegradeChange { stamp: None, level, pending: false },
         };
         let blacklist = RuntimeBlacklist::from_persisted(Arc::clone(&state), &persisted, sharing.clone())?;
-        let rollouts = Arc::new(RolloutBook::open(Arc::clone(&state), persisted.rollouts.clone()));
+        let rollouts = Arc::new(RolloutBook::open(Arc::clone(&state), persisted.rollouts.clone(), sharing.clone()));
         Ok(Self {
             rollouts,
             state,

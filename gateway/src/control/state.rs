@@ -52,7 +52,7 @@ pub struct PersistedState {
     pub cluster: Option<PersistedCluster>,
     /// Each route's release-guard rollout: a restart resumes at the same step and time left.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub rollouts: std::collections::BTreeMap<String, crate::release::plan::Rollout>,
+    pub rollouts: std::collections::BTreeMap<String, crate::release::book::Entry>,
 }
 
 /// One run-time block, as written to disk.
@@ -140,7 +140,7 @@ struct RawState {
     #[serde(default)]
     cluster: Option<PersistedCluster>,
     #[serde(default)]
-    rollouts: std::collections::BTreeMap<String, crate::release::plan::Rollout>,
+    rollouts: std::collections::BTreeMap<String, crate::release::book::Entry>,
 }
 
 #[derive(Deserialize)]

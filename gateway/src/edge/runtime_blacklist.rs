@@ -73,7 +73,7 @@ impl BlockRecord {
                 expires_at: expires_at.map(from_unix),
             }),
             Body::Unblocked => None,
-            Body::Degrade { .. } => return None,
+            Body::Degrade { .. } | Body::Rollout { .. } => return None,
         };
         Some(BlockRecord { cidr, stamp: r.stamp, block, pending: false })
     }

@@ -1,40 +1,60 @@
-//! Every route's rollout, persisted in the state file (and, in a fleet,
-//! mirrored by the controller through the cluster store). Snapshot builds
-//! read the share in force from here, so a reload keeps the rollout's
-//! percent, not the file's.
+//! Every route's rollout, persisted in the state file and, in a fleet,
+//! shared through the cluster store like blocks are (latest change wins;
+//! changes made here stay pending until the store has them). Snapshot
+//! builds read the share in force from here, so a reload keeps the
+//! rollout's percent, not the file's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::plan::Rollout;
+use crate::cluster::record::{Body, SharedRecord, Stamp};
 use crate::config::RouteSpec;
+use crate::control::runtime::Sharing;
 use crate::control::state::{StateError, StateFile};
+
+/// One route's rollout with the stamp of its latest change.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    #[serde(default)]
+    pub stamp: Option<Stamp>,
+    /// Not yet in the cluster store.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+}
 
 #[derive(Default)]
 pub struct RolloutBook {
     /// `None` in `gateway check` and table tests: nothing is persisted.
     state: Option<Arc<StateFile>>,
-    rollouts: Mutex<BTreeMap<String, Rollout>>,
+    sharing: Option<Sharing>,
+    entries: Mutex<BTreeMap<String, Entry>>,
 }
 
 impl RolloutBook {
-    pub fn open(state: Arc<StateFile>, persisted: BTreeMap<String, Rollout>) -> RolloutBook {
-        RolloutBook { state: Some(state), rollouts: Mutex::new(persisted) }
+    pub fn open(state: Arc<StateFile>, persisted: BTreeMap<String, Entry>, sharing: Sharing) -> RolloutBook {
+        RolloutBook { state: Some(state), sharing: Some(sharing), entries: Mutex::new(persisted) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Rollout>> {
-        self.rollouts.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fleet(&self) -> bool {
+        self.sharing.as_ref().is_some_and(|s| s.fleet)
     }
 
     pub fn get(&self, route: &str) -> Option<Rollout> {
-        self.lock().get(route).cloned()
+        self.lock().get(route).map(|e| e.rollout.clone())
     }
 
     /// The rolled-out version's share in force for `spec`, basis points;
     /// `None`: the file's (no rollout, or pending).
     pub fn share_bp(&self, spec: &RouteSpec) -> Option<u32> {
         spec.rollout.as_ref()?;
-        self.lock().get(&spec.name)?.share_bp
+        self.lock().get(&spec.name)?.rollout.share_bp
     }
 
     /// `spec` with the rollout's share in force (what a snapshot compiles).
@@ -48,8 +68,16 @@ impl RolloutBook {
         out
     }
 
-    /// Change one route's rollout (created pending with `revision` if new):
-    /// persisted first, then in force. Returns the rollout after the change.
+    fn persist(&self, all: &BTreeMap<String, Entry>) -> Result<(), StateError> {
+        match &self.state {
+            Some(state) => state.update(|s| s.rollouts = all.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Change one route's rollout here (created pending with `revision` if
+    /// new): stamped, persisted first, then in force; in a fleet, pending
+    /// until the store has it. Returns the rollout after the change.
     pub fn update<T>(
         &self,
         route: &str,
@@ -57,26 +85,95 @@ impl RolloutBook {
         f: impl FnOnce(&mut Rollout) -> T,
     ) -> Result<(Rollout, T), StateError> {
         let mut all = self.lock();
-        let mut next = all.get(route).cloned().unwrap_or_else(|| Rollout::new(revision.to_string()));
-        let out = f(&mut next);
-        if all.get(route) != Some(&next) {
-            if let Some(state) = &self.state {
-                let mut copy = all.clone();
-                copy.insert(route.to_string(), next.clone());
-                state.update(|s| s.rollouts = copy)?;
-            }
-            all.insert(route.to_string(), next.clone());
+        let before = all.get(route).cloned();
+        let mut next = before.clone().unwrap_or_else(|| Entry {
+            rollout: Rollout::new(revision.to_string()),
+            stamp: None,
+            pending: false,
+        });
+        let out = f(&mut next.rollout);
+        if before.as_ref().map(|e| &e.rollout) != Some(&next.rollout) {
+            let origin = self.sharing.as_ref().map_or("local", |s| s.origin.as_str());
+            next.stamp = Some(Stamp::next(origin, next.stamp.as_ref()));
+            next.pending = self.fleet();
+            let mut copy = all.clone();
+            copy.insert(route.to_string(), next.clone());
+            self.persist(&copy)?;
+            *all = copy;
         }
-        Ok((next, out))
+        Ok((next.rollout, out))
     }
 
-    /// Replace a route's rollout with one from the fleet (already decided elsewhere).
-    pub fn set(&self, route: &str, rollout: Rollout) -> Result<bool, StateError> {
-        self.update(route, &rollout.revision.clone(), |r| {
-            let changed = *r != rollout;
-            *r = rollout;
-            changed
-        })
-        .map(|(_, changed)| changed)
+    /// Changes made here that the store does not have yet.
+    pub fn pending(&self) -> Vec<(String, SharedRecord)> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.pending)
+            .filter_map(|(route, e)| {
+                let stamp = e.stamp.clone()?;
+                Some((
+                    route.clone(),
+                    SharedRecord { stamp, body: Body::Rollout { rollout: Box::new(e.rollout.clone()) } },
+                ))
+            })
+            .collect()
+    }
+
+    /// The store holds these changes: no longer pending.
+    pub fn mark_stored(&self, stored: &[(String, Stamp)]) -> Result<(), StateError> {
+        let mut all = self.lock();
+        let mut copy = all.clone();
+        let mut dirty = false;
+        for (route, stamp) in stored {
+            if let Some(e) = copy.get_mut(route).filter(|e| e.pending && e.stamp.as_ref() == Some(stamp)) {
+                e.pending = false;
+                dirty = true;
+            }
+        }
+        if dirty {
+            self.persist(&copy)?;
+            *all = copy;
+        }
+        Ok(())
+    }
+
+    /// Take in rollout records from the store (latest change wins); with
+    /// `complete`, what the store lacks is pushed back. Returns the routes
+    /// whose rollout changed.
+    pub fn merge(&self, incoming: Vec<(String, SharedRecord)>, complete: bool) -> Result<Vec<String>, StateError> {
+        let mut all = self.lock();
+        let mut copy = all.clone();
+        let mut changed = Vec::new();
+        let mut dirty = false;
+        let mut present = HashSet::new();
+        for (route, record) in incoming {
+            present.insert(route.clone());
+            let Body::Rollout { rollout } = record.body else { continue };
+            match copy.get_mut(&route) {
+                Some(e) if e.stamp.as_ref().is_some_and(|s| *s > record.stamp) => {
+                    // The store is behind this replica: push ours again.
+                    dirty |= !std::mem::replace(&mut e.pending, true);
+                }
+                Some(e) if e.stamp.as_ref() == Some(&record.stamp) => dirty |= std::mem::replace(&mut e.pending, false),
+                _ => {
+                    copy.insert(route.clone(), Entry { rollout: *rollout, stamp: Some(record.stamp), pending: false });
+                    changed.push(route);
+                    dirty = true;
+                }
+            }
+        }
+        if complete {
+            for (route, e) in copy.iter_mut() {
+                if !present.contains(route) && !e.pending && e.stamp.is_some() {
+                    e.pending = true;
+                    dirty = true;
+                }
+            }
+        }
+        if dirty {
+            self.persist(&copy)?;
+            *all = copy;
+        }
+        Ok(changed)
     }
 }

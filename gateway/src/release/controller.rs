@@ -7,18 +7,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use pingora_core::server::ShutdownWatch;
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use super::gates::{self, DiffWindow, Verdict, Window};
+use super::fleet::{FleetAnalysis, Reading, Windows};
+use super::gates::{self, Verdict};
 use super::plan::{Phase, Rollout};
 use crate::cluster::record::unix_ms;
 use crate::control::reload::Reloader;
 use crate::control::route_runtime::RouteRuntime;
 use crate::control::snapshot::Snapshot;
-use crate::telemetry::metrics::{Metrics, VersionTotals};
+use crate::telemetry::metrics::Metrics;
 
 /// The rollout series, registered once per process.
 pub struct RolloutMetrics {
@@ -74,6 +75,25 @@ impl RolloutMetrics {
         Some(RolloutMetrics { step, percent, state, gate, checks })
     }
 
+    fn count_check(&self, route: &str, values: &gates::GateValues, verdict: &Verdict) {
+        let label = match verdict {
+            Verdict::Pass => "pass",
+            Verdict::Fail(_) => "fail",
+            Verdict::Inconclusive(_) => "inconclusive",
+        };
+        self.checks.with_label_values(&[route, label]).inc();
+        for (gate, v) in [
+            ("error_rate", values.error_rate),
+            ("error_rate_delta", values.error_rate_delta),
+            ("p99_ratio", values.p99_ratio),
+            ("diff_rate", values.diff_rate),
+        ] {
+            if let Some(v) = v {
+                self.gate.with_label_values(&[route, gate]).set(v);
+            }
+        }
+    }
+
     fn show(&self, route: &str, version: &str, rollout: &Rollout, file_bp: u32) {
         let step = if matches!(rollout.phase, Phase::Pending) { 0 } else { rollout.step as i64 + 1 };
         self.step.with_label_values(&[route]).set(step);
@@ -85,27 +105,15 @@ impl RolloutMetrics {
     }
 }
 
-/// The counters one check needs, read at one moment.
-#[derive(Debug, Clone, Default)]
-struct Reading {
-    canary: VersionTotals,
-    base: VersionTotals,
-    /// Shadowed requests compared, and those with a real difference.
-    diff: Option<(u64, u64)>,
-}
-
-impl Reading {
-    fn take(route: &RouteRuntime, version: usize, metrics: &Metrics) -> Reading {
-        let totals = |i: usize| route.metrics.versions.get(i).map(|v| v.totals()).unwrap_or_default();
-        let diff = route.spec.shadow.as_ref().map(|_| {
-            let name = &route.spec.name;
-            let different = metrics.shadow_count(name, "different");
-            let compared =
-                different + metrics.shadow_count(name, "identical") + metrics.shadow_count(name, "noise-only");
-            (compared, different)
-        });
-        Reading { canary: totals(version), base: totals(route.spec.default_version), diff }
-    }
+fn reading(route: &RouteRuntime, version: usize, metrics: &Metrics) -> Reading {
+    let totals = |i: usize| route.metrics.versions.get(i).map(|v| v.totals()).unwrap_or_default();
+    let diff = route.spec.shadow.as_ref().map(|_| {
+        let name = &route.spec.name;
+        let different = metrics.shadow_count(name, "different");
+        let compared = different + metrics.shadow_count(name, "identical") + metrics.shadow_count(name, "noise-only");
+        (compared, different)
+    });
+    Reading { canary: totals(version), base: totals(route.spec.default_version), diff }
 }
 
 /// The rolled-out version's upstream as it is configured now: a change is a new revision.
@@ -132,89 +140,114 @@ pub fn full_share(route: &RouteRuntime, version: usize) -> u32 {
 pub async fn run(reloader: Arc<Reloader>, mut shutdown: ShutdownWatch) {
     let metrics = RolloutMetrics::register(&reloader.metrics.registry);
     let book = Arc::clone(&reloader.runtime.rollouts);
+    // In a fleet: counters in the store, one evaluating replica; else this gateway alone.
+    let mut fleet = reloader.cluster.as_ref().and_then(|link| FleetAnalysis::new(Arc::clone(link)));
     let mut readings: HashMap<String, (Instant, Reading)> = HashMap::new();
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // The shares the running snapshot was built with (the book's at start).
+    let mut applied: HashMap<String, Option<u32>> = {
+        let snapshot = reloader.snapshots.load();
+        snapshot.routes.iter().map(|r| (r.spec.name.clone(), book.get(&r.spec.name).and_then(|b| b.share_bp))).collect()
+    };
+    let period = if fleet.is_some() { Duration::from_millis(250) } else { Duration::from_secs(1) };
+    let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
         let snapshot = reloader.snapshots.load_full();
-        let mut recompile = false;
-        for route in &snapshot.routes {
+        let rolled: Vec<&Arc<RouteRuntime>> = snapshot.routes.iter().filter(|r| r.spec.rollout.is_some()).collect();
+        if rolled.is_empty() {
+            continue;
+        }
+        // One replica of a fleet decides; the lease outlives a few ticks.
+        let decides = match &mut fleet {
+            Some(f) => f.hold_lease(Duration::from_secs(3)).await,
+            None => true,
+        };
+        let mut decided = false;
+        for route in rolled {
             let Some(spec) = &route.spec.rollout else { continue };
             let name = route.spec.name.clone();
             let now_ms = unix_ms(SystemTime::now());
             let rev = revision(&snapshot, route, spec.version);
-            let before = book.get(&name);
-            let result = book.update(&name, &rev, |r| {
-                if r.revision != rev {
-                    r.new_revision(spec, rev.clone(), now_ms);
+            let now_reading = reading(route, spec.version, &snapshot.metrics);
+            let windows = match &mut fleet {
+                Some(f) => {
+                    f.count(&name, spec.interval, now_reading.clone(), now_ms).await;
+                    match decides {
+                        true => f.due(&name, spec.interval, now_ms, &now_reading).await.map(|w| (w, spec.interval)),
+                        false => None,
+                    }
                 }
-            });
-            let Ok((mut current, ())) = result else {
-                tracing::warn!(target: "rollout", route = %name, "cannot persist the rollout");
-                continue;
+                None => {
+                    let now = Instant::now();
+                    match readings.get(&name) {
+                        Some((at, prev)) if now.duration_since(*at) >= spec.interval => {
+                            let w = Windows::between(prev, &now_reading);
+                            let elapsed = now.duration_since(*at);
+                            readings.insert(name.clone(), (now, now_reading));
+                            Some((w, elapsed))
+                        }
+                        Some(_) => None,
+                        None => {
+                            readings.insert(name.clone(), (now, now_reading));
+                            None
+                        }
+                    }
+                }
             };
-            let reading = Reading::take(route, spec.version, &snapshot.metrics);
-            let now = Instant::now();
-            match readings.get(&name) {
-                Some((at, _)) if now.duration_since(*at) < spec.interval => {}
-                Some((at, prev)) if before.as_ref().is_some_and(|b| b.revision == current.revision) => {
-                    let elapsed_ms = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
-                    let canary = Window::between(&prev.canary, &reading.canary);
-                    let base = Window::between(&prev.base, &reading.base);
-                    let diff = reading.diff.zip(prev.diff).map(|((c, d), (pc, pd))| DiffWindow {
-                        compared: c.saturating_sub(pc),
-                        different: d.saturating_sub(pd),
-                    });
-                    let (values, verdict) = gates::check(spec, &canary, &base, diff);
-                    if let Some(m) = &metrics {
-                        let label = match &verdict {
-                            Verdict::Pass => "pass",
-                            Verdict::Fail(_) => "fail",
-                            Verdict::Inconclusive(_) => "inconclusive",
-                        };
-                        if matches!(current.phase, Phase::Running | Phase::Paused) {
-                            m.checks.with_label_values(&[&name, label]).inc();
-                            for (gate, v) in [
-                                ("error_rate", values.error_rate),
-                                ("error_rate_delta", values.error_rate_delta),
-                                ("p99_ratio", values.p99_ratio),
-                                ("diff_rate", values.diff_rate),
-                            ] {
-                                if let Some(v) = v {
-                                    m.gate.with_label_values(&[&name, gate]).set(v);
-                                }
-                            }
-                        }
-                    }
-                    match book.update(&name, &rev, |r| r.on_check(spec, values, verdict, elapsed_ms, now_ms)) {
-                        Ok((after, ())) => current = after,
-                        Err(e) => {
-                            tracing::warn!(target: "rollout", route = %name, error = %e, "cannot persist the rollout")
-                        }
-                    }
-                    readings.insert(name.clone(), (now, reading));
-                }
-                _ => {
-                    readings.insert(name.clone(), (now, reading));
+            if decides {
+                let known = book.get(&name).map(|r| r.revision);
+                if known.as_deref() != Some(rev.as_str()) {
+                    let r = book.update(&name, &rev, |r| r.new_revision(spec, rev.clone(), now_ms));
+                    decided |= r.is_ok();
+                    // The windows so far belong to the old build.
+                    readings.remove(&name);
+                    continue;
                 }
             }
-            let share_before = before.and_then(|b| b.share_bp);
-            if current.share_bp != share_before {
+            if let Some((w, elapsed)) = windows {
+                let (values, verdict) = gates::check(spec, &w.canary, &w.base, w.diff);
+                let phase = book.get(&name).map(|r| r.phase);
+                if let (Some(m), Some(Phase::Running | Phase::Paused)) = (&metrics, phase) {
+                    m.count_check(&name, &values, &verdict);
+                }
+                let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                match book.update(&name, &rev, |r| r.on_check(spec, values, verdict, elapsed_ms, now_ms)) {
+                    Ok(_) => decided = true,
+                    Err(e) => {
+                        tracing::warn!(target: "rollout", route = %name, error = %e, "cannot persist the rollout")
+                    }
+                }
+            }
+        }
+        if decided {
+            // Shared at once, so every replica applies the step within a second.
+            if let Some(link) = &reloader.cluster {
+                link.push().await;
+            }
+        }
+        // Apply every share that changed: decided here, by an operator, or taken in from the fleet.
+        let mut recompile = false;
+        for route in snapshot.routes.iter().filter(|r| r.spec.rollout.is_some()) {
+            let name = &route.spec.name;
+            let current = book.get(name);
+            let share = current.as_ref().and_then(|r| r.share_bp);
+            if applied.get(name) != Some(&share) {
+                applied.insert(name.clone(), share);
                 recompile = true;
             }
-            if let Some(m) = &metrics {
+            if let (Some(m), Some(spec)) = (&metrics, &route.spec.rollout) {
                 let version = route.spec.versions.get(spec.version).map_or("", |v| v.name.as_str());
                 let file_bp = snapshot
                     .config
                     .routes
                     .iter()
-                    .find(|r| r.name == name)
+                    .find(|r| &r.name == name)
                     .and_then(|r| r.versions.get(spec.version))
                     .map_or(0, |v| v.basis_points);
-                m.show(&name, version, &current, file_bp);
+                m.show(name, version, &current.unwrap_or_else(|| Rollout::new(String::new())), file_bp);
             }
         }
         if recompile {

@@ -6,9 +6,11 @@
 //!   over an interval (error rate and its delta, p99 ratio, diff rate);
 //! - `plan`: the rollout's states and transitions, pure;
 //! - `book`: every route's rollout, persisted; snapshots take the share in force from it;
-//! - `controller`: the background loop that samples, checks, steps and aborts.
+//! - `controller`: the background loop that samples, checks, steps and aborts;
+//! - `fleet`: in a fleet, counters summed in the cluster store and one evaluating replica.
 
 pub mod book;
 pub mod controller;
+pub mod fleet;
 pub mod gates;
 pub mod plan;

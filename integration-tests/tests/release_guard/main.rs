@@ -5,6 +5,7 @@
 //! by itself, and testers can still reach it.
 
 mod abort;
+mod fleet;
 mod lifecycle;
 mod page;
 mod walk;

@@ -53,7 +53,9 @@ fn summary(r: &Value) -> String {
     let event = r["events"]
         .as_array()
         .and_then(|e| e.first())
-        .map(|e| format!("\n  last event: {} {}", e["kind"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or("")))
+        .map(|e| {
+            format!("\n  last event: {} ({})", e["kind"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))
+        })
         .unwrap_or_default();
     format!(
         "{}: {} {} at {}{step}, {} of {} failed checks{last}{event}",

@@ -233,3 +233,34 @@ fn cluster_section_and_cluster_limits_are_checked_together() {
         errors(&format!("{GOOD}\n[routes.rate_limit]\nper_ip = {{ rate = \"1/s\", on_store_error = \"allow\" }}\n"));
     assert!(shown.iter().any(|e| e.contains("per_ip.on_store_error: applies only to scope")), "{shown:?}");
 }
+
+#[test]
+fn a_rollout_is_checked_key_by_key() {
+    let good = format!(
+        "{GOOD}\n[routes.rollout]\nsteps = [25, 50, 100]\nhold = \"5m\"\ninterval = \"10s\"\n\
+         gates = {{ max_error_rate = 2.0, max_p99_ratio = 1.3 }}\n"
+    );
+    let loaded = parse(Path::new("gateway.toml"), &good).expect("valid");
+    let r = loaded.config.routes[0].rollout.as_ref().expect("rollout");
+    assert_eq!((r.version, r.steps.as_slice(), r.failure_limit, r.min_requests), (1, &[2500, 5000, 10000][..], 2, 200));
+    assert_eq!((r.gates.max_error_rate, r.gates.max_diff_rate), (Some(2.0), None));
+
+    let bad = format!(
+        "{GOOD}\n[routes.rollout]\nversion = \"v9\"\nsteps = [50, 25, 0]\ninterval = \"0s\"\nfailure_limit = 0\n\
+         gates = {{ max_error_rate = -1.0 }}\non_abort = \"keep\"\n"
+    );
+    let shown = errors(&bad);
+    for key in [
+        "routes[0].rollout.version",
+        "routes[0].rollout.steps[1]",
+        "routes[0].rollout.steps[2]",
+        "routes[0].rollout.interval",
+        "routes[0].rollout.failure_limit",
+        "routes[0].rollout.gates.max_error_rate",
+        "routes[0].rollout.on_abort",
+    ] {
+        assert!(shown.iter().any(|e| e.contains(&format!(": {key}: "))), "{key} in {shown:?}");
+    }
+    // Each names the file and the line of the [routes.rollout] table.
+    assert!(shown.iter().all(|e| e.starts_with("gateway.toml:21: ")), "{shown:?}");
+}

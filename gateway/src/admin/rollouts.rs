@@ -14,7 +14,7 @@ use super::{json_reply, Reply};
 use crate::cluster::record::unix_ms;
 use crate::control::reload::Reloader;
 use crate::control::route_runtime::RouteRuntime;
-use crate::release::controller::{apply, full_share, revision};
+use crate::release::controller::{apply, file_share, full_share, revision};
 use crate::release::gates::Verdict;
 use crate::release::plan::{Action, Phase, Rollout};
 
@@ -42,13 +42,7 @@ pub fn rollout_json(reloader: &Reloader, route: &RouteRuntime) -> Option<Value> 
     let spec = route.spec.rollout.as_ref()?;
     let snapshot = reloader.snapshots.load();
     let name = &route.spec.name;
-    let file_bp = snapshot
-        .config
-        .routes
-        .iter()
-        .find(|r| &r.name == name)
-        .and_then(|r| r.versions.get(spec.version))
-        .map_or(0, |v| v.basis_points);
+    let file_bp = file_share(&snapshot, name, spec.version);
     let r = reloader.runtime.rollouts.get(name).unwrap_or_else(|| Rollout::new(String::new()));
     let in_force = r.share_bp.unwrap_or(file_bp);
     let checks: Vec<Value> = r

@@ -170,13 +170,7 @@ fn rollout_line(
 ) -> Option<String> {
     let spec = route.spec.rollout.as_ref()?;
     let version = &route.spec.versions.get(spec.version)?.name;
-    let file_bp = snapshot
-        .config
-        .routes
-        .iter()
-        .find(|r| r.name == route.spec.name)
-        .and_then(|r| r.versions.get(spec.version))
-        .map_or(0, |v| v.basis_points);
+    let file_bp = crate::release::controller::file_share(snapshot, &route.spec.name, spec.version);
     let pct = |bp: u32| format!("{}%", f64::from(bp) / 100.0);
     Some(match runtime.rollouts.get(&route.spec.name) {
         None => format!("rollout of {version} pending: the file's {} until `gateway rollout start`", pct(file_bp)),

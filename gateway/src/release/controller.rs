@@ -124,6 +124,18 @@ pub fn revision(snapshot: &Snapshot, route: &RouteRuntime, version: usize) -> St
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
 }
 
+/// The rolled-out version's share as the config file says (basis points):
+/// the starting point, in force while the rollout is pending.
+pub fn file_share(snapshot: &Snapshot, route: &str, version: usize) -> u32 {
+    snapshot
+        .config
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .and_then(|r| r.versions.get(version))
+        .map_or(0, |v| v.basis_points)
+}
+
 /// The share the version gets when promoted: all that the other non-default versions leave.
 pub fn full_share(route: &RouteRuntime, version: usize) -> u32 {
     let others: u32 = route
@@ -240,13 +252,7 @@ pub async fn run(reloader: Arc<Reloader>, mut shutdown: ShutdownWatch) {
             }
             if let (Some(m), Some(spec)) = (&metrics, &route.spec.rollout) {
                 let version = route.spec.versions.get(spec.version).map_or("", |v| v.name.as_str());
-                let file_bp = snapshot
-                    .config
-                    .routes
-                    .iter()
-                    .find(|r| &r.name == name)
-                    .and_then(|r| r.versions.get(spec.version))
-                    .map_or(0, |v| v.basis_points);
+                let file_bp = file_share(&snapshot, name, spec.version);
                 m.show(name, version, &current.unwrap_or_else(|| Rollout::new(String::new())), file_bp);
             }
         }

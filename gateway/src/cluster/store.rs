@@ -93,6 +93,24 @@ end
 return out
 ";
 
+/// Writes a record only if the store still holds the one the caller's
+/// decision started from (`at_ms`/`origin` of the base; empty: none), and
+/// publishes it. Returns nil when written, else the store's record.
+const PUT_IF_BASE: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ok, c = pcall(cjson.decode, cur)
+  local same = ok and type(c) == 'table' and ARGV[2] ~= ''
+    and c.at_ms == tonumber(ARGV[2]) and tostring(c.origin) == ARGV[3]
+  if not same then
+    return cur
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return false
+";
+
 /// Takes the lease if it is free, renews it if this replica holds it.
 const LEASE: &str = r"
 local cur = redis.call('GET', KEYS[1])
@@ -145,6 +163,7 @@ pub struct Store {
     delete: Script,
     gcra: Script,
     lease: Script,
+    put_if_base: Script,
 }
 
 impl Store {
@@ -173,6 +192,7 @@ impl Store {
             delete: Script::new(DELETE_IF_SAME),
             gcra: Script::new(GCRA_BATCH),
             lease: Script::new(LEASE),
+            put_if_base: Script::new(PUT_IF_BASE),
         })
     }
 
@@ -275,6 +295,42 @@ impl Store {
         self.call(async move |mut c| script.key(&state).arg(field).arg(json).invoke_async::<i64>(&mut c).await)
             .await
             .map(|_| ())
+    }
+
+    /// One shared record (`None` when the store has none).
+    pub async fn record(&mut self, field: &str) -> Result<Option<String>, StoreError> {
+        let state = self.keys.state.clone();
+        self.call(async move |mut c| {
+            redis::cmd("HGET").arg(&state).arg(field).query_async::<Option<String>>(&mut c).await
+        })
+        .await
+    }
+
+    /// Write `json` for `field` only if the store still holds `base` (see
+    /// [`PUT_IF_BASE`]); `Ok(None)`: written and published; `Ok(Some(record))`: someone else's change won.
+    pub async fn put_if_base(
+        &mut self,
+        field: &str,
+        base: Option<(u64, &str)>,
+        json: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (state, channel) = (self.keys.state.clone(), self.keys.channel.clone());
+        let script = self.put_if_base.clone();
+        let (base_at, base_origin) =
+            base.map_or((String::new(), String::new()), |(a, o)| (a.to_string(), o.to_string()));
+        self.call(async move |mut c| {
+            script
+                .key(&state)
+                .arg(field)
+                .arg(&base_at)
+                .arg(&base_origin)
+                .arg(json)
+                .arg(&channel)
+                .arg(format!("{field}\n{json}"))
+                .invoke_async::<Option<String>>(&mut c)
+                .await
+        })
+        .await
     }
 
     /// Hold (take or renew) the lease `key` as `me` for `ttl`; `true` when this replica holds it.

@@ -209,14 +209,7 @@ impl Reloader {
     pub fn recompile(&self) -> Result<(), Vec<config::ConfigError>> {
         let _serialised = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshots.load_full();
-        let loaded = LoadedConfig {
-            config: current.config.clone(),
-            warnings: Vec::new(),
-            hash: current.hash.clone(),
-            files: current.files.clone(),
-        };
-        let mut snapshot = Snapshot::build(loaded, current.generation, &self.deps)?;
-        snapshot.loaded_at = current.loaded_at;
+        let snapshot = Snapshot::recompile(&current, &self.deps)?;
         self.snapshots.store(Arc::new(snapshot));
         Ok(())
     }

@@ -86,6 +86,30 @@ impl Snapshot {
     /// read here, so a malformed line rejects the whole config.
     pub fn build(loaded: LoadedConfig, generation: u64, deps: &BuildDeps) -> Result<Self, Vec<ConfigError>> {
         let static_blacklist = deps.lists.build(&loaded.config.blacklist)?;
+        Self::build_with_list(loaded, generation, deps, static_blacklist)
+    }
+
+    /// The running config again with the release guard's shares in force
+    /// now: the same static blacklist (no file is read, so a list file
+    /// broken on disk since cannot stop an abort), the same generation.
+    pub fn recompile(current: &Snapshot, deps: &BuildDeps) -> Result<Self, Vec<ConfigError>> {
+        let loaded = LoadedConfig {
+            config: current.config.clone(),
+            warnings: Vec::new(),
+            hash: current.hash.clone(),
+            files: current.files.clone(),
+        };
+        let mut next = Self::build_with_list(loaded, current.generation, deps, Arc::clone(&current.static_blacklist))?;
+        next.loaded_at = current.loaded_at;
+        Ok(next)
+    }
+
+    fn build_with_list(
+        loaded: LoadedConfig,
+        generation: u64,
+        deps: &BuildDeps,
+        static_blacklist: Arc<StaticBlacklist>,
+    ) -> Result<Self, Vec<ConfigError>> {
         if let (true, Some(engine)) = (loaded.config.routes.iter().any(|r| r.shadow.is_some()), &deps.shadow) {
             engine.ensure_started(&loaded.config.startup.shadow_store).map_err(|e| {
                 let message = e.to_string();
@@ -99,7 +123,7 @@ impl Snapshot {
         let mut routes = Vec::with_capacity(config.routes.len());
         for file_spec in &config.routes {
             // The rolled-out version's share is the rollout's, not the file's.
-            let effective = deps.rollouts.effective(file_spec);
+            let effective = deps.rollouts.effective(file_spec, &config);
             let spec = &effective;
             let mut versions = Vec::with_capacity(spec.versions.len());
             for v in &spec.versions {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::plan::Rollout;
 use crate::cluster::record::{Body, SharedRecord, Stamp};
-use crate::config::RouteSpec;
+use crate::config::{GatewayConfig, RouteSpec};
 use crate::control::runtime::Sharing;
 use crate::control::state::{StateError, StateFile};
 
@@ -57,12 +57,30 @@ impl RolloutBook {
         self.lock().get(&spec.name)?.rollout.share_bp
     }
 
-    /// `spec` with the rollout's share in force (what a snapshot compiles).
-    pub fn effective(&self, spec: &RouteSpec) -> RouteSpec {
+    /// `spec` with the rollout's share in force (what a snapshot compiles),
+    /// for `config` (the config being compiled). A rollout recorded for
+    /// another build of the version (its upstream changed since) does not
+    /// apply: the file's share holds until the controller starts the new
+    /// build's analysis. The share never exceeds what the other versions leave.
+    pub fn effective(&self, spec: &RouteSpec, config: &GatewayConfig) -> RouteSpec {
         let mut out = spec.clone();
-        if let (Some(r), Some(bp)) = (&spec.rollout, self.share_bp(spec)) {
+        let Some(r) = &spec.rollout else { return out };
+        let share = {
+            let all = self.lock();
+            all.get(&spec.name)
+                .filter(|e| e.rollout.revision == revision(config, spec, r.version))
+                .and_then(|e| e.rollout.share_bp)
+        };
+        if let Some(bp) = share {
+            let others: u32 = spec
+                .versions
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != r.version && *i != spec.default_version)
+                .map(|(_, v)| v.basis_points)
+                .sum();
             if let Some(v) = out.versions.get_mut(r.version) {
-                v.basis_points = bp;
+                v.basis_points = bp.min(10_000u32.saturating_sub(others));
             }
         }
         out
@@ -98,10 +116,39 @@ impl RolloutBook {
             next.pending = self.fleet();
             let mut copy = all.clone();
             copy.insert(route.to_string(), next.clone());
-            self.persist(&copy)?;
+            // In force even when the file cannot be written: an abort must
+            // take the version out now; the next write persists it all.
+            let persisted = self.persist(&copy);
             *all = copy;
+            if let Err(e) = persisted {
+                tracing::error!(target: "rollout", route, error = %e, "the rollout changed but could not be persisted");
+            }
         }
         Ok((next.rollout, out))
+    }
+
+    /// The stamp of a route's latest change.
+    pub fn stamp(&self, route: &str) -> Option<Stamp> {
+        self.lock().get(route).and_then(|e| e.stamp.clone())
+    }
+
+    /// The record of a route's rollout as the store would hold it.
+    pub fn record(&self, route: &str) -> Option<SharedRecord> {
+        let all = self.lock();
+        let e = all.get(route)?;
+        Some(SharedRecord { stamp: e.stamp.clone()?, body: Body::Rollout { rollout: Box::new(e.rollout.clone()) } })
+    }
+
+    /// Take the store's record whatever its stamp: a decision made here lost
+    /// a race (another replica's change reached the store first).
+    pub fn replace(&self, route: &str, record: SharedRecord) -> Result<(), StateError> {
+        let Body::Rollout { rollout } = record.body else { return Ok(()) };
+        let mut all = self.lock();
+        let mut copy = all.clone();
+        copy.insert(route.to_string(), Entry { rollout: *rollout, stamp: Some(record.stamp), pending: false });
+        let persisted = self.persist(&copy);
+        *all = copy;
+        persisted
     }
 
     /// Changes made here that the store does not have yet.
@@ -176,4 +223,22 @@ impl RolloutBook {
         }
         Ok(changed)
     }
+}
+
+/// What identifies a build of the rolled-out version: the upstream it uses,
+/// with that upstream's backends and TLS target. A change is a new revision
+/// (its analysis restarts); timeouts and health checks are not part of it.
+pub fn revision(config: &GatewayConfig, spec: &RouteSpec, version: usize) -> String {
+    let Some(v) = spec.versions.get(version) else { return String::new() };
+    let mut text = v.upstream.clone();
+    if let Some(u) = config.upstreams.get(&v.upstream) {
+        let mut backends: Vec<String> = u.backends.iter().map(|b| format!("{}*{}", b.addr, b.weight)).collect();
+        backends.sort();
+        text.push_str(&format!(
+            "|{}|tls={}",
+            backends.join(","),
+            u.tls.as_ref().map_or("-".to_string(), |t| format!("{:?}", t.sni))
+        ));
+    }
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
 }

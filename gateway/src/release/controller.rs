@@ -14,7 +14,7 @@ use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::fleet::{FleetAnalysis, Reading, Windows};
 use super::gates::{self, Verdict};
-use super::plan::{Phase, Rollout};
+use super::plan::{CheckInput, Phase, Rollout};
 use crate::cluster::record::unix_ms;
 use crate::control::reload::Reloader;
 use crate::control::route_runtime::RouteRuntime;
@@ -116,12 +116,9 @@ fn reading(route: &RouteRuntime, version: usize, metrics: &Metrics) -> Reading {
     Reading { canary: totals(version), base: totals(route.spec.default_version), diff }
 }
 
-/// The rolled-out version's upstream as it is configured now: a change is a new revision.
+/// The rolled-out version's build as configured now: a change is a new revision.
 pub fn revision(snapshot: &Snapshot, route: &RouteRuntime, version: usize) -> String {
-    let Some(v) = route.spec.versions.get(version) else { return String::new() };
-    let upstream = snapshot.config.upstreams.get(&v.upstream);
-    let text = format!("{}:{upstream:?}", v.upstream);
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+    super::book::revision(&snapshot.config, &route.spec, version)
 }
 
 /// The rolled-out version's share as the config file says (basis points):
@@ -156,9 +153,15 @@ pub async fn run(reloader: Arc<Reloader>, mut shutdown: ShutdownWatch) {
     let mut fleet = reloader.cluster.as_ref().and_then(|link| FleetAnalysis::new(Arc::clone(link)));
     let mut readings: HashMap<String, (Instant, Reading)> = HashMap::new();
     // The shares the running snapshot was built with (the book's at start).
-    let mut applied: HashMap<String, Option<u32>> = {
+    // The share and revision each route's snapshot was built with (the book's at start).
+    let mut applied: HashMap<String, Option<(Option<u32>, String)>> = {
         let snapshot = reloader.snapshots.load();
-        snapshot.routes.iter().map(|r| (r.spec.name.clone(), book.get(&r.spec.name).and_then(|b| b.share_bp))).collect()
+        snapshot
+            .routes
+            .iter()
+            .filter(|r| r.spec.rollout.is_some())
+            .map(|r| (r.spec.name.clone(), book.get(&r.spec.name).map(|b| (b.share_bp, b.revision))))
+            .collect()
     };
     let period = if fleet.is_some() { Duration::from_millis(250) } else { Duration::from_secs(1) };
     let mut tick = tokio::time::interval(period);
@@ -184,13 +187,31 @@ pub async fn run(reloader: Arc<Reloader>, mut shutdown: ShutdownWatch) {
             let now_ms = unix_ms(SystemTime::now());
             let rev = revision(&snapshot, route, spec.version);
             let now_reading = reading(route, spec.version, &snapshot.metrics);
-            let windows = match &mut fleet {
+            let full = full_share(route, spec.version);
+            if decides && book.get(&name).map(|r| r.revision).as_deref() != Some(rev.as_str()) {
+                decided |= book.update(&name, &rev, |r| r.new_revision(spec, rev.clone(), now_ms)).is_ok();
+                // The counts so far belong to the old build.
+                readings.remove(&name);
+                continue;
+            }
+            let (windows, elapsed, interval_no) = match &mut fleet {
                 Some(f) => {
                     f.count(&name, spec.interval, now_reading.clone(), now_ms).await;
-                    match decides {
-                        true => f.due(&name, spec.interval, now_ms, &now_reading).await.map(|w| (w, spec.interval)),
-                        false => None,
+                    if !decides {
+                        continue;
                     }
+                    let Some(no) = f.due(spec.interval, now_ms, book.get(&name).and_then(|r| r.evaluated)) else {
+                        continue;
+                    };
+                    // The latest record first: an operator's command, or the previous holder's decision.
+                    if let Some(theirs) = f.fetch(&name).await {
+                        let _ = book.merge(vec![(name.clone(), theirs)], false);
+                    }
+                    if book.get(&name).and_then(|r| r.evaluated).is_some_and(|e| e >= no) {
+                        continue;
+                    }
+                    let Some(w) = f.windows(&name, no, &now_reading).await else { continue };
+                    (w, spec.interval, Some(no))
                 }
                 None => {
                     let now = Instant::now();
@@ -199,38 +220,37 @@ pub async fn run(reloader: Arc<Reloader>, mut shutdown: ShutdownWatch) {
                             let w = Windows::between(prev, &now_reading);
                             let elapsed = now.duration_since(*at);
                             readings.insert(name.clone(), (now, now_reading));
-                            Some((w, elapsed))
+                            (w, elapsed, None)
                         }
-                        Some(_) => None,
+                        Some(_) => continue,
                         None => {
                             readings.insert(name.clone(), (now, now_reading));
-                            None
+                            continue;
                         }
                     }
                 }
             };
-            if decides {
-                let known = book.get(&name).map(|r| r.revision);
-                if known.as_deref() != Some(rev.as_str()) {
-                    let r = book.update(&name, &rev, |r| r.new_revision(spec, rev.clone(), now_ms));
-                    decided |= r.is_ok();
-                    // The windows so far belong to the old build.
-                    readings.remove(&name);
-                    continue;
-                }
+            let (values, verdict) = gates::check(spec, &windows.canary, &windows.base, windows.diff);
+            if let (Some(m), Some(Phase::Running | Phase::Paused)) = (&metrics, book.get(&name).map(|r| r.phase)) {
+                m.count_check(&name, &values, &verdict);
             }
-            if let Some((w, elapsed)) = windows {
-                let (values, verdict) = gates::check(spec, &w.canary, &w.base, w.diff);
-                let phase = book.get(&name).map(|r| r.phase);
-                if let (Some(m), Some(Phase::Running | Phase::Paused)) = (&metrics, phase) {
-                    m.count_check(&name, &values, &verdict);
-                }
-                let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-                match book.update(&name, &rev, |r| r.on_check(spec, values, verdict, elapsed_ms, now_ms)) {
-                    Ok(_) => decided = true,
-                    Err(e) => {
-                        tracing::warn!(target: "rollout", route = %name, error = %e, "cannot persist the rollout")
+            let base = book.stamp(&name);
+            let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            let input = CheckInput { values, verdict, elapsed_ms, now_ms, full, interval_no };
+            if book.update(&name, &rev, |r| r.on_check(spec, input)).is_err() {
+                continue;
+            }
+            // In a fleet the decision is written only over the record it started from.
+            if let (Some(f), Some(record)) = (&mut fleet, book.record(&name)) {
+                match f.commit(&name, base.as_ref(), &record).await {
+                    Ok(()) => {
+                        let _ = book.mark_stored(&[(name.clone(), record.stamp)]);
                     }
+                    Err(Some(theirs)) => {
+                        tracing::info!(target: "rollout", route = %name, "another change reached the store first; this check is dropped");
+                        let _ = book.replace(&name, theirs);
+                    }
+                    Err(None) => {}
                 }
             }
         }
@@ -241,32 +261,34 @@ pub async fn run(reloader: Arc<Reloader>, mut shutdown: ShutdownWatch) {
             }
         }
         // Apply every share that changed: decided here, by an operator, or taken in from the fleet.
-        let mut recompile = false;
+        let mut wanted = applied.clone();
         for route in snapshot.routes.iter().filter(|r| r.spec.rollout.is_some()) {
             let name = &route.spec.name;
             let current = book.get(name);
-            let share = current.as_ref().and_then(|r| r.share_bp);
-            if applied.get(name) != Some(&share) {
-                applied.insert(name.clone(), share);
-                recompile = true;
-            }
+            let share = current.as_ref().map(|r| (r.share_bp, r.revision.clone()));
+            wanted.insert(name.clone(), share);
             if let (Some(m), Some(spec)) = (&metrics, &route.spec.rollout) {
                 let version = route.spec.versions.get(spec.version).map_or("", |v| v.name.as_str());
                 let file_bp = file_share(&snapshot, name, spec.version);
                 m.show(name, version, &current.unwrap_or_else(|| Rollout::new(String::new())), file_bp);
             }
         }
-        if recompile {
-            apply(&reloader);
+        // Only what was put in force counts as applied: a failed rebuild is tried again next tick.
+        if wanted != applied && apply(&reloader) {
+            applied = wanted;
         }
     }
 }
 
-/// Put the shares in force into a new snapshot of the same config.
-pub fn apply(reloader: &Reloader) {
-    if let Err(errors) = reloader.recompile() {
-        for e in errors {
-            tracing::error!(target: "rollout", "cannot apply the rollout's share: {e}");
+/// Put the shares in force into a new snapshot of the same config; `false` when it could not be built.
+pub fn apply(reloader: &Reloader) -> bool {
+    match reloader.recompile() {
+        Ok(()) => true,
+        Err(errors) => {
+            for e in errors {
+                tracing::error!(target: "rollout", "cannot apply the rollout's share: {e}");
+            }
+            false
         }
     }
 }

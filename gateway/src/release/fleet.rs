@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::gates::{DiffWindow, Window};
+use crate::cluster::record::{RecordKey, SharedRecord, Stamp};
 use crate::cluster::store::Store;
 use crate::cluster::ClusterLink;
 use crate::telemetry::metrics::VersionTotals;
 
 /// How long after an interval ends the lease holder waits for every
 /// replica's counters (they are written within a tick of the boundary).
-pub const GRACE: Duration = Duration::from_millis(600);
+pub const GRACE: Duration = Duration::from_millis(1200);
 /// Counters are kept this long in the store.
 const KEEP: Duration = Duration::from_secs(600);
 
@@ -58,6 +59,7 @@ impl Windows {
         for (tag, w) in [("c", &self.canary), ("b", &self.base)] {
             out.push((format!("{tag}:req"), n(w.requests)));
             out.push((format!("{tag}:err"), n(w.errors)));
+            out.push((format!("{tag}:n"), n(w.observed)));
             for (i, (_, count)) in w.buckets.iter().enumerate().filter(|(_, (_, c))| *c > 0) {
                 out.push((format!("{tag}:le:{i}"), n(*count)));
             }
@@ -81,6 +83,7 @@ impl Windows {
             requests: get(&format!("{tag}:req")),
             errors: get(&format!("{tag}:err")),
             buckets: bounds.iter().enumerate().map(|(i, (b, _))| (*b, get(&format!("{tag}:le:{i}")))).collect(),
+            observed: get(&format!("{tag}:n")),
         };
         Windows {
             canary: window("c", canary_bounds),
@@ -93,16 +96,14 @@ impl Windows {
 pub struct FleetAnalysis {
     link: Arc<ClusterLink>,
     store: Store,
-    /// Per route: the interval being counted and the reading at its start.
-    counting: HashMap<String, (u64, Reading)>,
-    /// Per route: the last interval evaluated (lease holder).
-    evaluated: HashMap<String, u64>,
+    /// Per route: the interval length, the interval being counted and the reading at its start.
+    counting: HashMap<String, (Duration, u64, Reading)>,
 }
 
 impl FleetAnalysis {
     pub fn new(link: Arc<ClusterLink>) -> Option<FleetAnalysis> {
         let store = Store::new(&link.spec).ok()?;
-        Some(FleetAnalysis { link, store, counting: HashMap::new(), evaluated: HashMap::new() })
+        Some(FleetAnalysis { link, store, counting: HashMap::new() })
     }
 
     /// Take or renew the evaluation lease; `false` when another replica holds it or the store is away.
@@ -111,38 +112,75 @@ impl FleetAnalysis {
         matches!(self.store.lease(&key, &self.link.origin, ttl).await, Ok(true))
     }
 
-    /// Write this replica's counts of every interval that ended.
+    /// Write this replica's counts of every interval that ended. A failed
+    /// write keeps the reading: the counts go with the next attempt.
     pub async fn count(&mut self, route: &str, interval: Duration, reading: Reading, now_ms: u64) {
         let no = interval_no(now_ms, interval);
         match self.counting.get(route) {
-            Some((started, prev)) if *started < no => {
+            // A changed interval length numbers intervals anew.
+            Some((length, started, prev)) if *length == interval && *started < no => {
                 let fields = Windows::between(prev, &reading).fields();
                 let key = self.store.keys.rollout_window(route, *started);
-                if let Err(e) = self.store.add_counts(&key, &fields, KEEP).await {
-                    tracing::debug!(target: "rollout", route, error = %e, "cannot add this replica's counts");
+                match self.store.add_counts(&key, &fields, KEEP).await {
+                    Ok(()) => {
+                        self.counting.insert(route.to_string(), (interval, no, reading));
+                    }
+                    Err(e) => {
+                        tracing::debug!(target: "rollout", route, error = %e, "cannot add this replica's counts yet")
+                    }
                 }
-                self.counting.insert(route.to_string(), (no, reading));
             }
-            Some(_) => {}
-            None => {
-                self.counting.insert(route.to_string(), (no, reading));
+            Some((length, _, _)) if *length == interval => {}
+            _ => {
+                self.counting.insert(route.to_string(), (interval, no, reading));
             }
         }
     }
 
-    /// The fleet's windows of the last interval that ended, once every
-    /// replica has had time to add its counts; `None` when it was evaluated
-    /// already or is not due yet.
-    pub async fn due(&mut self, route: &str, interval: Duration, now_ms: u64, like: &Reading) -> Option<Windows> {
+    /// The last interval that ended long enough ago for every replica to
+    /// have added its counts, unless `evaluated` (from the shared rollout) covers it.
+    pub fn due(&self, interval: Duration, now_ms: u64, evaluated: Option<u64>) -> Option<u64> {
         let grace = u64::try_from(GRACE.as_millis()).unwrap_or(0);
         let last_done = interval_no(now_ms.saturating_sub(grace), interval).checked_sub(1)?;
-        if self.evaluated.get(route).is_some_and(|e| *e >= last_done) {
-            return None;
+        match evaluated {
+            Some(e) if e >= last_done => None,
+            _ => Some(last_done),
         }
-        let key = self.store.keys.rollout_window(route, last_done);
+    }
+
+    /// The fleet's windows of interval `no`; `like` gives this binary's histogram bounds.
+    pub async fn windows(&mut self, route: &str, no: u64, like: &Reading) -> Option<Windows> {
+        let key = self.store.keys.rollout_window(route, no);
         let fields = self.store.counts(&key).await.ok()?;
-        self.evaluated.insert(route.to_string(), last_done);
         Some(Windows::from_fields(&fields, &like.canary.buckets, &like.base.buckets, like.diff.is_some()))
+    }
+
+    /// The route's rollout record as the store holds it now.
+    pub async fn fetch(&mut self, route: &str) -> Option<SharedRecord> {
+        let field = RecordKey::Rollout(route.to_string()).field();
+        let json = self.store.record(&field).await.ok()??;
+        SharedRecord::parse(&field, &json).ok().map(|(_, r)| r)
+    }
+
+    /// Write a decision only if the store still holds the record it started
+    /// from; `Err(theirs)` when another change got there first.
+    pub async fn commit(
+        &mut self,
+        route: &str,
+        base: Option<&Stamp>,
+        decided: &SharedRecord,
+    ) -> Result<(), Option<SharedRecord>> {
+        let field = RecordKey::Rollout(route.to_string()).field();
+        let base = base.map(|s| (s.at_ms, s.origin.as_str()));
+        match self.store.put_if_base(&field, base, &decided.to_json()).await {
+            Ok(None) => Ok(()),
+            Ok(Some(json)) => match SharedRecord::parse(&field, &json) {
+                Ok((_, theirs)) if theirs.stamp == decided.stamp => Ok(()),
+                Ok((_, theirs)) => Err(Some(theirs)),
+                Err(_) => Err(None),
+            },
+            Err(_) => Err(None),
+        }
     }
 }
 

@@ -13,6 +13,8 @@ pub struct Window {
     pub errors: u64,
     /// Latency histogram of the interval: (upper bound in seconds, cumulative count).
     pub buckets: Vec<(f64, u64)>,
+    /// Latencies observed, those above the last bucket included.
+    pub observed: u64,
 }
 
 impl Window {
@@ -30,6 +32,7 @@ impl Window {
             requests: after.requests.saturating_sub(before.requests),
             errors: after.errors.saturating_sub(before.errors),
             buckets,
+            observed: after.observed.saturating_sub(before.observed),
         }
     }
 
@@ -37,6 +40,7 @@ impl Window {
     pub fn add(&mut self, other: &Window) {
         self.requests += other.requests;
         self.errors += other.errors;
+        self.observed += other.observed;
         if self.buckets.is_empty() {
             self.buckets = other.buckets.clone();
         } else {
@@ -53,21 +57,26 @@ impl Window {
 
     /// The 99th percentile in seconds, interpolated linearly inside its bucket
     /// (the histogram's buckets are 30% apart; a ratio gate needs finer).
+    /// Beyond the last bucket (about 13 s) it is that bucket's bound: a
+    /// lower bound, still far above a healthy baseline.
     pub fn p99(&self) -> Option<f64> {
-        let total = self.buckets.last().map(|(_, n)| *n).filter(|n| *n > 0)?;
+        let in_buckets = self.buckets.last().map_or(0, |(_, n)| *n);
+        let total = self.observed.max(in_buckets);
+        if total == 0 {
+            return None;
+        }
         let rank = total as f64 * 0.99;
         let mut lower = (0.0, 0u64);
         for (bound, count) in &self.buckets {
-            if *count as f64 >= rank {
+            if *count as f64 >= rank && bound.is_finite() {
                 let (low_bound, low_count) = lower;
-                let inside = (*count - low_count) as f64;
+                let inside = count.saturating_sub(low_count) as f64;
                 let frac = if inside > 0.0 { (rank - low_count as f64) / inside } else { 1.0 };
-                if bound.is_infinite() {
-                    return Some(low_bound);
-                }
                 return Some(low_bound + (bound - low_bound) * frac.clamp(0.0, 1.0));
             }
-            lower = (*bound, *count);
+            if bound.is_finite() {
+                lower = (*bound, *count);
+            }
         }
         Some(lower.0)
     }
@@ -167,8 +176,7 @@ mod tests {
             let bound = f64::from(i) / 100.0;
             buckets.push((bound, if bound >= at - 1e-9 { n } else { 0 }));
         }
-        buckets.push((f64::INFINITY, n));
-        Window { requests: n, errors, buckets }
+        Window { requests: n, errors, buckets, observed: n }
     }
 
     #[test]
@@ -198,12 +206,15 @@ mod tests {
 
     #[test]
     fn p99_is_interpolated_inside_its_bucket() {
-        let w = Window { requests: 100, errors: 0, buckets: vec![(0.01, 0), (0.02, 100), (f64::INFINITY, 100)] };
+        let w = Window { requests: 100, errors: 0, buckets: vec![(0.01, 0), (0.02, 100)], observed: 100 };
         let p = w.p99().expect("p99");
         assert!((p - 0.0199).abs() < 1e-9, "{p}");
-        let before = VersionTotals { requests: 10, errors: 1, buckets: vec![(0.01, 5), (f64::INFINITY, 10)] };
-        let after = VersionTotals { requests: 30, errors: 2, buckets: vec![(0.01, 20), (f64::INFINITY, 30)] };
+        let before = VersionTotals { requests: 10, errors: 1, buckets: vec![(0.01, 5)], observed: 10 };
+        let after = VersionTotals { requests: 30, errors: 2, buckets: vec![(0.01, 20)], observed: 30 };
         let d = Window::between(&before, &after);
-        assert_eq!((d.requests, d.errors, d.buckets[0].1), (20, 1, 15));
+        assert_eq!((d.requests, d.errors, d.buckets[0].1, d.observed), (20, 1, 15, 20));
+        // Slower than the last bucket: p99 is at least that bound, not the fast requests' p99.
+        let slow = Window { requests: 100, errors: 0, buckets: vec![(0.01, 90), (0.02, 90)], observed: 100 };
+        assert_eq!(slow.p99(), Some(0.02));
     }
 }

@@ -83,6 +83,24 @@ pub struct Rollout {
     pub events: Vec<Event>,
     #[serde(default)]
     pub checks: Vec<Check>,
+    /// In a fleet: the last interval (wall clock ÷ interval) that was
+    /// evaluated, so a new lease holder never judges one twice.
+    #[serde(default)]
+    pub evaluated: Option<u64>,
+}
+
+/// One check's outcome, as the controller hands it over.
+#[derive(Debug, Clone)]
+pub struct CheckInput {
+    pub values: GateValues,
+    pub verdict: Verdict,
+    /// How long the interval lasted.
+    pub elapsed_ms: u64,
+    pub now_ms: u64,
+    /// The share the version gets when promoted.
+    pub full: u32,
+    /// In a fleet: the interval's number.
+    pub interval_no: Option<u64>,
 }
 
 /// Why a command was refused.
@@ -137,6 +155,7 @@ impl Rollout {
             share_bp: None,
             events: Vec::new(),
             checks: Vec::new(),
+            evaluated: None,
         }
     }
 
@@ -149,7 +168,6 @@ impl Rollout {
         tracing::warn!(target: "rollout", kind, percent, reason = %self.events.last().map_or("", |e| e.reason.as_str()), "rollout event");
     }
 
-    /// `full`: the whole route in basis points less the other non-default versions' shares.
     fn enter_step(&mut self, spec: &RolloutSpec, step: usize) {
         self.phase = Phase::Running;
         self.step = step;
@@ -197,26 +215,31 @@ impl Rollout {
         Ok(())
     }
 
-    /// The version's upstream changed: a new build, analysed from the first step.
+    /// The version's upstream changed: a new build, analysed from the first
+    /// step (a paused rollout stays paused there, for its operator).
     pub fn new_revision(&mut self, spec: &RolloutSpec, revision: String, now_ms: u64) {
         self.revision = revision;
         if self.phase != Phase::Pending {
+            let paused = self.phase == Phase::Paused;
             self.enter_step(spec, 0);
+            if paused {
+                self.phase = Phase::Paused;
+            }
             self.checks.clear();
-            self.event(
-                now_ms,
-                "revision",
-                "the version's upstream changed: analysis restarts from the first step".into(),
-                None,
-            );
+            let reason = "the version's upstream changed: analysis restarts from the first step".to_string();
+            self.event(now_ms, "revision", reason, None);
         }
     }
 
-    /// Take one check's verdict after `elapsed_ms` of the interval. Running
-    /// or paused: failures count (and abort at the limit). Running: the step
-    /// is held; once `hold` has passed and the last check passed, the next
-    /// step (or promotion after the last) follows.
-    pub fn on_check(&mut self, spec: &RolloutSpec, values: GateValues, verdict: Verdict, elapsed_ms: u64, now_ms: u64) {
+    /// Take one check's verdict. Running or paused: failures count (and
+    /// abort at the limit). Running: a passing interval adds to the step's
+    /// hold (so a quiet or failing stretch does not count towards it); once
+    /// `hold` is reached the next step (or promotion after the last) follows.
+    pub fn on_check(&mut self, spec: &RolloutSpec, check: CheckInput) {
+        let CheckInput { values, verdict, elapsed_ms, now_ms, full, interval_no } = check;
+        if interval_no.is_some() {
+            self.evaluated = interval_no;
+        }
         if !matches!(self.phase, Phase::Running | Phase::Paused) {
             return;
         }
@@ -224,12 +247,9 @@ impl Rollout {
         if self.checks.len() > MAX_CHECKS {
             self.checks.remove(0);
         }
-        if self.phase == Phase::Running {
-            self.held_ms = self.held_ms.saturating_add(elapsed_ms);
-        }
         match verdict {
             Verdict::Fail(reasons) => {
-                self.failures += 1;
+                self.failures = self.failures.saturating_add(1);
                 let why = reasons.join(", ");
                 if self.failures >= spec.failure_limit {
                     self.phase = Phase::Aborted;
@@ -244,14 +264,18 @@ impl Rollout {
             Verdict::Inconclusive(_) => {}
             Verdict::Pass => {
                 self.failures = 0;
-                let held = self.held_ms >= u64::try_from(spec.hold.as_millis()).unwrap_or(u64::MAX);
-                if self.phase == Phase::Running && held {
+                if self.phase != Phase::Running {
+                    return;
+                }
+                self.held_ms = self.held_ms.saturating_add(elapsed_ms);
+                if self.held_ms >= u64::try_from(spec.hold.as_millis()).unwrap_or(u64::MAX) {
                     if self.step + 1 < spec.steps.len() {
                         self.enter_step(spec, self.step + 1);
                         let reason = format!("step {} of {} after a healthy hold", self.step + 1, spec.steps.len());
                         self.event(now_ms, "step", reason, Some(values));
                     } else {
                         self.phase = Phase::Promoted;
+                        self.share_bp = Some(full);
                         self.event(now_ms, "promoted", "the last step held healthy".into(), Some(values));
                     }
                 }
@@ -284,6 +308,10 @@ mod tests {
         }
     }
 
+    fn input(verdict: Verdict, elapsed_ms: u64, now_ms: u64) -> CheckInput {
+        CheckInput { values: GateValues::default(), verdict, elapsed_ms, now_ms, full: 10_000, interval_no: None }
+    }
+
     fn fail() -> Verdict {
         Verdict::Fail(vec!["error_rate 9 > 2".into()])
     }
@@ -296,7 +324,7 @@ mod tests {
         assert_eq!((r.phase, r.share_bp), (Phase::Running, Some(100)));
         let mut shares = vec![];
         for i in 1..=6 {
-            r.on_check(&s, GateValues::default(), Verdict::Pass, 10_000, i * 10_000);
+            r.on_check(&s, input(Verdict::Pass, 10_000, i * 10_000));
             shares.push(r.share_bp);
         }
         assert_eq!(shares, [Some(100), Some(2500), Some(2500), Some(10000), Some(10000), Some(10000)]);
@@ -305,20 +333,35 @@ mod tests {
     }
 
     #[test]
+    fn promotion_after_a_last_step_below_100_gives_the_version_everything_and_quiet_intervals_do_not_hold() {
+        let s = RolloutSpec { steps: vec![2500, 5000], ..spec() };
+        let mut r = Rollout::new("rev1".into());
+        r.command(&s, Action::Start, 9_000, 0, "api").expect("start");
+        // Inconclusive and failing intervals do not count towards the hold.
+        r.on_check(&s, input(Verdict::Inconclusive("quiet".into()), 60_000, 1));
+        r.on_check(&s, CheckInput { full: 9_000, ..input(Verdict::Pass, 10_000, 2) });
+        assert_eq!((r.step, r.held_ms), (0, 10_000));
+        for i in 3..6 {
+            r.on_check(&s, CheckInput { full: 9_000, ..input(Verdict::Pass, 10_000, i) });
+        }
+        assert_eq!((r.phase, r.share_bp), (Phase::Promoted, Some(9_000)), "all the other versions leave: {r:?}");
+    }
+
+    #[test]
     fn consecutive_failures_abort_and_a_pass_between_resets_the_count() {
         let (s, mut r) = (spec(), Rollout::new("rev1".into()));
         r.command(&s, Action::Start, 10_000, 0, "api").expect("start");
-        r.on_check(&s, GateValues::default(), fail(), 10_000, 1);
-        r.on_check(&s, GateValues::default(), Verdict::Pass, 10_000, 2);
-        r.on_check(&s, GateValues::default(), fail(), 10_000, 3);
+        r.on_check(&s, input(fail(), 10_000, 1));
+        r.on_check(&s, input(Verdict::Pass, 10_000, 2));
+        r.on_check(&s, input(fail(), 10_000, 3));
         assert_eq!(r.phase, Phase::Running);
-        r.on_check(&s, GateValues::default(), fail(), 10_000, 4);
+        r.on_check(&s, input(fail(), 10_000, 4));
         assert_eq!((r.phase, r.share_bp), (Phase::Aborted, Some(0)));
         // Inconclusive checks wait: neither step nor abort.
         let mut r = Rollout::new("rev1".into());
         r.command(&s, Action::Start, 10_000, 0, "api").expect("start");
         for i in 0..5 {
-            r.on_check(&s, GateValues::default(), Verdict::Inconclusive("few".into()), 10_000, i);
+            r.on_check(&s, input(Verdict::Inconclusive("few".into()), 10_000, i));
         }
         assert_eq!((r.phase, r.step), (Phase::Running, 0));
     }
@@ -329,12 +372,12 @@ mod tests {
         r.command(&s, Action::Start, 10_000, 0, "api").expect("start");
         r.command(&s, Action::Pause, 10_000, 1, "api").expect("pause");
         for i in 0..4 {
-            r.on_check(&s, GateValues::default(), Verdict::Pass, 10_000, i);
+            r.on_check(&s, input(Verdict::Pass, 10_000, i));
         }
         assert_eq!((r.phase, r.step, r.held_ms), (Phase::Paused, 0, 0));
         assert_eq!(r.command(&s, Action::Pause, 10_000, 2, "api"), Err(Refused { phase: "paused", action: "pause" }));
-        r.on_check(&s, GateValues::default(), fail(), 10_000, 5);
-        r.on_check(&s, GateValues::default(), fail(), 10_000, 6);
+        r.on_check(&s, input(fail(), 10_000, 5));
+        r.on_check(&s, input(fail(), 10_000, 6));
         assert_eq!(r.phase, Phase::Aborted);
     }
 
@@ -342,7 +385,7 @@ mod tests {
     fn a_new_revision_restarts_from_the_first_step() {
         let (s, mut r) = (spec(), Rollout::new("rev1".into()));
         r.command(&s, Action::Start, 10_000, 0, "api").expect("start");
-        r.on_check(&s, GateValues::default(), Verdict::Pass, 20_000, 1);
+        r.on_check(&s, input(Verdict::Pass, 20_000, 1));
         assert_eq!(r.step, 1);
         r.new_revision(&s, "rev2".into(), 2);
         assert_eq!((r.phase, r.step, r.share_bp, r.revision.as_str()), (Phase::Running, 0, Some(100), "rev2"));

@@ -421,6 +421,8 @@ pub struct VersionTotals {
     pub errors: u64,
     /// The latency histogram's cumulative buckets: (upper bound in seconds, count).
     pub buckets: Vec<(f64, u64)>,
+    /// Every latency observed (the buckets leave out those above the last bound).
+    pub observed: u64,
 }
 
 impl VersionMetrics {
@@ -430,7 +432,8 @@ impl VersionMetrics {
         let proto = self.latency.metric();
         let buckets =
             proto.get_histogram().get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
-        VersionTotals { requests, errors: self.classes[4].get(), buckets }
+        let observed = proto.get_histogram().get_sample_count();
+        VersionTotals { requests, errors: self.classes[4].get(), buckets, observed }
     }
 
     pub fn observe(&self, status: u16, seconds: f64) {

@@ -3,6 +3,7 @@
 //! Data flows one way: request -> snapshot -> pipeline -> verdict -> upstream
 //! -> response -> metrics, logs, diff store. Where each concern lives:
 //!
+//! - `cache/`     degrade to cached answers: the response cache, its rules and fills
 //! - `cli/`       the `gateway` command: run, check, explain, ops, diffs, demo
 //! - `config/`    file structs (serde) -> validated model; errors with file:line:key
 //! - `cluster/`   the fleet: shared blocks and degrade level on Redis, cluster rate limits
@@ -20,6 +21,7 @@
 //! - `tls/`       certificates for the TLS listener and upstream TLS
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod config;

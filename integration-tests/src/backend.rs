@@ -74,6 +74,7 @@ pub struct Fault {
 /// - `/ws` with a WebSocket upgrade → an echo server (text and binary).
 /// - query `sleep_ms=N` → waits N ms before answering (slow requests, draining).
 /// - query `status=NNN` → answers with that status instead of 200.
+/// - query `cache_control=V`, `set_cookie=V` → the answer carries that header.
 /// - anything else → 200 with header `x-backend: <name>` and a JSON body
 ///   `{backend, method, path, query, headers, body_len, body_sha256}`.
 pub struct Backend {
@@ -290,6 +291,12 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
     };
     if let Ok(name) = HeaderValue::from_str(&state.name) {
         response.headers_mut().insert("x-backend", name);
+    }
+    // `cache_control=...` and `set_cookie=...` add those headers (cache tests).
+    for (param_name, header) in [("cache_control", "cache-control"), ("set_cookie", "set-cookie")] {
+        if let Some(v) = param(param_name).and_then(|v| HeaderValue::from_str(v).ok()) {
+            response.headers_mut().insert(header, v);
+        }
     }
     response
 }

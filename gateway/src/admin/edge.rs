@@ -179,3 +179,33 @@ fn entry_json(e: &BlockEntry) -> Value {
         "expires_at": unix(e.expires_at),
     })
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    route: Option<String>,
+    path_prefix: Option<String>,
+}
+
+/// `POST /api/cache/purge {"route": "cart", "path_prefix": "/cart/items"}`: drop
+/// the cached copies of a route (every route without `route`) under a path prefix (default `/`).
+pub fn purge_cache(reloader: &Reloader, body: &[u8]) -> Reply {
+    let req: PurgeRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("expected {{\"route\": \"cart\", \"path_prefix\": \"/cart\"}}: {e}")),
+    };
+    let snapshot = reloader.snapshots.load();
+    if let Some(route) = &req.route {
+        if snapshot.route_named(route).is_none_or(|r| r.spec.cache.is_none()) {
+            return json_reply(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("route {route:?} has no [routes.cache]")}),
+            );
+        }
+    }
+    let prefix = req.path_prefix.unwrap_or_else(|| "/".to_string());
+    let purged = snapshot.cache.store.purge(req.route.as_deref(), &prefix);
+    snapshot.cache.update_gauges();
+    tracing::warn!(route = req.route.as_deref().unwrap_or("*"), %prefix, purged, "cache purged by admin API");
+    json_reply(StatusCode::OK, &json!({"purged": purged, "route": req.route, "path_prefix": prefix}))
+}

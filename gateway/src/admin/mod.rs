@@ -90,6 +90,10 @@ impl ServeHttp for AdminApp {
                 Err(reply) => reply,
             },
             (&Method::DELETE, "/api/degrade") => edge::set_degrade(&self.reloader, None).await,
+            (&Method::POST, "/api/cache/purge") => match read_body(session).await {
+                Ok(body) => edge::purge_cache(&self.reloader, &body),
+                Err(reply) => reply,
+            },
             (&Method::GET, "/api/rollouts") => rollouts::list(&self.reloader),
             (&Method::GET, p) if p.starts_with("/api/rollouts/") => {
                 rollouts::route(&self.reloader, &p["/api/rollouts/".len()..], false).await
@@ -105,7 +109,7 @@ impl ServeHttp for AdminApp {
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/api/status" | "/api/reload" | "/api/explain" | "/api/blacklist"
-                | "/api/degrade" | "/api/rollouts" | "/releases",
+                | "/api/degrade" | "/api/rollouts" | "/releases" | "/api/cache/purge",
             ) => json_reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({"error": format!("{method} is not allowed on {path}")}),

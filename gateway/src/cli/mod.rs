@@ -123,6 +123,17 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The response cache: `purge` a route's copies (`--route`) under a path prefix (`--prefix`, default /).
+    Cache {
+        /// purge
+        action: String,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The release guard: `status [ROUTE]`, or `start`, `pause`, `resume`, `promote` (to 100%), `abort` a route's rollout.
     Rollout {
         /// status, start, pause, resume, promote, abort.
@@ -195,6 +206,14 @@ pub fn main() -> ExitCode {
         Command::Degrade { level, admin } => match admin_client(admin) {
             Ok(c) => ops::degrade(&c, level),
             Err(code) => code,
+        },
+        Command::Cache { action, route, prefix, admin } => match (action.as_str(), admin_client(admin)) {
+            ("purge", Ok(c)) => ops::purge_cache(&c, route, prefix),
+            (_, Ok(_)) => {
+                eprintln!("`gateway cache {action}`: the only action is purge");
+                ExitCode::from(2)
+            }
+            (_, Err(code)) => code,
         },
         Command::Rollout { action, route, json, admin } => match admin_client(admin) {
             Ok(c) => rollout::run(&c, &action, route.as_deref(), json),

@@ -159,3 +159,16 @@ pub fn degrade(client: &AdminClient, level: Option<String>) -> ExitCode {
         )
     })
 }
+
+/// `gateway cache purge --route cart --prefix /cart/items`.
+pub fn purge_cache(client: &AdminClient, route: Option<String>, prefix: Option<String>) -> ExitCode {
+    let body = json!({"route": route, "path_prefix": prefix});
+    report(client.call("POST", "/api/cache/purge", Some(body)), |b| {
+        format!(
+            "purged {} cached answer(s) of {} under {}",
+            b["purged"],
+            b["route"].as_str().unwrap_or("every route"),
+            b["path_prefix"].as_str().unwrap_or("/")
+        )
+    })
+}

@@ -143,6 +143,33 @@ pub struct RouteFile {
     pub https_redirect: Option<Sp<bool>>,
     /// The release guard: widen a version step by step, roll it back when it misbehaves.
     pub rollout: Option<Sp<RolloutFile>>,
+    /// Answers kept in memory: served while fresh, when the upstream fails, and under degrade levels.
+    pub cache: Option<Sp<CacheFile>>,
+}
+
+/// `[routes.cache]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub ttl: Option<String>,
+    pub max_size: Option<String>,
+    #[serde(default)]
+    pub vary: Vec<String>,
+    pub stale_if_error: Option<String>,
+    #[serde(default)]
+    pub degrade_ttl: BTreeMap<String, String>,
+    pub statuses: Option<Vec<i64>>,
+    #[serde(default)]
+    pub bypass_cookies: Vec<String>,
+    /// Serve and store answers to requests with `Authorization` (shared by every caller).
+    #[serde(default)]
+    pub allow_authorization: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[routes.rollout]`.

@@ -7,6 +7,7 @@ pub mod files;
 pub mod model;
 pub mod startup;
 pub mod validate;
+mod validate_cache;
 mod validate_cluster;
 mod validate_edge;
 mod validate_rollout;

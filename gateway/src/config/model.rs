@@ -432,6 +432,32 @@ pub struct RouteSpec {
     /// Plain-HTTP requests get 308 to the TLS listener.
     pub https_redirect: bool,
     pub rollout: Option<RolloutSpec>,
+    pub cache: Option<CacheSpec>,
+}
+
+/// `[routes.cache]`: which answers are kept, how long, and when a copy stands in for the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSpec {
+    /// Freshness when the answer carries no `Cache-Control` `s-maxage`/`max-age`.
+    pub ttl: Duration,
+    /// Memory for the whole cache (the largest of the routes' values), evicted LRU.
+    pub max_size: usize,
+    /// Request headers that are part of the key, lower-case.
+    pub vary: Vec<http::HeaderName>,
+    /// After an upstream failure, a copy up to this much past its freshness is answered.
+    pub stale_if_error: Option<Duration>,
+    /// (level, age): from this degrade level on, a copy up to this age is answered without asking the upstream.
+    pub degrade_ttl: Vec<(u8, Duration)>,
+    pub statuses: Vec<u16>,
+    pub bypass_cookies: Vec<String>,
+    pub allow_authorization: bool,
+}
+
+impl CacheSpec {
+    /// The age up to which a copy is answered at `level` without asking the upstream.
+    pub fn degrade_age(&self, level: u8) -> Option<Duration> {
+        self.degrade_ttl.iter().filter(|(l, _)| *l <= level).max_by_key(|(l, _)| *l).map(|(_, d)| *d)
+    }
 }
 
 /// `[routes.rollout]`: the release guard's plan for one version of a route.

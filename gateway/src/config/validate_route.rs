@@ -12,7 +12,7 @@ use super::error::Diagnostics;
 use super::file::*;
 use super::model::*;
 use super::validate::{cidrs, read_secret};
-use super::{validate_edge, validate_rollout, validate_shadow, validate_tls, values};
+use super::{validate_cache, validate_edge, validate_rollout, validate_shadow, validate_tls, values};
 use crate::routing::lanes::Lanes;
 
 /// The most versions one route may have (the default and four more).
@@ -101,6 +101,7 @@ pub(super) fn routes(
         let https_redirect = validate_tls::https_redirect(d, &key, &f.https_redirect, has_tls);
         let rollout =
             f.rollout.as_ref().and_then(|r| validate_rollout::rollout(d, &key, r, &versions, default_version));
+        let cache = f.cache.as_ref().and_then(|c| validate_cache::cache(d, &key, c));
         out.push(RouteSpec {
             name,
             path_prefix: prefix,
@@ -119,6 +120,7 @@ pub(super) fn routes(
             shadow_against,
             https_redirect,
             rollout,
+            cache,
         });
     }
     (out, cookie_users)

@@ -90,6 +90,7 @@ impl Reloader {
         let cluster = loaded.config.startup.cluster.clone().map(|spec| ClusterLink::new(spec, &metrics.registry, None));
         let mut deps = BuildDeps::new(Arc::clone(&metrics), Arc::clone(&shadow));
         deps.limiters = LimiterBook::with_cluster(cluster.clone());
+        deps.cache = Arc::new(crate::cache::ResponseCache::new(&metrics.registry));
         let runtime = prepare(path, &loaded, Steps::Run(&shadow), &deps)?;
         deps.rollouts = Arc::clone(&runtime.rollouts);
         if let (Some(link), Ok(state)) = (&cluster, runtime.state.load()) {

@@ -37,6 +37,8 @@ pub struct BuildDeps {
     pub shadow: Option<Arc<ShadowEngine>>,
     /// The release guard's shares in force (empty in `gateway check`: the file's apply).
     pub rollouts: Arc<crate::release::book::RolloutBook>,
+    /// The response cache, kept across reloads.
+    pub cache: Arc<crate::cache::ResponseCache>,
 }
 
 impl BuildDeps {
@@ -74,6 +76,8 @@ pub struct Snapshot {
     pub global_limits: ScopeLimits,
     /// Answers that belong to no route, rendered at load.
     pub pages: SnapshotPages,
+    /// `[routes.cache]` answers (the same store in every snapshot).
+    pub cache: Arc<crate::cache::ResponseCache>,
 }
 
 pub struct SnapshotPages {
@@ -173,6 +177,14 @@ impl Snapshot {
             }));
         }
         let router = Router::new(&config.routes);
+        // One budget for the whole cache: the largest a route asks for; none without cached routes.
+        let cache_budget = config.routes.iter().filter_map(|r| r.cache.as_ref()).map(|c| c.max_size).max().unwrap_or(0);
+        deps.cache.store.set_max_bytes(cache_budget);
+        for r in config.routes.iter().filter(|r| r.cache.is_some()) {
+            let names: Vec<&str> = r.versions.iter().map(|v| v.name.as_str()).collect();
+            deps.cache.bind(&r.name, &names);
+        }
+        deps.cache.update_gauges();
         for pool in pools.values() {
             for b in &pool.backends {
                 metrics.set_backend_health(&pool.name, b.addr, b.health.is_healthy());
@@ -203,6 +215,7 @@ impl Snapshot {
             static_blacklist,
             global_limits,
             pages,
+            cache: Arc::clone(&deps.cache),
         })
     }
 

@@ -259,5 +259,8 @@ fn local_line(reason: &AnswerReason, host: Option<&str>, path: &str, status: u16
             retry_after.unwrap_or(1)
         ),
         AnswerReason::BadRequest => format!("{status}: refused"),
+        AnswerReason::Cache(outcome) => {
+            format!("{status}: answered from the route's cache ({}), the upstream is not asked", outcome.as_str())
+        }
     }
 }

@@ -117,6 +117,15 @@ pub fn proxy_failed(
     fallback.or_else(|| error_page(e, framing_refused).map(Arc::new))
 }
 
+/// An upstream failure answered without a fallback page (a cached copy
+/// stood in): the error is still accounted for once.
+pub fn upstream_failed(metrics: &Metrics, routed: &Routed, state: &mut UpstreamState, e: &Error) {
+    if failure_cause(e, state) == Some(FallbackCause::Timeout) && state.error.is_none() {
+        state.error = Some(UpstreamErrorKind::Timeout);
+        metrics.upstream_error(&routed.pool().name, UpstreamErrorKind::Timeout);
+    }
+}
+
 /// At the end of a request: a 5xx replaced by the fallback page is counted
 /// once the replacement went out.
 pub fn finish(routed: Option<&Routed>, state: &UpstreamState) {

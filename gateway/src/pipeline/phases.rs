@@ -24,6 +24,7 @@ use crate::routing::overrides::{self, OverrideOutcome};
 use crate::routing::{find_user_id, sticky, DecisionInput, RequestView};
 
 use super::verdict::{AnswerReason, LocalAnswer, Routed, Verdict};
+use crate::cache::CacheOutcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -60,6 +61,7 @@ pub fn run(snapshot: &Snapshot, runtime: &RuntimeState, req: &RequestFacts<'_>, 
             page: Arc::clone(&snapshot.pages.not_found),
             retry_after: None,
             routed: None,
+            copy: None,
         });
     };
     let Some(route) = snapshot.routes.get(index) else {
@@ -69,15 +71,77 @@ pub fn run(snapshot: &Snapshot, runtime: &RuntimeState, req: &RequestFacts<'_>, 
     if let Some(answer) = https_redirect(snapshot, &routed, req) {
         return Verdict::Respond(LocalAnswer { routed: Some(routed), ..answer });
     }
+    let level = runtime.degrade_level(snapshot.config.degrade_level);
+    if let Some(copy) = cached(snapshot, &routed, req, mode, CacheUse::Degraded(level)) {
+        return Verdict::Respond(from_cache(routed, copy, CacheOutcome::Degraded));
+    }
     if let Some(page) = degrade(snapshot, runtime, &routed, mode) {
         return Verdict::Respond(LocalAnswer {
             reason: AnswerReason::Degraded,
             page,
             retry_after: None,
             routed: Some(routed),
+            copy: None,
         });
     }
-    rate_limits(snapshot, routed, req.client_ip, mode)
+    let routed = match rate_limits(snapshot, routed, req.client_ip, mode) {
+        Verdict::Continue(routed) => routed,
+        limited => return limited,
+    };
+    match cached(snapshot, &routed, req, mode, CacheUse::Fresh) {
+        Some(copy) => Verdict::Respond(from_cache(routed, copy, CacheOutcome::Hit)),
+        None => Verdict::Continue(routed),
+    }
+}
+
+/// What a cached copy may stand in for here.
+#[derive(Clone, Copy)]
+enum CacheUse {
+    /// Any request while the copy is fresh.
+    Fresh,
+    /// At this degrade level, up to the route's `degrade_ttl` for it.
+    Degraded(u8),
+}
+
+/// The route's cached copy for this request, if one may answer it.
+fn cached(
+    snapshot: &Snapshot,
+    routed: &Routed,
+    req: &RequestFacts<'_>,
+    mode: Mode,
+    purpose: CacheUse,
+) -> Option<Arc<crate::cache::CachedResponse>> {
+    let spec = routed.route.spec.cache.as_ref()?;
+    if !crate::cache::policy::request_cacheable(spec, req.method, req.headers) {
+        return None;
+    }
+    let max_age = match purpose {
+        CacheUse::Degraded(level) => spec.degrade_age(level)?,
+        CacheUse::Fresh => std::time::Duration::MAX,
+    };
+    let key = crate::cache::key(
+        &routed.route.spec.name,
+        routed.decision.version,
+        req.host,
+        req.path_and_query,
+        req.headers,
+        spec,
+    );
+    let copy = snapshot.cache.lookup(key, max_age, mode == Mode::Serve)?;
+    match purpose {
+        CacheUse::Fresh if copy.age(std::time::SystemTime::now()) > copy.fresh_for => None,
+        _ => Some(copy),
+    }
+}
+
+fn from_cache(routed: Routed, copy: Arc<crate::cache::CachedResponse>, outcome: CacheOutcome) -> LocalAnswer {
+    LocalAnswer {
+        reason: AnswerReason::Cache(outcome),
+        page: Arc::clone(&routed.route.pages.rate_limited[0]),
+        retry_after: None,
+        routed: Some(routed),
+        copy: Some(copy),
+    }
 }
 
 fn internal_error() -> LocalAnswer {
@@ -86,6 +150,7 @@ fn internal_error() -> LocalAnswer {
         page: Arc::new(LocalResponse::page(500, "Internal Server Error", "The gateway failed to route this request.")),
         retry_after: None,
         routed: None,
+        copy: None,
     }
 }
 
@@ -113,6 +178,7 @@ fn blacklist(snapshot: &Snapshot, runtime: &RuntimeState, ip: IpAddr, mode: Mode
         page: Arc::clone(&snapshot.pages.blocked),
         retry_after: None,
         routed: None,
+        copy: None,
     })
 }
 
@@ -178,7 +244,13 @@ fn https_redirect(snapshot: &Snapshot, routed: &Routed, req: &RequestFacts<'_>) 
             .with_header("location", url),
         None => LocalResponse::page(400, "Bad Request", "The Host header is missing or not a host name."),
     };
-    Some(LocalAnswer { reason: AnswerReason::Redirect, page: Arc::new(page), retry_after: None, routed: None })
+    Some(LocalAnswer {
+        reason: AnswerReason::Redirect,
+        page: Arc::new(page),
+        retry_after: None,
+        routed: None,
+        copy: None,
+    })
 }
 
 /// The degrade level switches the route to its fallback page.
@@ -208,5 +280,6 @@ fn rate_limits(snapshot: &Snapshot, routed: Routed, ip: IpAddr, mode: Mode) -> V
         page: Arc::clone(&routed.route.pages.rate_limited[key as usize]),
         retry_after: Some(retry_after_secs(wait)),
         routed: Some(routed),
+        copy: None,
     })
 }

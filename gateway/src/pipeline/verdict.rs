@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 use ipnet::IpNet;
 
+use crate::cache::{CacheOutcome, CachedResponse};
 use crate::control::route_runtime::RouteRuntime;
 use crate::edge::rate_limit::LimitKey;
 use crate::proxy::respond::LocalResponse;
@@ -57,6 +58,8 @@ pub enum AnswerReason {
     Degraded,
     RateLimited(LimitKey),
     BadRequest,
+    /// A copy from the route's cache: fresh (hit), or under a degrade level (degraded).
+    Cache(CacheOutcome),
 }
 
 impl AnswerReason {
@@ -70,6 +73,9 @@ impl AnswerReason {
             AnswerReason::RateLimited(LimitKey::User) => "rate-limited-user",
             AnswerReason::RateLimited(LimitKey::Route) => "rate-limited-route",
             AnswerReason::BadRequest => "bad-request",
+            AnswerReason::Cache(CacheOutcome::Hit | CacheOutcome::Miss) => "cache-hit",
+            AnswerReason::Cache(CacheOutcome::Stale) => "cache-stale",
+            AnswerReason::Cache(CacheOutcome::Degraded) => "cache-degraded",
         }
     }
 }
@@ -83,4 +89,6 @@ pub struct LocalAnswer {
     pub retry_after: Option<u64>,
     /// The route and version, when the request got that far.
     pub routed: Option<Routed>,
+    /// A cached answer to write instead of `page`.
+    pub copy: Option<Arc<CachedResponse>>,
 }

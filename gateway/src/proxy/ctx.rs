@@ -23,6 +23,8 @@ pub struct RequestCtx {
     /// the capture is most of the context's size, and most requests are not
     /// mirrored, so the context Pingora moves around stays small.
     pub shadow: Option<Box<super::shadow_capture::ShadowCapture>>,
+    /// Present for a request the route caches. Boxed, like the shadow capture.
+    pub cache: Option<Box<super::cached::CacheCtx>>,
     _in_flight: InFlight,
 }
 
@@ -38,6 +40,7 @@ impl RequestCtx {
             answered: None,
             upstream: UpstreamState::default(),
             shadow: None,
+            cache: None,
             _in_flight: in_flight,
         }
     }

@@ -13,6 +13,7 @@
 //! fail_to_proxy   -> the fallback page, or a small error page
 //! logging         -> metrics and the access log line
 
+pub mod cached;
 pub mod ctx;
 mod request_head;
 pub mod request_id;
@@ -100,14 +101,28 @@ impl ProxyHttp for GatewayProxy {
                 strip_client_controls(session.req_header_mut(), &snapshot, &routed);
                 let method = &session.req_header().method;
                 ctx.shadow = shadow_capture::start(&snapshot, &routed, method, &ctx.request_id).map(Box::new);
+                ctx.cache = cached::CacheCtx::start(&snapshot, &routed, session.req_header()).map(Box::new);
                 ctx.routed = Some(routed);
                 Ok(false)
             }
-            Verdict::Respond(LocalAnswer { reason, page, retry_after, routed }) => {
+            Verdict::Respond(LocalAnswer { reason, page, retry_after, routed, copy }) => {
                 if reason == pipeline::AnswerReason::Degraded {
                     ctx.upstream.fallback = Some(crate::config::FallbackCause::Degraded);
                 }
                 ctx.routed = routed;
+                if let (Some(copy), pipeline::AnswerReason::Cache(outcome), Some(r)) = (copy, &reason, &ctx.routed) {
+                    snapshot.cache.count(&r.route.spec.name, r.version_name(), *outcome);
+                    let version = snapshot
+                        .config
+                        .server
+                        .version_header
+                        .as_ref()
+                        .map(|n| (n, r.route.version_value(r.decision.version)));
+                    let outcome = *outcome;
+                    ctx.answered = Some(reason);
+                    cached::write(session, &copy, outcome, &ctx.request_id, version).await?;
+                    return Ok(true);
+                }
                 ctx.answered = Some(reason);
                 answer(session, ctx, &page, retry_after).await
             }
@@ -207,6 +222,16 @@ impl ProxyHttp for GatewayProxy {
         if let Some(routed) = &ctx.routed {
             failure::upstream_status(&ctx.snapshot.metrics, routed, &mut ctx.upstream, resp.status.as_u16());
         }
+        if let Some(c) = ctx.cache.as_mut() {
+            let status = resp.status.as_u16();
+            if let Some(fill) = c.fill.as_mut() {
+                fill.head(status, &resp.headers);
+            }
+            // A 5xx with a copy to stand in: the copy goes out (before any fallback page).
+            if status >= 500 {
+                c.stale = c.stale_copy(&ctx.snapshot);
+            }
+        }
         Ok(())
     }
 
@@ -216,7 +241,14 @@ impl ProxyHttp for GatewayProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
+        if let Some(copy) = ctx.cache.as_ref().and_then(|c| c.stale.as_ref()) {
+            // The upstream's 5xx is swapped for the last good copy; its body is dropped below.
+            *resp = cached::copy_header(copy, crate::cache::CacheOutcome::Stale, &ctx.request_id)?;
+            if let Some(r) = &ctx.routed {
+                ctx.snapshot.cache.count(&r.route.spec.name, r.version_name(), crate::cache::CacheOutcome::Stale);
+            }
+            ctx.upstream.fallback = None;
+        } else if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
             // The upstream's 5xx is swapped for the route's page; its body is dropped below.
             let mut header = ResponseHeader::build(page.status, Some(4))?;
             header.insert_header(http::header::CONTENT_TYPE, page.content_type)?;
@@ -231,6 +263,9 @@ impl ProxyHttp for GatewayProxy {
             // A next request followed this one's chunked body: it will not be
             // served on this connection, so the answer says so.
             session.set_keepalive(None);
+        }
+        if ctx.cache.as_ref().is_some_and(|c| c.stale.is_none()) {
+            resp.insert_header("x-gateway-cache", crate::cache::CacheOutcome::Miss.as_str())?;
         }
         if let Some(routed) = &ctx.routed {
             if let Some(name) = &ctx.snapshot.config.server.version_header {
@@ -253,6 +288,20 @@ impl ProxyHttp for GatewayProxy {
         if let Some(capture) = ctx.shadow.as_mut() {
             capture.response_body(body, end_of_stream);
         }
+        if let Some(c) = ctx.cache.as_mut() {
+            if let Some(copy) = &c.stale {
+                *body = cached::replacement_body(copy, end_of_stream);
+                return Ok(None);
+            }
+            if let Some(fill) = c.fill.as_mut() {
+                fill.body(body);
+            }
+            if end_of_stream {
+                if let Some(fill) = c.fill.take() {
+                    cached::finish_fill(&ctx.snapshot, fill);
+                }
+            }
+        }
         if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
             *body = end_of_stream.then(|| page.body.clone());
         }
@@ -260,6 +309,32 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        // The upstream failed (not the client): the last good copy comes before the fallback page.
+        let stale = match e.esource() {
+            ErrorSource::Downstream => None,
+            _ => ctx.cache.as_ref().and_then(|c| c.stale_copy(&ctx.snapshot)),
+        };
+        if let (Some(copy), None) = (stale, session.response_written()) {
+            session.set_keepalive(None);
+            if let Some(r) = &ctx.routed {
+                failure::upstream_failed(&ctx.snapshot.metrics, r, &mut ctx.upstream, e);
+                ctx.snapshot.cache.count(&r.route.spec.name, r.version_name(), crate::cache::CacheOutcome::Stale);
+                let version = ctx
+                    .snapshot
+                    .config
+                    .server
+                    .version_header
+                    .as_ref()
+                    .map(|n| (n, r.route.version_value(r.decision.version)));
+                if let Err(err) =
+                    cached::write(session, &copy, crate::cache::CacheOutcome::Stale, &ctx.request_id, version).await
+                {
+                    tracing::debug!(error = %err, "cannot send the stale copy");
+                }
+            }
+            ctx.answered = Some(pipeline::AnswerReason::Cache(crate::cache::CacheOutcome::Stale));
+            return FailToProxy { error_code: copy.status, can_reuse_downstream: false };
+        }
         let framing = connections::framing_was_refused();
         let page = failure::proxy_failed(&ctx.snapshot.metrics, ctx.routed.as_ref(), &mut ctx.upstream, e, framing);
         // Pingora does not reuse a client connection after a failed proxy

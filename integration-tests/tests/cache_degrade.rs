@@ -95,9 +95,19 @@ async fn a_dead_backend_gets_stale_copies_then_the_fallback_page_once_they_are_t
     let (mut v1, v2) = (Backend::start("v1").await, Backend::start("v2").await);
     let g = start(&v1, &v2, 0.0, "ttl = \"1s\"\nstale_if_error = \"2s\"").await;
     assert_eq!(get(&g, "/items/1", &[]).await.0, 200);
+    // Explain says which answer a request gets: the fresh copy, later the upstream with the copy to stand in.
+    let explain = async |g: &Gateway| {
+        let url = format!("/api/explain?path=/items/1&host={}", g.listen_addr());
+        let v: serde_json::Value =
+            g.admin_request(Method::GET, &url).send().await.expect("explain").json().await.expect("json");
+        v["explanation"].as_str().unwrap_or("").to_string()
+    };
+    assert!(explain(&g).await.contains("answered from the route's cache (hit)"));
     // A 5xx answer is replaced by the copy too.
     v1.set_fault(Fault { status: Some(500), ..Fault::default() });
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let text = explain(&g).await;
+    assert!(text.contains("if it fails, a copy 1s old") && text.contains("before the fallback page"), "{text}");
     let (status, cache, backend, _) = get(&g, "/items/1", &[]).await;
     assert_eq!((status, cache.as_str(), backend.as_str()), (200, "stale", "v1"), "a 5xx stood in for");
     // Killed: connection refused, the copy stands in.

@@ -125,6 +125,15 @@ fn summary(loaded: &config::LoadedConfig) -> String {
             .collect();
             extras.push(format!("limits [{}]", limits.join(", ")));
         }
+        if let Some(c) = &r.cache {
+            let degrade: Vec<String> = c.degrade_ttl.iter().map(|(l, d)| format!("level {l}: {d:?}")).collect();
+            extras.push(format!(
+                "cache ttl {:?}{}{}",
+                c.ttl,
+                c.stale_if_error.map(|s| format!(", stale_if_error {s:?}")).unwrap_or_default(),
+                if degrade.is_empty() { String::new() } else { format!(", degrade [{}]", degrade.join(", ")) }
+            ));
+        }
         if let Some(f) = &r.fallback {
             let on: Vec<&str> = f.on.iter().map(|c| c.as_str()).collect();
             extras.push(format!(

@@ -142,24 +142,60 @@ pub fn explain(
     };
     let mut answer = match run(snapshot, runtime, &facts, Mode::DryRun) {
         Verdict::Continue(routed) => {
-            let text = routed_line(&routed, ip);
+            let mut text = routed_line(&routed, ip);
+            if let Some(line) = cache_line(snapshot, &routed, &facts) {
+                text = format!("{text}; {line}");
+            }
             answer_for(Some(&routed), "proxy", None, None, ip, text)
         }
         Verdict::Respond(local) => {
-            let why = local_line(&local.reason, host.as_deref(), path, local.page.status, local.retry_after);
+            // A cached answer's status is the copy's.
+            let status = local.copy.as_ref().map_or(local.page.status, |c| c.status);
+            let why = local_line(&local.reason, host.as_deref(), path, status, local.retry_after);
             let text = match &local.routed {
                 Some(r) => format!("{}; then {why}", routed_line(r, ip)),
                 None => why,
             };
-            answer_for(local.routed.as_ref(), "respond", Some(local.page.status), Some(local.reason.label()), ip, text)
+            answer_for(local.routed.as_ref(), "respond", Some(status), Some(local.reason.label()), ip, text)
         }
     };
     let route = answer.route.as_deref().and_then(|name| snapshot.route_named(name));
+
     if let Some(line) = route.and_then(|r| rollout_line(snapshot, runtime, r)) {
         answer.text = format!("{}; {line}", answer.text);
         answer.rollout = Some(line);
     }
     Ok(answer)
+}
+
+/// For a proxied request on a cached route: a miss, and what answers if the upstream fails.
+fn cache_line(snapshot: &Snapshot, routed: &Routed, facts: &RequestFacts<'_>) -> Option<String> {
+    let spec = routed.route.spec.cache.as_ref()?;
+    if !crate::cache::policy::request_cacheable(spec, facts.method, facts.headers) {
+        return Some("the route's cache does not apply to this request".into());
+    }
+    let Some(window) = spec.stale_if_error else {
+        return Some("cache miss: the upstream answers and fills the cache".into());
+    };
+    let key = crate::cache::key(
+        &routed.route.spec.name,
+        routed.decision.version,
+        facts.host,
+        facts.path_and_query,
+        facts.headers,
+        spec,
+    );
+    let copy = snapshot.cache.store.get(key, false);
+    let fallback = match copy {
+        Some(c) => format!(
+            "a copy {}s old (fresh for {}s) answers if it is at most {} past its freshness",
+            c.age(std::time::SystemTime::now()).as_secs(),
+            c.fresh_for.as_secs(),
+            humantime::format_duration(window)
+        ),
+        None => "there is no copy to stand in yet".to_string(),
+    };
+    Some(format!("cache miss: the upstream answers; if it fails, {fallback}, before the fallback page"))
 }
 
 /// `rollout of v2 running: step 2 of 5, 5% in force (the file says 1%)`.

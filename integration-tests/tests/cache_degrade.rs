@@ -190,6 +190,7 @@ async fn answers_that_must_not_be_shared_are_not_cached_and_purge_drops_a_prefix
     assert_eq!(get(&g, "/cart/items", &[]).await.1, "hit");
     assert_eq!(get(&g, "/cart/items", &[("authorization", "Bearer t")]).await.1, "", "not for an authorized request");
     assert_eq!(get(&g, "/cart/items", &[("cookie", "theme=x; session=abc")]).await.1, "", "not with a session cookie");
+    assert_eq!(get(&g, "/cart/items", &[("range", "bytes=0-3")]).await.1, "", "not for a part of it");
     let sent = http_client().post(g.url("/cart/items")).send().await.expect("post");
     assert!(sent.headers().get("x-gateway-cache").is_none(), "POST is never cached");
 

@@ -5,7 +5,8 @@
 //!
 //! The rules (`policy`): only GET and HEAD; only the route's `statuses`;
 //! never an answer with `Set-Cookie` or `Cache-Control: private`, `no-store`
-//! or `no-cache`; never for a request with `Authorization` (unless
+//! or `no-cache`, nor one that varies on a header the key does not hold;
+//! never for a request with `Authorization` (unless
 //! `allow_authorization`) or with a cookie named in `bypass_cookies`. The
 //! key holds the route, the version the request was routed to, host, path,
 //! query and the `vary` headers: a canary copy never reaches a stable user.
@@ -110,31 +111,40 @@ impl ResponseCache {
     }
 }
 
-/// The cache key of a request on a route and version.
-pub fn key(
-    route: &str,
-    version: usize,
-    host: Option<&str>,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    spec: &CacheSpec,
-) -> u128 {
-    let mut text = String::with_capacity(64 + path_and_query.len());
-    text.push_str(route);
-    text.push('\u{0}');
-    text.push_str(&version.to_string());
-    text.push('\u{0}');
-    text.push_str(&host.unwrap_or("").to_ascii_lowercase());
-    text.push('\u{0}');
-    text.push_str(path_and_query);
+/// The cache key of a request on a route and version: the route, the
+/// version's name (not its position, which a reload may change), the scheme,
+/// host, path and query, and the raw bytes of the `vary` headers.
+pub struct KeyParts<'a> {
+    pub route: &'a str,
+    pub version: &'a str,
+    pub tls: bool,
+    pub host: Option<&'a str>,
+    pub path_and_query: &'a str,
+}
+
+pub fn key(parts: &KeyParts<'_>, headers: &HeaderMap, spec: &CacheSpec) -> u128 {
+    let mut bytes: Vec<u8> = Vec::with_capacity(96 + parts.path_and_query.len());
+    for piece in [parts.route, parts.version, if parts.tls { "https" } else { "http" }] {
+        bytes.extend_from_slice(piece.as_bytes());
+        bytes.push(0);
+    }
+    bytes.extend_from_slice(parts.host.unwrap_or("").to_ascii_lowercase().as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(parts.path_and_query.as_bytes());
     for name in &spec.vary {
-        text.push('\u{0}');
+        bytes.push(0);
         for v in headers.get_all(name) {
-            text.push_str(v.to_str().unwrap_or(""));
-            text.push(',');
+            bytes.extend_from_slice(v.as_bytes());
+            bytes.push(b',');
         }
     }
-    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+    xxhash_rust::xxh3::xxh3_128(&bytes)
+}
+
+/// The largest answer kept: a sixteenth of the budget, at most 1 MiB (a
+/// fill buffers the body while it arrives, once per request in flight).
+pub fn entry_limit(budget: usize) -> usize {
+    (budget / 16).min(1 << 20)
 }
 
 /// Status, headers kept, freshness.
@@ -147,6 +157,7 @@ pub struct CacheFill {
     pub path: String,
     pub spec_ttl: Duration,
     pub statuses: Vec<u16>,
+    pub vary: Vec<HeaderName>,
     /// Set once the upstream's head said the answer may be kept.
     head: Option<StoredHead>,
     body: BytesMut,
@@ -162,15 +173,20 @@ impl CacheFill {
             path: path.to_string(),
             spec_ttl: spec.ttl,
             statuses: spec.statuses.clone(),
+            vary: spec.vary.clone(),
             head: None,
             body: BytesMut::new(),
             limit,
         }
     }
 
-    /// The upstream's head: keep the answer only if the rules allow it.
+    /// The upstream's head: keep the answer only if the rules allow it and it fits.
     pub fn head(&mut self, status: u16, headers: &HeaderMap) {
-        let Some(ttl) = policy::storable(status, headers, &self.statuses, self.spec_ttl) else { return };
+        let Some(ttl) = policy::storable(status, headers, &self.statuses, &self.vary, self.spec_ttl) else { return };
+        let length = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if length.is_some_and(|n| n > self.limit) {
+            return;
+        }
         let kept = headers
             .iter()
             .filter(|(n, _)| !policy::HOP_BY_HOP.contains(&n.as_str()))
@@ -189,6 +205,12 @@ impl CacheFill {
                 self.body.extend_from_slice(b);
             }
         }
+    }
+
+    /// The drop of a fill that must not be kept after all (a failover answered it).
+    pub fn cancel(&mut self) {
+        self.head = None;
+        self.body = BytesMut::new();
     }
 
     /// The complete answer, if it may be kept.

@@ -13,7 +13,8 @@ pub const HOP_BY_HOP: [&str; 8] =
 
 /// Whether a request may be answered from (and fill) the cache.
 pub fn request_cacheable(spec: &CacheSpec, method: &http::Method, headers: &HeaderMap) -> bool {
-    if !super::cacheable_method(method) {
+    // A range request's answer is a part (206), never the whole to share.
+    if !super::cacheable_method(method) || headers.contains_key(http::header::RANGE) {
         return false;
     }
     if !spec.allow_authorization && headers.contains_key(http::header::AUTHORIZATION) {
@@ -29,10 +30,26 @@ pub fn request_cacheable(spec: &CacheSpec, method: &http::Method, headers: &Head
     })
 }
 
-/// How long an answer is fresh, or `None` when it must not be kept.
-pub fn storable(status: u16, headers: &HeaderMap, statuses: &[u16], default_ttl: Duration) -> Option<Duration> {
+/// How long an answer is fresh, or `None` when it must not be kept. An
+/// answer that varies (`Vary`) on a request header the route's key does not
+/// hold (`vary`) is not kept: another client could get it.
+pub fn storable(
+    status: u16,
+    headers: &HeaderMap,
+    statuses: &[u16],
+    vary: &[http::HeaderName],
+    default_ttl: Duration,
+) -> Option<Duration> {
     if !statuses.contains(&status) || headers.contains_key(http::header::SET_COOKIE) {
         return None;
+    }
+    for value in headers.get_all(http::header::VARY) {
+        let text = value.to_str().ok()?;
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" || !vary.iter().any(|v| v.as_str().eq_ignore_ascii_case(name)) {
+                return None;
+            }
+        }
     }
     let mut ttl = default_ttl;
     let mut head = pingora_http::ResponseHeader::build(status, None).ok()?;
@@ -79,6 +96,19 @@ mod tests {
     fn every_rule_of_what_is_kept() {
         let ttl = Duration::from_secs(30);
         let st = &spec().statuses;
+        let storable =
+            |status, h: &HeaderMap, st: &[u16], ttl| storable(status, h, st, &[http::header::ACCEPT_ENCODING], ttl);
+        assert_eq!(storable(200, &headers(&[("vary", "Accept-Encoding")]), st, ttl), Some(ttl));
+        assert_eq!(
+            storable(200, &headers(&[("vary", "Accept-Encoding, Cookie")]), st, ttl),
+            None,
+            "varies on a cookie"
+        );
+        assert_eq!(storable(200, &headers(&[("vary", "*")]), st, ttl), None);
+        assert!(
+            !request_cacheable(&spec(), &http::Method::GET, &headers(&[("range", "bytes=0-9")])),
+            "a range is a part"
+        );
         assert_eq!(storable(200, &headers(&[]), st, ttl), Some(ttl));
         assert_eq!(
             storable(200, &headers(&[("cache-control", "public, max-age=5")]), st, ttl),

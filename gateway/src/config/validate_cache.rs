@@ -73,12 +73,13 @@ pub(super) fn cache(d: &mut Diagnostics, route_key: &str, f: &Sp<CacheFile>) -> 
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match u16::try_from(*s) {
-                Ok(s) if (200..600).contains(&s) => Some(s),
+                // 206 is a part, 304 has no body, 5xx is what stale copies stand in for.
+                Ok(s) if (200..500).contains(&s) && s != 206 && s != 304 => Some(s),
                 _ => {
                     d.error(
                         Some(span.clone()),
                         format!("{key}.statuses[{i}]"),
-                        format!("{s} is not a status 200..=599"),
+                        format!("{s} cannot be kept: use final statuses 200..=499 other than 206 and 304"),
                     );
                     None
                 }

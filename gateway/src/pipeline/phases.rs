@@ -119,14 +119,14 @@ fn cached(
         CacheUse::Degraded(level) => spec.degrade_age(level)?,
         CacheUse::Fresh => std::time::Duration::MAX,
     };
-    let key = crate::cache::key(
-        &routed.route.spec.name,
-        routed.decision.version,
-        req.host,
-        req.path_and_query,
-        req.headers,
-        spec,
-    );
+    let parts = crate::cache::KeyParts {
+        route: &routed.route.spec.name,
+        version: routed.version_name(),
+        tls: req.tls,
+        host: req.host,
+        path_and_query: req.path_and_query,
+    };
+    let key = crate::cache::key(&parts, req.headers, spec);
     let copy = snapshot.cache.lookup(key, max_age, mode == Mode::Serve)?;
     match purpose {
         CacheUse::Fresh if copy.age(std::time::SystemTime::now()) > copy.fresh_for => None,

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
@@ -25,8 +24,15 @@ pub struct CacheCtx {
 }
 
 impl CacheCtx {
-    /// For a request the route caches (a miss: it goes to the upstream).
-    pub fn start(snapshot: &Snapshot, routed: &Routed, req: &pingora_http::RequestHeader) -> Option<CacheCtx> {
+    /// For a request the route caches, on its way to the upstream. Built
+    /// from the request as the pipeline saw it (before the gateway's own
+    /// headers are removed), so its key is the one the lookup used.
+    pub fn start(
+        snapshot: &Snapshot,
+        routed: &Routed,
+        req: &pingora_http::RequestHeader,
+        tls: bool,
+    ) -> Option<CacheCtx> {
         let spec = routed.route.spec.cache.as_ref()?;
         if !cache::policy::request_cacheable(spec, &req.method, &req.headers) {
             return None;
@@ -34,11 +40,10 @@ impl CacheCtx {
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri.host());
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let name = &routed.route.spec.name;
-        let key = cache::key(name, routed.decision.version, host, path_and_query, &req.headers, spec);
-        // One entry may take at most a shard's share of the budget.
-        let limit = snapshot.cache.store.max_bytes() / 16;
+        let parts = cache::KeyParts { route: name, version: routed.version_name(), tls, host, path_and_query };
+        let key = cache::key(&parts, &req.headers, spec);
+        let limit = cache::entry_limit(snapshot.cache.store.max_bytes());
         let fill = (req.method == http::Method::GET).then(|| CacheFill::start(key, name, req.uri.path(), spec, limit));
-        snapshot.cache.count(name, routed.version_name(), CacheOutcome::Miss);
         Some(CacheCtx { key, fill, stale_if_error: spec.stale_if_error, stale: None })
     }
 
@@ -75,11 +80,16 @@ pub async fn write(
     copy: &CachedResponse,
     outcome: CacheOutcome,
     request_id: &str,
-    version_header: Option<(&http::HeaderName, &http::HeaderValue)>,
+    routed: &Routed,
+    version_header: Option<&http::HeaderName>,
 ) -> pingora_error::Result<()> {
     let mut header = copy_header(copy, outcome, request_id)?;
-    if let Some((name, value)) = version_header {
-        header.insert_header(name.clone(), value.clone())?;
+    if let Some(name) = version_header {
+        header.insert_header(name.clone(), routed.route.version_value(routed.decision.version).clone())?;
+    }
+    // A new anonymous visitor gets its cookie with this answer (never stored with the copy).
+    if let Some(cookie) = &routed.set_cookie {
+        header.append_header(http::header::SET_COOKIE, cookie.clone())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(header), head_only).await?;
@@ -95,9 +105,4 @@ pub fn finish_fill(snapshot: &Snapshot, fill: CacheFill) {
         snapshot.cache.store.insert(key, entry);
         snapshot.cache.update_gauges();
     }
-}
-
-/// The body a replaced 5xx answer gets instead of the upstream's.
-pub fn replacement_body(copy: &CachedResponse, end_of_stream: bool) -> Option<Bytes> {
-    end_of_stream.then(|| copy.body.clone())
 }

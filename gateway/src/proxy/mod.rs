@@ -98,10 +98,11 @@ impl ProxyHttp for GatewayProxy {
         };
         match pipeline::run(&snapshot, &self.runtime, &facts, Mode::Serve) {
             Verdict::Continue(routed) => {
+                // Keyed on the request as the pipeline saw it, before the gateway's own headers go.
+                ctx.cache = cached::CacheCtx::start(&snapshot, &routed, session.req_header(), tls).map(Box::new);
                 strip_client_controls(session.req_header_mut(), &snapshot, &routed);
                 let method = &session.req_header().method;
                 ctx.shadow = shadow_capture::start(&snapshot, &routed, method, &ctx.request_id).map(Box::new);
-                ctx.cache = cached::CacheCtx::start(&snapshot, &routed, session.req_header()).map(Box::new);
                 ctx.routed = Some(routed);
                 Ok(false)
             }
@@ -112,15 +113,9 @@ impl ProxyHttp for GatewayProxy {
                 ctx.routed = routed;
                 if let (Some(copy), pipeline::AnswerReason::Cache(outcome), Some(r)) = (copy, &reason, &ctx.routed) {
                     snapshot.cache.count(&r.route.spec.name, r.version_name(), *outcome);
-                    let version = snapshot
-                        .config
-                        .server
-                        .version_header
-                        .as_ref()
-                        .map(|n| (n, r.route.version_value(r.decision.version)));
-                    let outcome = *outcome;
+                    let version = snapshot.config.server.version_header.as_ref();
+                    cached::write(session, &copy, *outcome, &ctx.request_id, r, version).await?;
                     ctx.answered = Some(reason);
-                    cached::write(session, &copy, outcome, &ctx.request_id, version).await?;
                     return Ok(true);
                 }
                 ctx.answered = Some(reason);
@@ -225,11 +220,22 @@ impl ProxyHttp for GatewayProxy {
         if let Some(c) = ctx.cache.as_mut() {
             let status = resp.status.as_u16();
             if let Some(fill) = c.fill.as_mut() {
-                fill.head(status, &resp.headers);
+                match ctx.upstream.failed_over {
+                    // The default version answered for the one routed to: not that version's copy.
+                    true => fill.cancel(),
+                    false => fill.head(status, &resp.headers),
+                }
             }
-            // A 5xx with a copy to stand in: the copy goes out (before any fallback page).
+            // A 5xx with a copy to stand in: the copy goes out instead, with its own framing,
+            // from `fail_to_proxy` (before any fallback page).
             if status >= 500 {
                 c.stale = c.stale_copy(&ctx.snapshot);
+                if c.stale.is_some() {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(status),
+                        "the upstream failed; a cached copy stands in",
+                    );
+                }
             }
         }
         Ok(())
@@ -241,14 +247,7 @@ impl ProxyHttp for GatewayProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(copy) = ctx.cache.as_ref().and_then(|c| c.stale.as_ref()) {
-            // The upstream's 5xx is swapped for the last good copy; its body is dropped below.
-            *resp = cached::copy_header(copy, crate::cache::CacheOutcome::Stale, &ctx.request_id)?;
-            if let Some(r) = &ctx.routed {
-                ctx.snapshot.cache.count(&r.route.spec.name, r.version_name(), crate::cache::CacheOutcome::Stale);
-            }
-            ctx.upstream.fallback = None;
-        } else if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
+        if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
             // The upstream's 5xx is swapped for the route's page; its body is dropped below.
             let mut header = ResponseHeader::build(page.status, Some(4))?;
             header.insert_header(http::header::CONTENT_TYPE, page.content_type)?;
@@ -288,19 +287,8 @@ impl ProxyHttp for GatewayProxy {
         if let Some(capture) = ctx.shadow.as_mut() {
             capture.response_body(body, end_of_stream);
         }
-        if let Some(c) = ctx.cache.as_mut() {
-            if let Some(copy) = &c.stale {
-                *body = cached::replacement_body(copy, end_of_stream);
-                return Ok(None);
-            }
-            if let Some(fill) = c.fill.as_mut() {
-                fill.body(body);
-            }
-            if end_of_stream {
-                if let Some(fill) = c.fill.take() {
-                    cached::finish_fill(&ctx.snapshot, fill);
-                }
-            }
+        if let Some(fill) = ctx.cache.as_mut().and_then(|c| c.fill.as_mut()) {
+            fill.body(body);
         }
         if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
             *body = end_of_stream.then(|| page.body.clone());
@@ -312,23 +300,16 @@ impl ProxyHttp for GatewayProxy {
         // The upstream failed (not the client): the last good copy comes before the fallback page.
         let stale = match e.esource() {
             ErrorSource::Downstream => None,
-            _ => ctx.cache.as_ref().and_then(|c| c.stale_copy(&ctx.snapshot)),
+            _ => ctx.cache.as_mut().and_then(|c| c.stale.take().or_else(|| c.stale_copy(&ctx.snapshot))),
         };
         if let (Some(copy), None) = (stale, session.response_written()) {
             session.set_keepalive(None);
             if let Some(r) = &ctx.routed {
                 failure::upstream_failed(&ctx.snapshot.metrics, r, &mut ctx.upstream, e);
                 ctx.snapshot.cache.count(&r.route.spec.name, r.version_name(), crate::cache::CacheOutcome::Stale);
-                let version = ctx
-                    .snapshot
-                    .config
-                    .server
-                    .version_header
-                    .as_ref()
-                    .map(|n| (n, r.route.version_value(r.decision.version)));
-                if let Err(err) =
-                    cached::write(session, &copy, crate::cache::CacheOutcome::Stale, &ctx.request_id, version).await
-                {
+                let version = ctx.snapshot.config.server.version_header.as_ref();
+                let outcome = crate::cache::CacheOutcome::Stale;
+                if let Err(err) = cached::write(session, &copy, outcome, &ctx.request_id, r, version).await {
                     tracing::debug!(error = %err, "cannot send the stale copy");
                 }
             }
@@ -371,6 +352,15 @@ impl ProxyHttp for GatewayProxy {
             None => snapshot.unrouted_metrics.observe(status, elapsed.as_secs_f64()),
         }
         failure::finish(ctx.routed.as_ref(), &ctx.upstream);
+        if let (Some(c), Some(r)) = (ctx.cache.as_mut(), &ctx.routed) {
+            // Proxied (not answered from the cache): a miss; a complete answer fills the cache.
+            if ctx.answered.is_none() {
+                ctx.snapshot.cache.count(&r.route.spec.name, r.version_name(), crate::cache::CacheOutcome::Miss);
+            }
+            if let (None, Some(fill)) = (e, c.fill.take()) {
+                cached::finish_fill(&ctx.snapshot, fill);
+            }
+        }
         crate::telemetry::access_log::write(session, ctx, status, elapsed, e);
         if let (Some(capture), Some(routed)) = (ctx.shadow.take(), &ctx.routed) {
             capture.finish(&self.shadow, &ctx.snapshot, routed, e.is_some());

@@ -177,14 +177,7 @@ fn cache_line(snapshot: &Snapshot, routed: &Routed, facts: &RequestFacts<'_>) ->
     let Some(window) = spec.stale_if_error else {
         return Some("cache miss: the upstream answers and fills the cache".into());
     };
-    let parts = crate::cache::KeyParts {
-        route: &routed.route.spec.name,
-        version: routed.version_name(),
-        tls: facts.tls,
-        host: facts.host,
-        path_and_query: facts.path_and_query,
-    };
-    let key = crate::cache::key(&parts, facts.headers, spec);
+    let key = super::phases::cache_key(routed, facts, spec);
     let copy = snapshot.cache.store.get(key, false);
     let fallback = match copy {
         Some(c) => format!(

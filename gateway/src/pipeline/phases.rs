@@ -119,6 +119,16 @@ fn cached(
         CacheUse::Degraded(level) => spec.degrade_age(level)?,
         CacheUse::Fresh => std::time::Duration::MAX,
     };
+    let key = cache_key(routed, req, spec);
+    let copy = snapshot.cache.lookup(key, max_age, mode == Mode::Serve)?;
+    match purpose {
+        CacheUse::Fresh if copy.age(std::time::SystemTime::now()) > copy.fresh_for => None,
+        _ => Some(copy),
+    }
+}
+
+/// The cache key of this request on its route and version (the fill's too: `proxy::cached`).
+pub(crate) fn cache_key(routed: &Routed, req: &RequestFacts<'_>, spec: &crate::config::CacheSpec) -> u128 {
     let parts = crate::cache::KeyParts {
         route: &routed.route.spec.name,
         version: routed.version_name(),
@@ -126,12 +136,7 @@ fn cached(
         host: req.host,
         path_and_query: req.path_and_query,
     };
-    let key = crate::cache::key(&parts, req.headers, spec);
-    let copy = snapshot.cache.lookup(key, max_age, mode == Mode::Serve)?;
-    match purpose {
-        CacheUse::Fresh if copy.age(std::time::SystemTime::now()) > copy.fresh_for => None,
-        _ => Some(copy),
-    }
+    crate::cache::key(&parts, req.headers, spec)
 }
 
 fn from_cache(routed: Routed, copy: Arc<crate::cache::CachedResponse>, outcome: CacheOutcome) -> LocalAnswer {

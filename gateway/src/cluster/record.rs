@@ -152,8 +152,8 @@ impl SharedRecord {
 }
 
 /// A channel message: the field, a newline, the record's JSON.
-pub fn message(field: &str, record: &SharedRecord) -> String {
-    format!("{field}\n{}", record.to_json())
+pub fn message(field: &str, json: &str) -> String {
+    format!("{field}\n{json}")
 }
 
 pub fn parse_message(payload: &str) -> Result<(RecordKey, SharedRecord), String> {

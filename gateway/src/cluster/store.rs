@@ -201,10 +201,6 @@ impl Store {
         self.client.clone()
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     async fn conn(&mut self) -> Result<MultiplexedConnection, StoreError> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
@@ -278,7 +274,7 @@ impl Store {
                         .arg(origin)
                         .arg(json)
                         .arg(channel)
-                        .arg(format!("{field}\n{json}"))
+                        .arg(super::record::message(field, json))
                         .invoke_async::<Option<String>>(&mut c)
                         .await
                 }
@@ -326,7 +322,7 @@ impl Store {
                 .arg(&base_origin)
                 .arg(json)
                 .arg(&channel)
-                .arg(format!("{field}\n{json}"))
+                .arg(super::record::message(field, json))
                 .invoke_async::<Option<String>>(&mut c)
                 .await
         })

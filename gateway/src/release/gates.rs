@@ -36,20 +36,6 @@ impl Window {
         }
     }
 
-    /// Adds another replica's window (a fleet's sum).
-    pub fn add(&mut self, other: &Window) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        self.observed += other.observed;
-        if self.buckets.is_empty() {
-            self.buckets = other.buckets.clone();
-        } else {
-            for ((_, n), (_, m)) in self.buckets.iter_mut().zip(&other.buckets) {
-                *n += m;
-            }
-        }
-    }
-
     /// Errors in percent of requests; `None` without requests.
     pub fn error_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| self.errors as f64 * 100.0 / self.requests as f64)

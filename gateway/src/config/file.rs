@@ -30,6 +30,7 @@ pub struct ServerFile {
     pub read_buffer: Option<Sp<String>>,
     /// Normalize request paths (RFC 3986 dot segments, unreserved escapes, repeated slashes) before routing.
     pub normalize_path: Option<Sp<bool>>,
+    pub lean_http1: Option<Sp<bool>>,
     /// The whole request head must arrive within this, e.g. "10s".
     pub header_timeout: Option<Sp<String>>,
     /// The longest gap between two reads of a request body, e.g. "30s".

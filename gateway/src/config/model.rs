@@ -212,6 +212,9 @@ pub struct ServerSettings {
     pub version_request_header: Option<HeaderName>,
     /// Normalize request paths before routing and forward the normalized path.
     pub normalize_path: bool,
+    /// Serve plain HTTP/1.1 requests on the lean path (`proxy::lean`)
+    /// rather than through `pingora-proxy`; applies live.
+    pub lean_http1: bool,
     /// The whole request head must arrive within this (then 408).
     pub header_timeout: Duration,
     /// The longest gap between two reads of a request body (then 408).

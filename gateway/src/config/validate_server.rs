@@ -112,6 +112,7 @@ pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> (ServerSettings, Ser
         },
     };
     let normalize_path = f.normalize_path.as_ref().is_none_or(|v| *v.get_ref());
+    let lean_http1 = f.lean_http1.as_ref().is_none_or(|v| *v.get_ref());
     let header_timeout = positive_duration(d, "server.header_timeout", &f.header_timeout, DEFAULT_HEADER_TIMEOUT);
     let body_timeout = positive_duration(d, "server.body_timeout", &f.body_timeout, DEFAULT_BODY_TIMEOUT);
     let proxy_protocol_from = match &f.proxy_protocol {
@@ -128,6 +129,7 @@ pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> (ServerSettings, Ser
         version_header,
         version_request_header,
         normalize_path,
+        lean_http1,
         header_timeout,
         body_timeout,
         tls,

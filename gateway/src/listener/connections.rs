@@ -64,6 +64,9 @@ pub struct ConnectionLoop<A> {
     /// `server.proxy_protocol` lists, then judge the client they name with
     /// the accept-time blacklist; the admin listener takes none.
     pub proxy_protocol: Option<Arc<crate::edge::accept_filter::BlockAtAccept>>,
+    /// The lean HTTP/1 path, for the proxy listeners: it serves the requests
+    /// `lean_eligible` accepts while `server.lean_http1` is on.
+    pub lean: Option<Arc<crate::proxy::lean::LeanPath>>,
 }
 
 struct Open(Option<IntGauge>);
@@ -204,8 +207,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             let idle = if first { header_timeout } else { Duration::from_secs(KEEPALIVE_SECS) };
             let started = Instant::now();
             let (back, head) = next_request(stream, &mut shutdown, idle, header_timeout, first).await;
-            let extra = match head {
-                Head::Complete { extra, .. } => extra,
+            let (extra, lean) = match head {
+                Head::Complete { extra, lean, .. } => (extra, lean),
                 Head::Closed => return,
                 Head::Late => {
                     if let Some(mut late) = back {
@@ -228,7 +231,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             // The request's future is boxed (async_trait) and made here, so
             // the block below holds a pointer, not the session: every idle
             // connection's task is as large as its largest state.
-            let request = self.inner.process_new_http(session, &shutdown);
+            let lean = self.lean.as_ref().filter(|_| lean && self.snapshots.load().config.server.lean_http1);
+            let request = match lean {
+                Some(lean) => {
+                    let lean = Arc::clone(lean);
+                    let shutdown = shutdown.clone();
+                    Box::pin(async move { lean.serve(session, &shutdown).await })
+                }
+                None => self.inner.process_new_http(session, &shutdown),
+            };
             let serve = async move {
                 let reused = request.await;
                 (reused, ARRIVED.with(|head| head.parsed.get()))

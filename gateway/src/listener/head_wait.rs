@@ -25,7 +25,8 @@ pub(super) enum Head {
     /// The whole head arrived (and `extra` bytes after it); it was handed
     /// back to the stream for the session to parse. `chunked`: the head's
     /// length, when it declares a `Transfer-Encoding` (a chunked body).
-    Complete { extra: usize, chunked: Option<usize> },
+    /// `lean`: the lean HTTP/1 path may serve it (`lean_eligible`).
+    Complete { extra: usize, chunked: Option<usize>, lean: bool },
     /// The client closed, or sent nothing in time, or shutdown came first.
     Closed,
     /// Part of a head arrived, the rest not in time (or the client closed).
@@ -200,8 +201,64 @@ fn complete(read: &[u8], end: usize) -> Head {
     if chunked && ChunkFraming::default().check(&read[end..]).is_err() {
         return Head::BadFraming;
     }
-    Head::Complete { extra: read.len() - end, chunked: chunked.then_some(end) }
+    let lean = !chunked && lean_eligible(&read[..end]);
+    Head::Complete { extra: read.len() - end, chunked: chunked.then_some(end), lean }
 }
+
+/// Whether the lean HTTP/1 path (`proxy::lean`) may serve a request with
+/// this head: HTTP/1.1 in origin form, not `CONNECT`, no upgrade, no
+/// `Expect`, no body but one of at most `lean::MAX_BODY` bytes by
+/// `Content-Length`, and no hop-by-hop field but `Connection` naming only
+/// `keep-alive` or `close` (the one thing to remove on the way upstream).
+/// Anything else, or anything odd, goes to Pingora's path, which handles
+/// every case; this check only has to be right when it says yes.
+pub(super) fn lean_eligible(head: &[u8]) -> bool {
+    let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let Some(request_line) = lines.find(|l| !l.is_empty()) else { return false };
+    let mut parts = request_line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    if method == b"CONNECT" || !target.starts_with(b"/") || version != b"HTTP/1.1" {
+        return false;
+    }
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else { return false };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        if is(b"content-length") {
+            let small = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+            if !small.is_some_and(|n| n <= crate::proxy::lean::MAX_BODY) {
+                return false;
+            }
+        } else if is(b"connection") {
+            let plain = |t: &[u8]| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close");
+            if !value.split(|b| *b == b',').all(|t| plain(t.trim_ascii())) {
+                return false;
+            }
+        } else if HOP_BY_HOP.iter().any(|h| is(h)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Fields that take a request to Pingora's path: they change its framing,
+/// ask for an upgrade or an interim answer, or are hop-by-hop fields that
+/// Pingora's path removes with care.
+const HOP_BY_HOP: [&[u8]; 10] = [
+    b"transfer-encoding",
+    b"upgrade",
+    b"expect",
+    b"te",
+    b"trailer",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"http2-settings",
+];
 
 /// A `Transfer-Encoding` field among the head's lines (Pingora accepts only
 /// chunked as the last coding, so a body it reads is then chunked). No
@@ -267,8 +324,33 @@ mod tests {
         assert!(matches!(complete(&bad, head.len()), Head::BadFraming));
         let mut good = head.to_vec();
         good.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
-        assert!(
-            matches!(complete(&good, head.len()), Head::Complete { chunked: Some(n), extra: 13 } if n == head.len())
-        );
+        assert!(matches!(
+            complete(&good, head.len()),
+            Head::Complete { chunked: Some(n), extra: 13, lean: false } if n == head.len()
+        ));
+    }
+
+    #[test]
+    fn the_lean_path_takes_plain_http11_requests_and_nothing_else() {
+        let lean = |h: &str| lean_eligible(h.as_bytes());
+        assert!(lean("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(lean("POST /a HTTP/1.1\nHost: x\nContent-Length: 65536\nConnection: Close\n\n"));
+        assert!(lean("\r\nHEAD / HTTP/1.1\r\nHost: x\r\nX-Te: trailers\r\n\r\n"), "blank lines first");
+        for refused in [
+            "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic eA==\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        ] {
+            assert!(!lean(refused), "{refused:?}");
+        }
     }
 }

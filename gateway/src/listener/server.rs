@@ -68,14 +68,13 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let proxy_app = pingora_proxy::http_proxy(
-        &server.configuration,
-        GatewayProxy {
-            snapshots: Arc::clone(&reloader.snapshots),
-            runtime: Arc::clone(&reloader.runtime),
-            shadow: Arc::clone(&reloader.shadow),
-        },
-    );
+    let gateway = GatewayProxy {
+        snapshots: Arc::clone(&reloader.snapshots),
+        runtime: Arc::clone(&reloader.runtime),
+        shadow: Arc::clone(&reloader.shadow),
+    };
+    let lean = Arc::new(crate::proxy::lean::LeanPath::new(gateway.clone(), &server.configuration));
+    let proxy_app = pingora_proxy::http_proxy(&server.configuration, gateway);
     let block_at_accept = Arc::new(crate::edge::accept_filter::BlockAtAccept {
         snapshots: Arc::clone(&reloader.snapshots),
         runtime: Arc::clone(&reloader.runtime),
@@ -86,6 +85,7 @@ pub fn build(
         snapshots: Arc::clone(&reloader.snapshots),
         account_refusals: true,
         proxy_protocol: Some(Arc::clone(&block_at_accept)),
+        lean: Some(lean),
     };
     let mut proxy = Service::new("gateway".to_string(), connections);
     // PROXY protocol headers on the TLS listener come before the handshake.
@@ -113,6 +113,7 @@ pub fn build(
         snapshots: Arc::clone(&reloader.snapshots),
         account_refusals: false,
         proxy_protocol: None,
+        lean: None,
     };
     let mut admin = Service::new("admin".to_string(), admin_connections);
     admin.add_tcp(&cfg.startup.admin_listen.to_string());

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 use crate::cache::{self, CacheFill, CacheOutcome, CachedResponse};
 use crate::control::snapshot::Snapshot;
@@ -76,7 +76,7 @@ pub fn copy_header(
 
 /// Write a copy as the whole answer.
 pub async fn write(
-    session: &mut Session,
+    session: &mut ServerSession,
     copy: &CachedResponse,
     outcome: CacheOutcome,
     request_id: &str,
@@ -92,9 +92,9 @@ pub async fn write(
         header.append_header(http::header::SET_COOKIE, cookie.clone())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(header), head_only).await?;
+    session.write_response_header(Box::new(header)).await?;
     if !head_only {
-        session.write_response_body(Some(copy.body.clone()), true).await?;
+        session.write_response_body(copy.body.clone(), true).await?;
     }
     Ok(())
 }

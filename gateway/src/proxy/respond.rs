@@ -1,8 +1,7 @@
 //! Answers the gateway writes itself (no route, no healthy backend, errors).
 
 use bytes::Bytes;
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora_core::protocols::http::ServerSession;
 
 /// A complete small response decided by a phase.
 #[derive(Debug, Clone)]
@@ -31,34 +30,22 @@ impl LocalResponse {
 
 /// Write `resp` to the client. `request_id` is echoed so a user's report can be
 /// matched to the access log.
-pub async fn write(session: &mut Session, resp: &LocalResponse, request_id: &str) -> pingora_error::Result<()> {
+pub async fn write(session: &mut ServerSession, resp: &LocalResponse, request_id: &str) -> pingora_error::Result<()> {
     write_with(session, resp, request_id, None).await
 }
 
 /// [`write`], plus a `Retry-After` decided with the request (rate limits).
 pub async fn write_with(
-    session: &mut Session,
+    session: &mut ServerSession,
     resp: &LocalResponse,
     request_id: &str,
     retry_after: Option<u64>,
 ) -> pingora_error::Result<()> {
-    let mut header = ResponseHeader::build(resp.status, Some(4))?;
-    header.insert_header(http::header::CONTENT_TYPE, resp.content_type)?;
-    header.insert_header(http::header::CONTENT_LENGTH, resp.body.len().to_string())?;
-    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    if !request_id.is_empty() {
-        header.insert_header("x-request-id", request_id)?;
-    }
-    for (name, value) in &resp.headers {
-        header.insert_header(*name, value.as_str())?;
-    }
-    if let Some(secs) = retry_after {
-        header.insert_header("retry-after", secs.to_string())?;
-    }
+    let header = super::exchange::local_header(resp, request_id, retry_after)?;
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(header), head_only).await?;
+    session.write_response_header(Box::new(header)).await?;
     if !head_only {
-        session.write_response_body(Some(resp.body.clone()), true).await?;
+        session.write_response_body(resp.body.clone(), true).await?;
     }
     Ok(())
 }

@@ -4,17 +4,16 @@
 use std::time::Duration;
 
 use pingora_error::Error;
-use pingora_proxy::Session;
+use pingora_http::RequestHeader;
 
 use crate::config::AccessLogFormat;
 
 use crate::proxy::ctx::RequestCtx;
 
-pub fn write(session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration, error: Option<&Error>) {
+pub fn write(req: &RequestHeader, ctx: &RequestCtx, status: u16, elapsed: Duration, error: Option<&Error>) {
     if ctx.snapshot.config.startup.server.access_log == AccessLogFormat::Off {
         return;
     }
-    let req = session.req_header();
     let (route, version, reason, pool) = match &ctx.routed {
         Some(r) => (r.route.spec.name.as_str(), r.version_name(), r.decision.reason.label(), r.pool().name.as_str()),
         None => ("", "", "", ""),

@@ -1,0 +1,364 @@
+//! What happens to a proxied request apart from reading and writing it:
+//! the pipeline's verdict, the headers the upstream and the client get, the
+//! failure handling, metrics and the access log. Both request paths call
+//! these functions: Pingora's (`GatewayProxy`, the `ProxyHttp` hooks) and
+//! the lean HTTP/1 path (`lean.rs`), so a request is judged, rewritten,
+//! counted and logged the same way whichever path serves it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use super::{cached, request_head, shadow_capture, RequestCtx};
+use crate::cache::{CacheOutcome, CachedResponse};
+use crate::control::runtime::RuntimeState;
+use crate::edge::client_ip;
+use crate::pipeline::{self, failure, LocalAnswer, Mode, RequestFacts, Verdict};
+use crate::proxy::respond::LocalResponse;
+use crate::shadow::engine::ShadowEngine;
+
+/// How long an idle upstream connection is kept for reuse.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the gateway does with a request once its head is read.
+pub enum Begin {
+    /// Proxy it: `ctx.routed` holds the route and version.
+    Proxy,
+    /// Answer with a page; `close`: without keep-alive (a malformed request).
+    Page { page: Arc<LocalResponse>, retry_after: Option<u64>, close: bool },
+    /// Answer with a cached copy.
+    Copy { copy: Arc<CachedResponse>, outcome: CacheOutcome },
+}
+
+/// Judge a request: its client, its id, its head, then the pipeline
+/// (blacklist, route, version, redirect, degrade, rate limits, cache).
+/// `req` is the client's head; what a client may not control is removed
+/// from it when the request is to be proxied.
+pub fn begin(runtime: &RuntimeState, req: &mut RequestHeader, peer: IpAddr, tls: bool, ctx: &mut RequestCtx) -> Begin {
+    let snapshot = Arc::clone(&ctx.snapshot);
+    let server = &snapshot.config.server;
+    let ip = client_ip::resolve(peer, &req.headers, &snapshot.config.client_ip.trusted_proxies);
+    ctx.client_ip = Some(ip);
+    ctx.request_id = ensure_request_id(req);
+    if let Err(page) = request_head::check(req, server.normalize_path) {
+        ctx.answered = Some(pipeline::AnswerReason::BadRequest);
+        return Begin::Page { page: Arc::new(page), retry_after: None, close: true };
+    }
+    let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri.host());
+    let facts = RequestFacts {
+        method: &req.method,
+        host,
+        path: req.uri.path(),
+        query: req.uri.query(),
+        path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &req.headers,
+        client_ip: ip,
+        tls,
+        now: unix_now(),
+    };
+    match pipeline::run(&snapshot, runtime, &facts, Mode::Serve) {
+        Verdict::Continue(routed) => {
+            // Keyed on the request as the pipeline saw it, before the gateway's own headers go.
+            ctx.cache = cached::CacheCtx::start(&snapshot, &routed, req, tls).map(Box::new);
+            strip_client_controls(req, &snapshot, &routed);
+            ctx.shadow = shadow_capture::start(&snapshot, &routed, &req.method, &ctx.request_id).map(Box::new);
+            ctx.routed = Some(routed);
+            Begin::Proxy
+        }
+        Verdict::Respond(LocalAnswer { reason, page, retry_after, routed, copy }) => {
+            if reason == pipeline::AnswerReason::Degraded {
+                ctx.upstream.fallback = Some(crate::config::FallbackCause::Degraded);
+            }
+            ctx.routed = routed;
+            if let (Some(copy), pipeline::AnswerReason::Cache(outcome), Some(r)) = (copy, &reason, &ctx.routed) {
+                snapshot.cache.count(&r.route.spec.name, r.version_name(), *outcome);
+                let outcome = *outcome;
+                ctx.answered = Some(reason);
+                return Begin::Copy { copy, outcome };
+            }
+            ctx.answered = Some(reason);
+            Begin::Page { page, retry_after, close: false }
+        }
+    }
+}
+
+/// The next backend to try for the routed version.
+pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let Some(routed) = &ctx.routed else {
+        return Err(Error::explain(ErrorType::InternalError, "upstream_peer without a route"));
+    };
+    let pool = Arc::clone(routed.pool());
+    let tried = &ctx.upstream.tried;
+    let Some(backend) = pool.select(|addr| tried.contains(&addr)) else {
+        return Err(failure::no_backend(&ctx.snapshot.metrics, routed, &mut ctx.upstream));
+    };
+    ctx.upstream.tried.push(backend.addr);
+    let mut peer = crate::tls::upstream_peer(backend.addr, pool.tls.as_ref());
+    peer.options.connection_timeout = Some(pool.connect_timeout);
+    peer.options.read_timeout = Some(pool.read_timeout);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    Ok(Box::new(peer))
+}
+
+/// A connection to a backend failed: counted; marked for a retry when
+/// another backend (or the default version) may take the request.
+pub fn connect_failed(ctx: &mut RequestCtx, idempotent: bool, peer: &HttpPeer, mut e: Box<Error>) -> Box<Error> {
+    let Some(routed) = ctx.routed.as_mut() else { return e };
+    if failure::connect_failed(&ctx.snapshot.metrics, routed, &mut ctx.upstream, e.etype(), idempotent) {
+        tracing::debug!(peer = %peer, "connect failed; retrying");
+        e.set_retry(true);
+    }
+    e
+}
+
+/// The request head as the upstream gets it: `X-Forwarded-For` and
+/// `-Proto`, the version lane header. `req` already carries the request id.
+pub fn upstream_request(req: &mut RequestHeader, peer: IpAddr, tls: bool, ctx: &mut RequestCtx) -> Result<()> {
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    // Inserted by `&'static str`: by `&HeaderName`, Pingora would
+    // title-case a copy of the name on every request.
+    match forwarded_for(req.headers.get_all(&X_FORWARDED_FOR), peer) {
+        Some(xff) => req.insert_header("x-forwarded-for", xff)?,
+        // Unreachable: the client's entries were already a header value.
+        None => req.insert_header("x-forwarded-for", peer.to_string())?,
+    }
+    req.insert_header("x-forwarded-proto", proto)?;
+    if let (Some(name), Some(routed)) = (&ctx.snapshot.config.server.version_request_header, &ctx.routed) {
+        // The client's own value was removed in `strip_client_controls`.
+        req.insert_header(name.clone(), routed.route.version_value(routed.decision.version).clone())?;
+    }
+    if let Some(capture) = ctx.shadow.as_mut() {
+        capture.request_sent(req);
+    }
+    Ok(())
+}
+
+/// A chunk of the client's body on its way upstream.
+pub fn request_body(body: &Option<Bytes>, ctx: &mut RequestCtx) {
+    if let Some(capture) = ctx.shadow.as_mut() {
+        capture.request_body(body);
+    }
+}
+
+/// The upstream's answer head, before anything is changed in it: counted,
+/// captured, offered to the cache. An `Err` means a cached copy stands in
+/// for this 5xx (see [`failed`]).
+pub fn upstream_response(resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    if let Some(capture) = ctx.shadow.as_mut() {
+        capture.response_header(resp);
+    }
+    if let Some(routed) = &ctx.routed {
+        failure::upstream_status(&ctx.snapshot.metrics, routed, &mut ctx.upstream, resp.status.as_u16());
+    }
+    if let Some(c) = ctx.cache.as_mut() {
+        let status = resp.status.as_u16();
+        if let Some(fill) = c.fill.as_mut() {
+            match ctx.upstream.failed_over {
+                // The default version answered for the one routed to: not that version's copy.
+                true => fill.cancel(),
+                false => fill.head(status, &resp.headers),
+            }
+        }
+        // A 5xx with a copy to stand in: the copy goes out instead, with its own framing.
+        if status >= 500 {
+            c.stale = c.stale_copy(&ctx.snapshot);
+            if c.stale.is_some() {
+                return Error::e_explain(ErrorType::HTTPStatus(status), "the upstream failed; a cached copy stands in");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The answer head as the client gets it: the fallback page's head instead
+/// of a 5xx the route replaces, the cache outcome, the version header, a new
+/// anonymous visitor's cookie.
+pub fn response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
+        // The upstream's 5xx is swapped for the route's page; its body is dropped in `response_body`.
+        *resp = local_header(page, "", None)?;
+    }
+    if ctx.cache.as_ref().is_some_and(|c| c.stale.is_none()) {
+        resp.insert_header("x-gateway-cache", CacheOutcome::Miss.as_str())?;
+    }
+    if let Some(routed) = &ctx.routed {
+        if let Some(name) = &ctx.snapshot.config.server.version_header {
+            resp.insert_header(name.clone(), routed.route.version_value(routed.decision.version).clone())?;
+        }
+        if let Some(cookie) = &routed.set_cookie {
+            resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
+        }
+    }
+    Ok(())
+}
+
+/// A chunk of the upstream's body on its way to the client.
+pub fn response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+    if let Some(capture) = ctx.shadow.as_mut() {
+        capture.response_body(body, end_of_stream);
+    }
+    if let Some(fill) = ctx.cache.as_mut().and_then(|c| c.fill.as_mut()) {
+        fill.body(body);
+    }
+    if let Some(page) = failure::replacement(ctx.routed.as_ref(), &ctx.upstream) {
+        *body = end_of_stream.then(|| page.body.clone());
+    }
+}
+
+/// What answers a request that could not be proxied.
+pub enum Failed {
+    /// The last good copy (the upstream failed, not the client).
+    Stale(Arc<CachedResponse>),
+    /// The route's fallback page or the gateway's error page; `None` when
+    /// nothing can be said (the client is gone).
+    Page(Option<Arc<LocalResponse>>),
+}
+
+/// The request failed with `e`: accounted for once, and what to answer.
+pub fn failed(e: &Error, ctx: &mut RequestCtx, response_started: bool) -> Failed {
+    let stale = match e.esource() {
+        ErrorSource::Downstream => None,
+        _ => ctx.cache.as_mut().and_then(|c| c.stale.take().or_else(|| c.stale_copy(&ctx.snapshot))),
+    };
+    if let (Some(copy), false, Some(r)) = (stale, response_started, &ctx.routed) {
+        failure::upstream_failed(&ctx.snapshot.metrics, r, &mut ctx.upstream, e);
+        ctx.snapshot.cache.count(&r.route.spec.name, r.version_name(), CacheOutcome::Stale);
+        ctx.answered = Some(pipeline::AnswerReason::Cache(CacheOutcome::Stale));
+        return Failed::Stale(copy);
+    }
+    let framing = crate::listener::connections::framing_was_refused();
+    let page = failure::proxy_failed(&ctx.snapshot.metrics, ctx.routed.as_ref(), &mut ctx.upstream, e, framing);
+    // A response already started cannot be replaced; the connection is dropped instead.
+    Failed::Page(page.filter(|_| !response_started))
+}
+
+/// Failures answered with a fallback page, and clients that hung up, are
+/// normal operation: the access log has them; the error log stays for faults.
+pub fn quiet_error(ctx: &RequestCtx, error: &Error) -> bool {
+    ctx.upstream.fallback.is_some()
+        || (error.esource() == &ErrorSource::Downstream
+            && matches!(error.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError))
+}
+
+/// At the end of a request: metrics, the cache fill, the access log line, the shadow.
+pub fn finish(shadow: &Arc<ShadowEngine>, req: &RequestHeader, status: u16, e: Option<&Error>, ctx: &mut RequestCtx) {
+    let elapsed = ctx.started.elapsed();
+    let snapshot = &ctx.snapshot;
+    match &ctx.routed {
+        Some(r) => match r.route.metrics.versions.get(r.decision.version) {
+            Some(m) => m.observe(status, elapsed.as_secs_f64()),
+            None => snapshot.unrouted_metrics.observe(status, elapsed.as_secs_f64()),
+        },
+        None => snapshot.unrouted_metrics.observe(status, elapsed.as_secs_f64()),
+    }
+    failure::finish(ctx.routed.as_ref(), &ctx.upstream);
+    if let (Some(c), Some(r)) = (ctx.cache.as_mut(), &ctx.routed) {
+        // Proxied (not answered from the cache): a miss; a complete answer fills the cache.
+        if ctx.answered.is_none() {
+            ctx.snapshot.cache.count(&r.route.spec.name, r.version_name(), CacheOutcome::Miss);
+        }
+        if let (None, Some(fill)) = (e, c.fill.take()) {
+            cached::finish_fill(&ctx.snapshot, fill);
+        }
+    }
+    crate::telemetry::access_log::write(req, ctx, status, elapsed, e);
+    if let (Some(capture), Some(routed)) = (ctx.shadow.take(), &ctx.routed) {
+        capture.finish(shadow, &ctx.snapshot, routed, e.is_some());
+    }
+}
+
+/// The head of a local answer.
+pub fn local_header(page: &LocalResponse, request_id: &str, retry_after: Option<u64>) -> Result<ResponseHeader> {
+    let mut header = ResponseHeader::build(page.status, Some(4 + page.headers.len()))?;
+    header.insert_header(http::header::CONTENT_TYPE, page.content_type)?;
+    header.insert_header(http::header::CONTENT_LENGTH, page.body.len().to_string())?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if !request_id.is_empty() {
+        header.insert_header("x-request-id", request_id)?;
+    }
+    for (name, value) in &page.headers {
+        header.insert_header(*name, value.as_str())?;
+    }
+    if let Some(secs) = retry_after {
+        header.insert_header("retry-after", secs.to_string())?;
+    }
+    Ok(header)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The marker of mirrored requests when a route sets none.
+static DEFAULT_SHADOW_MARKER: HeaderName = HeaderName::from_static("x-shadow");
+
+/// Remove what a client may not control on the way upstream: `Connection`
+/// tokens naming a header the gateway sets, shadow markers, the version
+/// lane header and the route's override header (judged already; a backend
+/// must never see a forced version the gateway did not apply).
+fn strip_client_controls(
+    req: &mut RequestHeader,
+    snapshot: &crate::control::snapshot::Snapshot,
+    routed: &pipeline::Routed,
+) {
+    // Absent settings repeat an entry already in the list: no allocation on
+    // the request path either way.
+    let server = &snapshot.config.server;
+    let version = server.version_header.as_ref().unwrap_or(&X_REQUEST_ID);
+    let lane = server.version_request_header.as_ref().unwrap_or(&DEFAULT_SHADOW_MARKER);
+    let owned = [&X_REQUEST_ID, &X_FORWARDED_FOR, &X_FORWARDED_PROTO, version, lane];
+    let route = &routed.route.spec;
+    let marker = route.shadow.as_ref().map(|s| &s.marker.0).unwrap_or(&DEFAULT_SHADOW_MARKER);
+    let forced = route.override_.as_ref().and_then(|o| o.header.as_ref()).unwrap_or(&DEFAULT_SHADOW_MARKER);
+    request_head::strip_client_controls(req, &owned, &[&DEFAULT_SHADOW_MARKER, marker, lane, forced]);
+    if let Some(cookie) = route.override_.as_ref().and_then(|o| o.cookie.as_deref()) {
+        request_head::remove_cookie(req, cookie);
+    }
+}
+
+/// `X-Forwarded-For` for the upstream: the client's entries (all its
+/// headers, as bytes: an entry that is not text is kept, not dropped) with
+/// the peer appended, built in one allocation.
+pub(super) fn forwarded_for(previous: http::header::GetAll<'_, HeaderValue>, peer: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    let entries = || previous.iter().map(|v| v.as_bytes().trim_ascii()).filter(|v| !v.is_empty());
+    // 39 bytes: the longest textual IPv6 address.
+    let mut xff = Vec::with_capacity(entries().map(|v| v.len() + 2).sum::<usize>() + 39);
+    for entry in entries() {
+        xff.extend_from_slice(entry);
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(xff, "{peer}");
+    HeaderValue::from_bytes(&xff).ok()
+}
+
+/// Keep the client's `X-Request-Id` when it is short and printable (1 to 128
+/// visible ASCII characters, so it cannot break a log line or a header);
+/// otherwise make one.
+fn ensure_request_id(req: &mut RequestHeader) -> String {
+    let existing = req
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    if let Some(id) = existing.map(str::to_string) {
+        // One id upstream, like the one we log: drop any further copies.
+        if req.headers.get_all("x-request-id").iter().nth(1).is_some() {
+            let _ = req.insert_header("x-request-id", id.as_str());
+        }
+        return id;
+    }
+    let id = super::request_id::new_request_id();
+    // A fresh hex id is always a valid header value.
+    let _ = req.insert_header("x-request-id", id.as_str());
+    id
+}

@@ -1,0 +1,298 @@
+//! The lean HTTP/1 path: one request of a client connection proxied to an
+//! HTTP/1 upstream in a straight line, on Pingora's own building blocks
+//! (its HTTP/1 server and client sessions for parsing and framing, its
+//! connector and connection pool), without `pingora-proxy`'s generic
+//! pipeline: no per-request channel or task, no `try_join` of a downstream
+//! and an upstream future, no cache or module hooks, no second copy of the
+//! request head.
+//!
+//! Every decision is the same code as on Pingora's path (`exchange.rs`):
+//! the pipeline's verdict, the headers either side gets, failover and
+//! retries, fallback pages and cached copies, shadow capture, metrics and
+//! the access log.
+//!
+//! Which requests come here is decided from the raw head before it is
+//! parsed (`listener::head_wait::lean_eligible`): HTTP/1.1, origin-form,
+//! no body or a `Content-Length` body of at most [`MAX_BODY`], no upgrade,
+//! no `Expect`, no hop-by-hop field but `Connection: keep-alive|close`.
+//! Everything else (HTTP/2, chunked uploads, upgrades, 100-continue, large
+//! uploads, whose answer may come before the body is sent) stays on
+//! Pingora's path, so nothing is lost.
+
+use std::net::IpAddr;
+
+use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora_core::connectors::http::v1::Connector;
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
+use pingora_http::ResponseHeader;
+
+use super::exchange::{self, Begin, Failed};
+use super::{cached, respond, GatewayProxy, RequestCtx};
+use crate::edge::client_ip;
+use crate::listener::connections;
+
+/// The largest request body the lean path carries. The body is sent before
+/// the answer is read, which the socket buffers absorb at this size; a
+/// larger upload, whose upstream may answer before reading it all, takes
+/// Pingora's path, which reads both sides at once.
+pub const MAX_BODY: u64 = 64 * 1024;
+
+pub struct LeanPath {
+    proxy: GatewayProxy,
+    /// Its own pool of upstream connections (Pingora's path keeps another).
+    upstreams: Connector,
+}
+
+/// Why an upstream exchange failed, and whether it may be tried again on a
+/// fresh connection (a pooled one the upstream had closed, before any of
+/// the request or the answer was committed).
+struct ExchangeError {
+    error: Box<Error>,
+    fresh_retry: bool,
+}
+
+impl ExchangeError {
+    fn up(error: Box<Error>) -> Self {
+        Self { error: error.into_up(), fresh_retry: false }
+    }
+
+    fn down(error: Box<Error>) -> Self {
+        Self { error: error.into_down(), fresh_retry: false }
+    }
+}
+
+impl LeanPath {
+    pub fn new(proxy: GatewayProxy, conf: &ServerConf) -> Self {
+        Self { proxy, upstreams: Connector::new(Some(ConnectorOptions::from_server_conf(conf))) }
+    }
+
+    /// Serve the request whose head has arrived on `session`; the stream
+    /// comes back when the connection may carry another request.
+    pub async fn serve(&self, mut session: ServerSession, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                // As Pingora's path: a head its parser refuses gets 400 (logged and
+                // counted by the connection loop); anything else is a broken connection.
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let _ = session.respond_error(400).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        connections::head_parsed();
+        if *shutdown.borrow() {
+            // Stop the client from reusing a connection of a process going away.
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx::new(self.proxy.snapshots.load_full());
+        let body_timeout = ctx.snapshot.config.server.body_timeout;
+        session.set_read_timeout(Some(body_timeout));
+        session.set_total_drain_timeout(Some(body_timeout));
+        if connections::pipelined_after(session.req_header()) {
+            // Pipelined requests are not served (as on Pingora's path): say so.
+            session.set_keepalive(None);
+        }
+        let (peer, tls) = (peer_ip(&session), is_tls(&session));
+        let failure = match exchange::begin(&self.proxy.runtime, session.req_header_mut(), peer, tls, &mut ctx) {
+            Begin::Proxy => self.proxy_request(&mut session, peer, tls, &mut ctx).await.err(),
+            Begin::Page { page, retry_after, close } => {
+                if close {
+                    session.set_keepalive(None);
+                }
+                respond::write_with(&mut session, &page, &ctx.request_id, retry_after).await.err()
+            }
+            Begin::Copy { copy, outcome } => {
+                let version = ctx.snapshot.config.server.version_header.as_ref();
+                match &ctx.routed {
+                    Some(r) => cached::write(&mut session, &copy, outcome, &ctx.request_id, r, version).await.err(),
+                    None => None,
+                }
+            }
+        };
+        if let Some(e) = &failure {
+            self.answer_failure(&mut session, e, &mut ctx).await;
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        exchange::finish(&self.proxy.shadow, session.req_header(), status, failure.as_deref(), &mut ctx);
+        if let Some(e) = failure {
+            if !exchange::quiet_error(&ctx, &e) {
+                tracing::error!(error = %e, request = %session.request_summary(), "fail to proxy");
+            }
+            // As on Pingora's path, a failed request ends its connection.
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let reusable = session.finish().await.ok().flatten()?;
+        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+    }
+
+    /// Proxy to a backend of the routed version: retried on another
+    /// backend (or the default version) when a connection cannot be made,
+    /// and once on a fresh connection when a pooled one turns out closed.
+    async fn proxy_request(
+        &self,
+        session: &mut ServerSession,
+        peer: IpAddr,
+        tls: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Box<Error>> {
+        let idempotent = session.req_header().method.is_idempotent();
+        let mut fresh_retried = false;
+        loop {
+            let upstream = exchange::next_peer(ctx)?;
+            let (client, reused) = match self.upstreams.get_http_session(&*upstream).await {
+                Ok(got) => got,
+                Err(e) => {
+                    let e = exchange::connect_failed(ctx, idempotent, &upstream, e.into_up());
+                    if e.retry() {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            match self.exchange(session, client, &upstream, peer, tls, ctx).await {
+                Ok(()) => return Ok(()),
+                Err(ExchangeError { fresh_retry: true, .. }) if reused && !fresh_retried => {
+                    // The pooled connection was closed by the upstream before it read
+                    // anything: the same request goes again, on a new connection.
+                    fresh_retried = true;
+                    ctx.upstream.tried.pop();
+                }
+                Err(e) => return Err(e.error),
+            }
+        }
+    }
+
+    /// One request and its answer over an upstream connection.
+    async fn exchange(
+        &self,
+        session: &mut ServerSession,
+        mut client: UpstreamSession,
+        upstream: &HttpPeer,
+        peer: IpAddr,
+        tls: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), ExchangeError> {
+        client.read_timeout = upstream.options.read_timeout;
+        client.write_timeout = upstream.options.write_timeout;
+        let mut req = Box::new(session.req_header().clone());
+        // Hop-by-hop: only `keep-alive` or `close` reach this path (see `lean_eligible`).
+        req.remove_header(&http::header::CONNECTION);
+        exchange::upstream_request(&mut req, peer, tls, ctx).map_err(ExchangeError::down)?;
+        let has_body = !session.is_body_empty();
+        if let Err(e) = client.write_request_header(req).await {
+            return Err(ExchangeError { error: e.into_up(), fresh_retry: !has_body });
+        }
+        if has_body {
+            loop {
+                let chunk = session.read_request_body().await.map_err(ExchangeError::down)?;
+                exchange::request_body(&chunk, ctx);
+                match chunk {
+                    Some(bytes) => client.write_body(&bytes).await.map_err(ExchangeError::up)?,
+                    None => break,
+                };
+            }
+            client.finish_body().await.map_err(ExchangeError::up)?;
+        }
+        let mut resp = loop {
+            if let Err(e) = client.read_response().await {
+                let closed = matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError);
+                return Err(ExchangeError { error: e.into_up(), fresh_retry: closed && !has_body });
+            }
+            let Some(head) = client.resp_header() else {
+                return Err(ExchangeError::up(Error::explain(ErrorType::InvalidHTTPHeader, "no response head")));
+            };
+            let status = head.status;
+            if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ExchangeError::up(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "101 answer to a request that asked for no upgrade",
+                )));
+            }
+            let head = Box::new(head.clone());
+            if !status.is_informational() {
+                break head;
+            }
+            // Interim answers (103 Early Hints, ...) are passed on, as Pingora does.
+            session.write_response_header(head).await.map_err(ExchangeError::down)?;
+        };
+        exchange::upstream_response(&resp, ctx).map_err(|error| ExchangeError { error, fresh_retry: false })?;
+        let mut done = client.is_body_done();
+        let no_body = session.req_header().method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
+        if !no_body && !done && !has_framing(&resp) {
+            // A close-delimited answer goes out chunked, so the client's connection survives it.
+            resp.set_version(http::Version::HTTP_11);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked").map_err(ExchangeError::down)?;
+        }
+        exchange::response(&mut resp, ctx).map_err(|error| ExchangeError { error, fresh_retry: false })?;
+        session.write_response_header(resp).await.map_err(ExchangeError::down)?;
+        if done {
+            // No body came: the end still passes the body phase (a fallback page's body).
+            let mut none = None;
+            exchange::response_body(&mut none, true, ctx);
+            if let Some(bytes) = none {
+                session.write_response_body(bytes, true).await.map_err(ExchangeError::down)?;
+            }
+        }
+        while !done {
+            let mut chunk = client.read_body_bytes().await.map_err(ExchangeError::up)?;
+            done = client.is_body_done();
+            exchange::response_body(&mut chunk, done, ctx);
+            if let Some(bytes) = chunk {
+                session.write_response_body(bytes, done).await.map_err(ExchangeError::down)?;
+            }
+        }
+        self.upstreams.release_http_session(client, upstream, upstream.options.idle_timeout).await;
+        Ok(())
+    }
+
+    /// The request failed: a stale copy, the fallback page or the
+    /// gateway's error page, when nothing was written yet.
+    async fn answer_failure(&self, session: &mut ServerSession, e: &Error, ctx: &mut RequestCtx) {
+        session.set_keepalive(None);
+        let started = session.response_written().is_some();
+        let written = match exchange::failed(e, ctx, started) {
+            Failed::Stale(copy) => {
+                let version = ctx.snapshot.config.server.version_header.as_ref();
+                let outcome = crate::cache::CacheOutcome::Stale;
+                match &ctx.routed {
+                    Some(r) => cached::write(session, &copy, outcome, &ctx.request_id, r, version).await,
+                    None => Ok(()),
+                }
+            }
+            Failed::Page(Some(page)) => respond::write(session, &page, &ctx.request_id).await,
+            Failed::Page(None) => Ok(()),
+        };
+        if let Err(err) = written {
+            tracing::debug!(error = %err, "cannot send the answer to a failed request");
+        }
+    }
+}
+
+/// Whether an answer head says how its body ends.
+fn has_framing(resp: &ResponseHeader) -> bool {
+    resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || resp.headers.contains_key(http::header::CONTENT_LENGTH)
+}
+
+/// The TCP peer, an IPv4-mapped IPv6 address as its IPv4 address.
+fn peer_ip(session: &ServerSession) -> IpAddr {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| client_ip::canonical(a.ip()))
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+fn is_tls(session: &ServerSession) -> bool {
+    session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some()
+}

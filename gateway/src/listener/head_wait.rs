@@ -229,7 +229,7 @@ pub(super) fn lean_eligible(head: &[u8]) -> bool {
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         if is(b"content-length") {
             let small = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
-            if !small.is_some_and(|n| n <= crate::proxy::lean::MAX_BODY) {
+            if small.is_none_or(|n| n > crate::proxy::lean::MAX_BODY) {
                 return false;
             }
         } else if is(b"connection") {

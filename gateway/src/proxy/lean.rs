@@ -94,6 +94,7 @@ impl LeanPath {
             session.set_keepalive(None);
         }
         let mut ctx = RequestCtx::new(self.proxy.snapshots.load_full());
+        ctx.snapshot.metrics.lean_requests.inc();
         let body_timeout = ctx.snapshot.config.server.body_timeout;
         session.set_read_timeout(Some(body_timeout));
         session.set_total_drain_timeout(Some(body_timeout));
@@ -218,14 +219,16 @@ impl LeanPath {
                     "101 answer to a request that asked for no upgrade",
                 )));
             }
-            let head = Box::new(head.clone());
+            let mut head = Box::new(head.clone());
+            exchange::upstream_response(&head, ctx).map_err(|error| ExchangeError { error, fresh_retry: false })?;
             if !status.is_informational() {
                 break head;
             }
-            // Interim answers (103 Early Hints, ...) are passed on, as Pingora does.
+            // Interim answers (103 Early Hints, ...) are passed on through the
+            // same filters, as on Pingora's path.
+            exchange::response(&mut head, ctx).map_err(|error| ExchangeError { error, fresh_retry: false })?;
             session.write_response_header(head).await.map_err(ExchangeError::down)?;
         };
-        exchange::upstream_response(&resp, ctx).map_err(|error| ExchangeError { error, fresh_retry: false })?;
         let mut done = client.is_body_done();
         let no_body = session.req_header().method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
         if !no_body && !done && !has_framing(&resp) {

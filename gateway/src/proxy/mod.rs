@@ -56,7 +56,9 @@ impl ProxyHttp for GatewayProxy {
     fn new_ctx(&self) -> RequestCtx {
         // Called once Pingora has parsed the head.
         connections::head_parsed();
-        RequestCtx::new(self.snapshots.load_full())
+        let ctx = RequestCtx::new(self.snapshots.load_full());
+        ctx.snapshot.metrics.pingora_requests.inc();
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub downstream_connections: IntGauge,
     pub in_flight: IntGauge,
+    /// Requests served by the lean HTTP/1 path and by `pingora-proxy`.
+    pub lean_requests: prometheus::IntCounter,
+    pub pingora_requests: prometheus::IntCounter,
     backend_up: IntGaugeVec,
     canary_percent: prometheus::GaugeVec,
     version_percent: prometheus::GaugeVec,
@@ -110,6 +113,15 @@ impl Metrics {
         let downstream_connections =
             must(IntGauge::new("gateway_downstream_connections", "Client connections open now"));
         let in_flight = must(IntGauge::new("gateway_requests_in_flight", "Requests being proxied now"));
+        let engines = must(prometheus::IntCounterVec::new(
+            Opts::new(
+                "gateway_requests_by_engine_total",
+                "Requests by the code that served them: the lean HTTP/1 path or pingora-proxy",
+            ),
+            &["engine"],
+        ));
+        let lean_requests = engines.with_label_values(&["lean"]);
+        let pingora_requests = engines.with_label_values(&["pingora"]);
         let backend_up = must(IntGaugeVec::new(
             Opts::new("gateway_backend_up", "1 when the backend passes its health check"),
             &["pool", "backend"],
@@ -199,6 +211,7 @@ impl Metrics {
             Box::new(config_generation.clone()),
             Box::new(downstream_connections.clone()),
             Box::new(in_flight.clone()),
+            Box::new(engines),
             Box::new(backend_up.clone()),
             Box::new(canary_percent.clone()),
         ] {
@@ -223,6 +236,8 @@ impl Metrics {
             config_generation,
             downstream_connections,
             in_flight,
+            lean_requests,
+            pingora_requests,
             backend_up,
             canary_percent,
             version_percent,

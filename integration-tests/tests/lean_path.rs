@@ -1,0 +1,341 @@
+//! The lean HTTP/1 path against Pingora's: one corpus of requests, each
+//! followed by a request on the same kept-alive connection, sent through a
+//! gateway with `server.lean_http1 = true` and through one with `false`.
+//! The bytes every backend received and the bytes every client received
+//! must be the same. The backends are written by hand, so they can answer
+//! with any framing (chunked, close-delimited, cut off mid-body, trailers).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use integration_tests::Gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Every request the backend received, by its `X-Request-Id`.
+type Received = Arc<Mutex<BTreeMap<String, Vec<Vec<u8>>>>>;
+
+/// A backend that records each request's bytes and answers by path.
+async fn raw_backend() -> (SocketAddr, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let received: Received = Arc::default();
+    let record = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(serve_backend(conn, Arc::clone(&record)));
+        }
+    });
+    (addr, received)
+}
+
+async fn serve_backend(mut conn: TcpStream, record: Received) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(head_end) = read_until_head(&mut conn, &mut buf).await else { return };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        let id = header(&head, "x-request-id").unwrap_or_default();
+        let method = head.split(' ').next().unwrap_or("").to_string();
+        if path.ends_with("/early") {
+            // Answers before it reads the upload, then reads it (a 413 that keeps the connection).
+            let _ = conn.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!").await;
+        }
+        let Some(request_end) = read_body(&mut conn, &mut buf, head_end, &head).await else { return };
+        record.lock().expect("lock").entry(id).or_default().push(buf[..request_end].to_vec());
+        buf.drain(..request_end);
+        let answer: &[u8] = match path.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("") {
+            "early" => continue,
+            "chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            "trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n",
+            "204" => b"HTTP/1.1 204 No Content\r\nX-Kind: empty\r\n\r\n",
+            "304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n",
+            "503" => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 8\r\n\r\nbusy now",
+            "hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "close" => {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end").await;
+                return;
+            }
+            "midbody" => {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..").await;
+                return;
+            }
+            _ if method == "HEAD" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kind: len\r\n\r\n",
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kind: len\r\nSet-Cookie: a=1\r\n\r\nhello",
+        };
+        if conn.write_all(answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads until `buf` holds a whole head; its length.
+async fn read_until_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        read_more(conn, buf).await?;
+    }
+}
+
+/// Reads the body the head declares; where the request ends in `buf`.
+async fn read_body(conn: &mut TcpStream, buf: &mut Vec<u8>, head_end: usize, head: &str) -> Option<usize> {
+    if header(head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut at = head_end;
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(&buf[at..], b"\r\n") {
+                    break at + i;
+                }
+                read_more(conn, buf).await?;
+            };
+            let size_text = String::from_utf8_lossy(&buf[at..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                // Trailers, then the empty line.
+                loop {
+                    if let Some(i) = find(&buf[at..], b"\r\n") {
+                        at += i + 2;
+                        if i == 0 {
+                            return Some(at);
+                        }
+                        continue;
+                    }
+                    read_more(conn, buf).await?;
+                }
+            }
+            while buf.len() < at + size + 2 {
+                read_more(conn, buf).await?;
+            }
+            at += size + 2;
+        }
+    }
+    let len: usize = header(head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    while buf.len() < head_end + len {
+        read_more(conn, buf).await?;
+    }
+    Some(head_end + len)
+}
+
+async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 16384];
+    match tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk)).await {
+        Ok(Ok(n)) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+        _ => None,
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_ascii_lowercase())
+    })
+}
+
+/// One answer read by its framing (interim answers included), or the
+/// bytes until the gateway closed; `true` when the connection closed.
+async fn read_answer(conn: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) -> (Vec<u8>, bool) {
+    let mut answer = Vec::new();
+    loop {
+        let Some(head_end) = read_until_head(conn, buf).await else {
+            answer.append(buf);
+            return (answer, true);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let framed = head_request || matches!(status, 100..=199 | 204 | 304);
+        let end = if framed {
+            Some(head_end)
+        } else if header(&head, "transfer-encoding").is_some() || header(&head, "content-length").is_some() {
+            read_body(conn, buf, head_end, &head).await
+        } else {
+            None
+        };
+        let Some(end) = end else {
+            // Close-delimited, or cut off: everything until the close.
+            while read_more(conn, buf).await.is_some() {}
+            answer.append(buf);
+            return (answer, true);
+        };
+        let message: Vec<u8> = buf.drain(..end).collect();
+        if !framed && header(&head, "transfer-encoding").is_some() {
+            // Chunk boundaries are transport, not content: Pingora's path joins
+            // the chunks that were queued when it writes, so they depend on timing.
+            answer.extend_from_slice(&message[..head_end]);
+            answer.extend(dechunk(&message[head_end..]));
+        } else {
+            answer.extend(message);
+        }
+        if !(100..=199).contains(&status) {
+            let closed = header(&head, "connection").is_some_and(|v| v.contains("close"));
+            return (answer, closed);
+        }
+    }
+}
+
+/// A chunked body's content, then its trailer section, marked as such.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = b"[chunked: ".to_vec();
+    while let Some(line_end) = find(body, b"\r\n") {
+        let size_text = String::from_utf8_lossy(&body[..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        body = &body[line_end + 2..];
+        if size == 0 {
+            out.extend_from_slice(b"; trailers: ");
+            out.extend_from_slice(body);
+            break;
+        }
+        out.extend_from_slice(&body[..size.min(body.len())]);
+        body = body.get(size + 2..).unwrap_or_default();
+    }
+    out.push(b']');
+    out
+}
+
+/// The bytes without `Date` fields, the one part allowed to differ.
+fn without_date(bytes: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(bytes);
+    let kept: Vec<&str> = text.split_inclusive("\r\n").filter(|l| !l.starts_with("Date: ")).collect();
+    kept.concat().into_bytes()
+}
+
+/// The corpus: every method, bodies by length and chunked, HEAD, 204, 304,
+/// `Expect`, a large head, trailers, an early answer to a large upload,
+/// interim answers, close-delimited and cut-off answers, an upstream 5xx,
+/// HTTP/1.0; `{id}` becomes the request's id.
+fn corpus() -> Vec<(String, Vec<u8>)> {
+    let plain = |method: &str, path: &str| {
+        format!("{method} /cart/{path} HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {{id}}\r\n\r\n")
+    };
+    let with_body = |method: &str, path: &str, body: &str| {
+        format!(
+            "{method} /cart/{path} HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {{id}}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let big = "x".repeat(40_000);
+    let huge = "y".repeat(200_000);
+    let long_header = "z".repeat(12_000);
+    let cases: Vec<(&str, String)> = vec![
+        ("get", plain("GET", "len")),
+        ("head", plain("HEAD", "len")),
+        ("delete", plain("DELETE", "len")),
+        ("options", plain("OPTIONS", "len?x=1&y=%20")),
+        ("post", with_body("POST", "len", "hello world")),
+        ("put-40k", with_body("PUT", "chunked", &big)),
+        ("patch-chunked", "PATCH /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n".into()),
+        ("chunked-answer", plain("GET", "chunked")),
+        ("204", plain("GET", "204")),
+        ("304", "GET /cart/304 HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nIf-None-Match: \"v1\"\r\n\r\n".into()),
+        ("expect", "POST /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc".into()),
+        ("large-head", format!("GET /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {{id}}\r\nX-Long: {long_header}\r\n\r\n")),
+        ("trailers", plain("GET", "trailers")),
+        ("early-answer", with_body("POST", "early", &huge)),
+        ("hints", plain("GET", "hints")),
+        ("keep-alive", "GET /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nConnection: keep-alive\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n".into()),
+        ("http10", "GET /cart/len HTTP/1.0\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
+        ("upstream-5xx", plain("GET", "503")),
+        ("close-delimited", plain("GET", "close")),
+        ("cut-off", plain("GET", "midbody")),
+        ("client-close", "GET /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n".into()),
+    ];
+    cases.into_iter().map(|(name, text)| (name.to_string(), text.into_bytes())).collect()
+}
+
+fn config(backend: SocketAddr, lean: bool) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+threads = 1
+version_header = "x-gateway-version"
+lean_http1 = {lean}
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.cart-v1]
+backends = ["{backend}"]
+read_timeout = "5s"
+
+[[routes]]
+name = "cart"
+path_prefix = "/cart"
+stable = "cart-v1"
+"#
+    )
+}
+
+/// What one gateway did with the corpus: the client's bytes per case (the
+/// answer, then the next request's answer on the same connection when it
+/// stayed open) and the backend's bytes per request id.
+struct Run {
+    client: BTreeMap<String, Vec<u8>>,
+    backend: BTreeMap<String, Vec<Vec<u8>>>,
+    lean_requests: f64,
+}
+
+async fn run(lean: bool) -> Run {
+    let (backend, received) = raw_backend().await;
+    let gateway = Gateway::start(&config(backend, lean)).await;
+    let mut client = BTreeMap::new();
+    for (name, template) in corpus() {
+        let id = format!("diff-{name}");
+        let request = String::from_utf8_lossy(&template).replace("{id}", &id);
+        let mut conn = TcpStream::connect(gateway.listen_addr()).await.expect("connect");
+        conn.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        let (mut seen, closed) = read_answer(&mut conn, &mut buf, request.starts_with("HEAD")).await;
+        if !closed {
+            let next = format!("GET /cart/len?after={name} HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}-next\r\n\r\n");
+            conn.write_all(next.as_bytes()).await.expect("write the next request");
+            seen.extend_from_slice(b"\n--- next on the same connection ---\n");
+            seen.extend(read_answer(&mut conn, &mut buf, false).await.0);
+        }
+        client.insert(name, without_date(&seen));
+    }
+    let metrics = reqwest::get(gateway.admin_url("/metrics")).await.expect("metrics").text().await.expect("text");
+    let lean_requests = metrics
+        .lines()
+        .find(|l| l.starts_with("gateway_requests_by_engine_total{engine=\"lean\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    let backend = received.lock().expect("lock").clone();
+    Run { client, backend, lean_requests }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lean_path_gives_backends_and_clients_the_same_bytes_as_pingoras() {
+    let lean = run(true).await;
+    let pingora = run(false).await;
+    for (name, bytes) in &pingora.client {
+        let ours = lean.client.get(name).expect("case ran on both");
+        assert_eq!(
+            String::from_utf8_lossy(ours),
+            String::from_utf8_lossy(bytes),
+            "case {name}: the client got different bytes (left: lean path, right: Pingora's)"
+        );
+    }
+    assert_eq!(lean.backend.keys().collect::<Vec<_>>(), pingora.backend.keys().collect::<Vec<_>>());
+    for (id, requests) in &pingora.backend {
+        let ours: Vec<String> = lean.backend[id].iter().map(|r| String::from_utf8_lossy(r).to_string()).collect();
+        let theirs: Vec<String> = requests.iter().map(|r| String::from_utf8_lossy(r).to_string()).collect();
+        assert_eq!(ours, theirs, "request {id}: the backend got different bytes (left: lean path)");
+    }
+    // Each case reached the backend (once, or twice for the next request), as the id says.
+    assert!(pingora.backend.contains_key("diff-get") && pingora.backend.contains_key("diff-post"));
+    // The lean gateway did serve on its path: most of the corpus is plain HTTP/1.1.
+    assert!(lean.lean_requests >= 20.0, "lean path served {} requests", lean.lean_requests);
+    assert_eq!(pingora.lean_requests, 0.0, "lean_http1 = false keeps every request on Pingora's path");
+}

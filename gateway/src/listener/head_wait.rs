@@ -5,6 +5,7 @@
 //! before any upstream is asked.
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -120,16 +121,15 @@ impl HeadSource for Arrived {
     }
 }
 
-/// One read into `buf` (on the caller's poll stack); empty at end of stream.
-fn poll_read_into<'b, S: HeadSource>(
+/// One read into `read` (a buffer on the caller's poll stack, left
+/// uninitialised: zeroing 4 KiB twice per request was a tenth of the lean
+/// path's instructions); nothing filled at end of stream.
+fn poll_read_into<S: HeadSource>(
     source: &mut S,
     cx: &mut std::task::Context<'_>,
-    buf: &'b mut [u8],
-) -> Poll<std::io::Result<&'b [u8]>> {
-    let mut read = ReadBuf::new(buf);
-    std::task::ready!(Pin::new(source).poll_read(cx, &mut read))?;
-    let n = read.filled().len();
-    Poll::Ready(Ok(&buf[..n]))
+    read: &mut ReadBuf<'_>,
+) -> Poll<std::io::Result<()>> {
+    Pin::new(source).poll_read(cx, read)
 }
 
 /// The common case reads the whole head at once into a buffer on the stack of
@@ -140,8 +140,10 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
     let started = Instant::now();
     let mut partial: Vec<u8> = Vec::new();
     let first = std::future::poll_fn(|cx| loop {
-        let mut buf = [0u8; ARRIVAL_READ];
-        let got = std::task::ready!(poll_read_into(source, cx, &mut buf))?;
+        let mut buf = [MaybeUninit::<u8>::uninit(); ARRIVAL_READ];
+        let mut read = ReadBuf::uninit(&mut buf);
+        std::task::ready!(poll_read_into(source, cx, &mut read))?;
+        let got = read.filled();
         if got.is_empty() {
             return Poll::Ready(Ok::<_, std::io::Error>(None));
         }
@@ -173,8 +175,10 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
 /// The rest of a head that came in pieces, by `deadline`.
 async fn read_rest<S: HeadSource>(source: &mut S, mut partial: Vec<u8>, deadline: Instant) -> Head {
     let rest = std::future::poll_fn(|cx| loop {
-        let mut buf = [0u8; ARRIVAL_READ];
-        let got = std::task::ready!(poll_read_into(source, cx, &mut buf))?;
+        let mut buf = [MaybeUninit::<u8>::uninit(); ARRIVAL_READ];
+        let mut read = ReadBuf::uninit(&mut buf);
+        std::task::ready!(poll_read_into(source, cx, &mut read))?;
+        let got = read.filled();
         if got.is_empty() {
             return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
         }

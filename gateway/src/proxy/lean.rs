@@ -20,20 +20,20 @@
 //! Pingora's path, so nothing is lost.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
-use pingora_core::connectors::http::v1::Connector;
-use pingora_core::connectors::ConnectorOptions;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType};
 use pingora_http::ResponseHeader;
 
 use super::exchange::{self, Begin, Failed};
-use super::{cached, respond, GatewayProxy, RequestCtx};
+use super::{cached, idle_upstreams, respond, GatewayProxy, RequestCtx};
 use crate::edge::client_ip;
 use crate::listener::connections;
 
@@ -45,8 +45,9 @@ pub const MAX_BODY: u64 = 64 * 1024;
 
 pub struct LeanPath {
     proxy: GatewayProxy,
-    /// Its own pool of upstream connections (Pingora's path keeps another).
-    upstreams: Connector,
+    /// Makes upstream connections; idle ones are kept in `idle_upstreams`
+    /// (Pingora's path keeps its own pool).
+    upstreams: TransportConnector,
 }
 
 /// Why an upstream exchange failed, and whether it may be tried again on a
@@ -69,7 +70,7 @@ impl ExchangeError {
 
 impl LeanPath {
     pub fn new(proxy: GatewayProxy, conf: &ServerConf) -> Self {
-        Self { proxy, upstreams: Connector::new(Some(ConnectorOptions::from_server_conf(conf))) }
+        Self { proxy, upstreams: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))) }
     }
 
     /// Serve the request whose head has arrived on `session`; the stream
@@ -147,11 +148,24 @@ impl LeanPath {
         ctx: &mut RequestCtx,
     ) -> Result<(), Box<Error>> {
         let idempotent = session.req_header().method.is_idempotent();
+        let has_body = !session.is_body_empty();
         let mut fresh_retried = false;
         loop {
             let upstream = exchange::next_peer(ctx)?;
-            let (client, reused) = match self.upstreams.get_http_session(&*upstream).await {
-                Ok(got) => got,
+            let key = upstream.reuse_hash();
+            let max_idle = upstream.options.idle_timeout.unwrap_or(Duration::ZERO);
+            // A body cannot be sent twice: its request only gets a pooled
+            // connection that still looks open.
+            let pooled = if fresh_retried { None } else { idle_upstreams::take(key, max_idle, has_body) };
+            let reused = pooled.is_some();
+            let stream = match pooled {
+                Some(stream) => Ok(stream),
+                // Boxed: connecting (TCP and TLS) is an 8 KiB future, and this
+                // path's future is moved to the heap whole for every request.
+                None => Box::pin(self.upstreams.new_stream(&*upstream)).await,
+            };
+            let client = match stream {
+                Ok(stream) => UpstreamSession::new_with_options(stream, &*upstream),
                 Err(e) => {
                     let e = exchange::connect_failed(ctx, idempotent, &upstream, e.into_up());
                     if e.retry() {
@@ -161,7 +175,13 @@ impl LeanPath {
                 }
             };
             match self.exchange(session, client, &upstream, peer, tls, ctx).await {
-                Ok(()) => return Ok(()),
+                Ok(mut client) => {
+                    client.respect_keepalive();
+                    if let Some(stream) = client.reuse().await {
+                        idle_upstreams::put(key, stream);
+                    }
+                    return Ok(());
+                }
                 Err(ExchangeError { fresh_retry: true, .. }) if reused && !fresh_retried => {
                     // The pooled connection was closed by the upstream before it read
                     // anything: the same request goes again, on a new connection.
@@ -182,7 +202,7 @@ impl LeanPath {
         peer: IpAddr,
         tls: bool,
         ctx: &mut RequestCtx,
-    ) -> Result<(), ExchangeError> {
+    ) -> Result<UpstreamSession, ExchangeError> {
         client.read_timeout = upstream.options.read_timeout;
         client.write_timeout = upstream.options.write_timeout;
         let mut req = Box::new(session.req_header().clone());
@@ -254,8 +274,7 @@ impl LeanPath {
                 session.write_response_body(bytes, done).await.map_err(ExchangeError::down)?;
             }
         }
-        self.upstreams.release_http_session(client, upstream, upstream.options.idle_timeout).await;
-        Ok(())
+        Ok(client)
     }
 
     /// The request failed: a stale copy, the fallback page or the

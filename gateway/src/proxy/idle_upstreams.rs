@@ -1,0 +1,82 @@
+//! Idle upstream connections of the lean path, kept per proxy thread.
+//!
+//! Pingora's pool spawns a task to watch every connection it takes back
+//! and wakes it again when the connection is handed out: on a keep-alive
+//! load that is a task, a channel and seven allocations per request, 18%
+//! of the lean path's instructions (callgrind, `benches/README.md`). Here
+//! an idle connection is a stream in a per-thread list, taken back last in
+//! first out; no task watches it. A connection the upstream closed while
+//! idle is found when it is next used: a request without a body is then
+//! sent again on a new connection (`lean.rs`), and one with a body is
+//! only given a pooled connection that shows no sign of being closed (a
+//! non-blocking read finds nothing to read).
+//!
+//! Proxy threads run their own runtimes (`server.work_stealing = false`,
+//! the default), so a thread's list serves the connections that thread
+//! accepted. With work stealing on, a task may take a connection another
+//! thread put back: still correct, the list is only a cache.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use pingora_core::protocols::Stream;
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// Idle connections one thread keeps, all upstreams together. A load of
+/// this many concurrent requests per thread reuses every connection.
+const MAX_IDLE_PER_THREAD: usize = 512;
+
+struct Idle {
+    /// The upstream's `reuse_hash` (address, TLS name and options).
+    key: u64,
+    stream: Stream,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<VecDeque<Idle>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// The most recently used idle connection to the upstream `key`, idle for
+/// less than `max_idle`. `verify`: only one that shows no sign of being
+/// closed (costs a system call).
+pub fn take(key: u64, max_idle: Duration, verify: bool) -> Option<Stream> {
+    let now = Instant::now();
+    loop {
+        let found = IDLE.with_borrow_mut(|idle| {
+            // Connections idle too long are closed from the oldest end.
+            while idle.front().is_some_and(|c| now.duration_since(c.since) >= max_idle) {
+                idle.pop_front();
+            }
+            let at = idle.iter().rposition(|c| c.key == key)?;
+            idle.remove(at)
+        })?;
+        let mut stream = found.stream;
+        if !verify || looks_open(&mut stream) {
+            return Some(stream);
+        }
+    }
+}
+
+/// Keep a connection whose last answer was read whole, for the next request.
+pub fn put(key: u64, stream: Stream) {
+    IDLE.with_borrow_mut(|idle| {
+        if idle.len() >= MAX_IDLE_PER_THREAD {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { key, stream, since: Instant::now() });
+    });
+}
+
+/// Whether an idle connection still looks usable: a read that does not
+/// wait finds nothing. End of stream (the upstream closed it), an error,
+/// or bytes nobody asked for all mean it is not.
+fn looks_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
+}

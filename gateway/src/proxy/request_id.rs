@@ -40,7 +40,13 @@ pub fn new_request_id() -> String {
         (prefix, counter)
     });
     let value = (u128::from(prefix) << 64) | u128::from(mix(counter));
-    format!("{value:032x}")
+    // By hand: `format!("{value:032x}")` costs a tenth of the gateway's own
+    // work per request on the lean path.
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((value >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    String::from_utf8_lossy(&hex).into_owned()
 }
 
 #[cfg(test)]

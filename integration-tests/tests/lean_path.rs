@@ -54,6 +54,15 @@ async fn serve_backend(mut conn: TcpStream, record: Received) {
             "304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n",
             "503" => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 8\r\n\r\nbusy now",
             "hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "stray" => {
+                // An upstream that writes past the end of its answer: a whole
+                // second answer nobody asked for, after the first was read.
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!").await;
+                record.lock().expect("lock").entry("stray-written".into()).or_default();
+                continue;
+            }
             "close" => {
                 let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end").await;
                 return;
@@ -242,6 +251,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         ("large-head", format!("GET /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {{id}}\r\nX-Long: {long_header}\r\n\r\n")),
         ("trailers", plain("GET", "trailers")),
         ("early-answer", with_body("POST", "early", &huge)),
+        ("early-answer-small", with_body("POST", "early", &big)),
         ("hints", plain("GET", "hints")),
         ("keep-alive", "GET /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nConnection: keep-alive\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n".into()),
         ("http10", "GET /cart/len HTTP/1.0\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
@@ -338,4 +348,25 @@ async fn the_lean_path_gives_backends_and_clients_the_same_bytes_as_pingoras() {
     // The lean gateway did serve on its path: most of the corpus is plain HTTP/1.1.
     assert!(lean.lean_requests >= 20.0, "lean path served {} requests", lean.lean_requests);
     assert_eq!(pingora.lean_requests, 0.0, "lean_http1 = false keeps every request on Pingora's path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_an_upstream_writes_past_its_answer_never_reach_the_next_client() {
+    let (backend, received) = raw_backend().await;
+    let gateway = Gateway::start(&config(backend, true)).await;
+    let get = |path: &str| format!("GET /cart/{path} HTTP/1.1\r\nHost: shop\r\nX-Request-Id: stray\r\n\r\n");
+    let mut first = TcpStream::connect(gateway.listen_addr()).await.expect("connect");
+    first.write_all(get("stray").as_bytes()).await.expect("write");
+    let (answer, _) = read_answer(&mut first, &mut Vec::new(), false).await;
+    assert!(answer.ends_with(b"ok"), "{}", String::from_utf8_lossy(&answer));
+    // The stray answer now sits on the idle upstream connection.
+    let written = || received.lock().expect("lock").contains_key("stray-written");
+    assert!(integration_tests::wait_until(|| async { written() }, Duration::from_secs(5)).await);
+    for _ in 0..3 {
+        let mut next = TcpStream::connect(gateway.listen_addr()).await.expect("connect");
+        next.write_all(get("len").as_bytes()).await.expect("write");
+        let (answer, _) = read_answer(&mut next, &mut Vec::new(), false).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.ends_with("hello") && !text.contains("STRAY"), "another request's bytes: {text}");
+    }
 }

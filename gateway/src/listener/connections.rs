@@ -231,7 +231,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             // The request's future is boxed (async_trait) and made here, so
             // the block below holds a pointer, not the session: every idle
             // connection's task is as large as its largest state.
-            let lean = self.lean.as_ref().filter(|_| lean && self.snapshots.load().config.server.lean_http1);
+            let switched_on = self.snapshots.load().config.server.lean_http1;
+            if self.lean.is_some() && !switched_on {
+                crate::proxy::lean::switched_off();
+            }
+            let lean = self.lean.as_ref().filter(|_| lean && switched_on);
             let request = match lean {
                 Some(lean) => {
                     let lean = Arc::clone(lean);

@@ -102,6 +102,8 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let mut peer = crate::tls::upstream_peer(backend.addr, pool.tls.as_ref());
     peer.options.connection_timeout = Some(pool.connect_timeout);
     peer.options.read_timeout = Some(pool.read_timeout);
+    // A write to an upstream that stopped reading waits as long as a read.
+    peer.options.write_timeout = Some(pool.read_timeout);
     peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
     Ok(Box::new(peer))
 }
@@ -218,6 +220,12 @@ pub enum Failed {
     /// The route's fallback page or the gateway's error page; `None` when
     /// nothing can be said (the client is gone).
     Page(Option<Arc<LocalResponse>>),
+}
+
+/// Whether the final answer has started (an interim 1xx answer does not
+/// count: a failure after one still gets its page).
+pub fn answer_started(written: Option<&ResponseHeader>) -> bool {
+    written.is_some_and(|r| !r.status.is_informational())
 }
 
 /// The request failed with `e`: accounted for once, and what to answer.

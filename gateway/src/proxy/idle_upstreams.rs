@@ -7,9 +7,11 @@
 //! an idle connection is a stream in a per-thread list, taken back last in
 //! first out; no task watches it. A connection the upstream closed while
 //! idle is found when it is next used: a request without a body is then
-//! sent again on a new connection (`lean.rs`), and one with a body is
-//! only given a pooled connection that shows no sign of being closed (a
-//! non-blocking read finds nothing to read).
+//! sent again on a new connection (`lean.rs`). Every connection handed
+//! out is first probed with a read that does not wait, as Pingora does: a
+//! connection that was closed, or that holds bytes nobody asked for (an
+//! upstream that wrote past the end of its answer), is dropped, so no
+//! request ever reads another one's answer.
 //!
 //! Proxy threads run their own runtimes (`server.work_stealing = false`,
 //! the default), so a thread's list serves the connections that thread
@@ -18,16 +20,11 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use pingora_core::protocols::Stream;
-use tokio::io::{AsyncRead, ReadBuf};
-
-/// Idle connections one thread keeps, all upstreams together. A load of
-/// this many concurrent requests per thread reuses every connection.
-const MAX_IDLE_PER_THREAD: usize = 512;
+use tokio::io::AsyncReadExt;
 
 struct Idle {
     /// The upstream's `reuse_hash` (address, TLS name and options).
@@ -41,9 +38,9 @@ thread_local! {
 }
 
 /// The most recently used idle connection to the upstream `key`, idle for
-/// less than `max_idle`. `verify`: only one that shows no sign of being
-/// closed (costs a system call).
-pub fn take(key: u64, max_idle: Duration, verify: bool) -> Option<Stream> {
+/// less than `max_idle`, that shows no sign of being closed or of holding
+/// stray bytes (one system call).
+pub fn take(key: u64, max_idle: Duration) -> Option<Stream> {
     let now = Instant::now();
     loop {
         let found = IDLE.with_borrow_mut(|idle| {
@@ -55,19 +52,30 @@ pub fn take(key: u64, max_idle: Duration, verify: bool) -> Option<Stream> {
             idle.remove(at)
         })?;
         let mut stream = found.stream;
-        if !verify || looks_open(&mut stream) {
+        if looks_open(&mut stream) {
             return Some(stream);
         }
     }
 }
 
-/// Keep a connection whose last answer was read whole, for the next request.
-pub fn put(key: u64, stream: Stream) {
+/// Keep a connection whose last answer was read whole, for the next
+/// request; the thread keeps at most `limit`, dropping the oldest.
+pub fn put(key: u64, stream: Stream, limit: usize) {
     IDLE.with_borrow_mut(|idle| {
-        if idle.len() >= MAX_IDLE_PER_THREAD {
+        while idle.len() >= limit {
             idle.pop_front();
         }
         idle.push_back(Idle { key, stream, since: Instant::now() });
+    });
+}
+
+/// Close this thread's idle connections (the lean path was switched off:
+/// nothing would take them again).
+pub fn clear() {
+    IDLE.with_borrow_mut(|idle| {
+        if !idle.is_empty() {
+            idle.clear();
+        }
     });
 }
 
@@ -76,7 +84,9 @@ pub fn put(key: u64, stream: Stream) {
 /// or bytes nobody asked for all mean it is not.
 fn looks_open(stream: &mut Stream) -> bool {
     let mut byte = [0u8; 1];
-    let mut buf = ReadBuf::new(&mut byte);
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
+    // `unconstrained`: with the task's budget spent, tokio would answer
+    // "not ready" without asking the socket, and a closed connection would
+    // look open.
+    let read = tokio::task::unconstrained(stream.read(&mut byte));
+    read.now_or_never().is_none()
 }

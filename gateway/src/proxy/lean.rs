@@ -48,29 +48,41 @@ pub struct LeanPath {
     /// Makes upstream connections; idle ones are kept in `idle_upstreams`
     /// (Pingora's path keeps its own pool).
     upstreams: TransportConnector,
+    /// Idle upstream connections each proxy thread keeps: Pingora's
+    /// `upstream_keepalive_pool_size` shared among the threads.
+    idle_per_thread: usize,
 }
 
-/// Why an upstream exchange failed, and whether it may be tried again on a
-/// fresh connection (a pooled one the upstream had closed, before any of
-/// the request or the answer was committed).
+/// Why an upstream exchange failed. `unsent`: nothing of the request's
+/// body and nothing of the answer had passed yet, so Pingora's own
+/// judgement of the error (`RetryType::ReusedOnly`: the pooled connection
+/// was dead) may send the request again on a new connection.
 struct ExchangeError {
     error: Box<Error>,
-    fresh_retry: bool,
+    unsent: bool,
 }
 
 impl ExchangeError {
     fn up(error: Box<Error>) -> Self {
-        Self { error: error.into_up(), fresh_retry: false }
+        Self { error: error.into_up(), unsent: false }
     }
 
     fn down(error: Box<Error>) -> Self {
-        Self { error: error.into_down(), fresh_retry: false }
+        Self { error: error.into_down(), unsent: false }
+    }
+
+    fn ours(error: Box<Error>) -> Self {
+        Self { error, unsent: false }
     }
 }
 
 impl LeanPath {
     pub fn new(proxy: GatewayProxy, conf: &ServerConf) -> Self {
-        Self { proxy, upstreams: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))) }
+        Self {
+            proxy,
+            upstreams: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            idle_per_thread: (conf.upstream_keepalive_pool_size / conf.threads.max(1)).max(1),
+        }
     }
 
     /// Serve the request whose head has arrived on `session`; the stream
@@ -99,6 +111,7 @@ impl LeanPath {
         let body_timeout = ctx.snapshot.config.server.body_timeout;
         session.set_read_timeout(Some(body_timeout));
         session.set_total_drain_timeout(Some(body_timeout));
+        session.set_write_timeout(Some(body_timeout));
         if connections::pipelined_after(session.req_header()) {
             // Pipelined requests are not served (as on Pingora's path): say so.
             session.set_keepalive(None);
@@ -139,7 +152,8 @@ impl LeanPath {
 
     /// Proxy to a backend of the routed version: retried on another
     /// backend (or the default version) when a connection cannot be made,
-    /// and once on a fresh connection when a pooled one turns out closed.
+    /// and once on a new connection when a pooled one turns out dead before
+    /// any of the request's body or the answer passed, as on Pingora's path.
     async fn proxy_request(
         &self,
         session: &mut ServerSession,
@@ -149,14 +163,12 @@ impl LeanPath {
     ) -> Result<(), Box<Error>> {
         let idempotent = session.req_header().method.is_idempotent();
         let has_body = !session.is_body_empty();
-        let mut fresh_retried = false;
+        let mut retried_reused = false;
         loop {
             let upstream = exchange::next_peer(ctx)?;
             let key = upstream.reuse_hash();
             let max_idle = upstream.options.idle_timeout.unwrap_or(Duration::ZERO);
-            // A body cannot be sent twice: its request only gets a pooled
-            // connection that still looks open.
-            let pooled = if fresh_retried { None } else { idle_upstreams::take(key, max_idle, has_body) };
+            let pooled = if retried_reused { None } else { idle_upstreams::take(key, max_idle) };
             let reused = pooled.is_some();
             let stream = match pooled {
                 Some(stream) => Ok(stream),
@@ -167,7 +179,9 @@ impl LeanPath {
             let client = match stream {
                 Ok(stream) => UpstreamSession::new_with_options(stream, &*upstream),
                 Err(e) => {
-                    let e = exchange::connect_failed(ctx, idempotent, &upstream, e.into_up());
+                    let mut e = exchange::connect_failed(ctx, idempotent, &upstream, e.into_up());
+                    // A new connection: "retry only if reused" means no.
+                    e.retry.decide_reuse(false);
                     if e.retry() {
                         continue;
                     }
@@ -175,25 +189,32 @@ impl LeanPath {
                 }
             };
             match self.exchange(session, client, &upstream, peer, tls, ctx).await {
-                Ok(mut client) => {
+                Ok((mut client, reusable)) => {
                     client.respect_keepalive();
-                    if let Some(stream) = client.reuse().await {
-                        idle_upstreams::put(key, stream);
+                    if !reusable {
+                        client.shutdown().await;
+                    } else if let Some(stream) = client.reuse().await {
+                        idle_upstreams::put(key, stream, self.idle_per_thread);
                     }
                     return Ok(());
                 }
-                Err(ExchangeError { fresh_retry: true, .. }) if reused && !fresh_retried => {
-                    // The pooled connection was closed by the upstream before it read
-                    // anything: the same request goes again, on a new connection.
-                    fresh_retried = true;
+                Err(ExchangeError { mut error, unsent }) => {
+                    error.retry.decide_reuse(reused);
+                    let retry = unsent && error.retry() && !has_body && !retried_reused;
+                    if !retry {
+                        return Err(error);
+                    }
+                    // The pooled connection was dead: the same request goes
+                    // again on a new connection to the same backend.
+                    retried_reused = true;
                     ctx.upstream.tried.pop();
                 }
-                Err(e) => return Err(e.error),
             }
         }
     }
 
-    /// One request and its answer over an upstream connection.
+    /// One request and its answer over an upstream connection; the
+    /// connection comes back with whether it may carry another request.
     async fn exchange(
         &self,
         session: &mut ServerSession,
@@ -202,7 +223,7 @@ impl LeanPath {
         peer: IpAddr,
         tls: bool,
         ctx: &mut RequestCtx,
-    ) -> Result<UpstreamSession, ExchangeError> {
+    ) -> Result<(UpstreamSession, bool), ExchangeError> {
         client.read_timeout = upstream.options.read_timeout;
         client.write_timeout = upstream.options.write_timeout;
         let mut req = Box::new(session.req_header().clone());
@@ -211,23 +232,33 @@ impl LeanPath {
         exchange::upstream_request(&mut req, peer, tls, ctx).map_err(ExchangeError::down)?;
         let has_body = !session.is_body_empty();
         if let Err(e) = client.write_request_header(req).await {
-            return Err(ExchangeError { error: e.into_up(), fresh_retry: !has_body });
+            return Err(ExchangeError { error: e.into_up(), unsent: true });
         }
+        // An upstream may answer before it has read the whole body (a 413, a
+        // 401) and stop reading: its answer is still read and passed on, as
+        // on Pingora's path, and the connection is not kept.
+        let mut send_failed = None;
         if has_body {
             loop {
                 let chunk = session.read_request_body().await.map_err(ExchangeError::down)?;
                 exchange::request_body(&chunk, ctx);
-                match chunk {
-                    Some(bytes) => client.write_body(&bytes).await.map_err(ExchangeError::up)?,
-                    None => break,
-                };
+                let Some(bytes) = chunk else { break };
+                if let Err(e) = client.write_body(&bytes).await {
+                    send_failed = Some(e);
+                    break;
+                }
             }
-            client.finish_body().await.map_err(ExchangeError::up)?;
+            if send_failed.is_none() {
+                send_failed = client.finish_body().await.err();
+            }
         }
         let mut resp = loop {
             if let Err(e) = client.read_response().await {
-                let closed = matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError);
-                return Err(ExchangeError { error: e.into_up(), fresh_retry: closed && !has_body });
+                if let Some(send) = send_failed {
+                    return Err(ExchangeError::up(send));
+                }
+                let unsent = session.response_written().is_none();
+                return Err(ExchangeError { error: e.into_up(), unsent });
             }
             let Some(head) = client.resp_header() else {
                 return Err(ExchangeError::up(Error::explain(ErrorType::InvalidHTTPHeader, "no response head")));
@@ -240,13 +271,13 @@ impl LeanPath {
                 )));
             }
             let mut head = Box::new(head.clone());
-            exchange::upstream_response(&head, ctx).map_err(|error| ExchangeError { error, fresh_retry: false })?;
+            exchange::upstream_response(&head, ctx).map_err(ExchangeError::ours)?;
             if !status.is_informational() {
                 break head;
             }
             // Interim answers (103 Early Hints, ...) are passed on through the
             // same filters, as on Pingora's path.
-            exchange::response(&mut head, ctx).map_err(|error| ExchangeError { error, fresh_retry: false })?;
+            exchange::response(&mut head, ctx).map_err(ExchangeError::ours)?;
             session.write_response_header(head).await.map_err(ExchangeError::down)?;
         };
         let mut done = client.is_body_done();
@@ -256,7 +287,7 @@ impl LeanPath {
             resp.set_version(http::Version::HTTP_11);
             resp.insert_header(http::header::TRANSFER_ENCODING, "chunked").map_err(ExchangeError::down)?;
         }
-        exchange::response(&mut resp, ctx).map_err(|error| ExchangeError { error, fresh_retry: false })?;
+        exchange::response(&mut resp, ctx).map_err(ExchangeError::ours)?;
         session.write_response_header(resp).await.map_err(ExchangeError::down)?;
         if done {
             // No body came: the end still passes the body phase (a fallback page's body).
@@ -274,14 +305,14 @@ impl LeanPath {
                 session.write_response_body(bytes, done).await.map_err(ExchangeError::down)?;
             }
         }
-        Ok(client)
+        Ok((client, send_failed.is_none()))
     }
 
     /// The request failed: a stale copy, the fallback page or the
     /// gateway's error page, when nothing was written yet.
     async fn answer_failure(&self, session: &mut ServerSession, e: &Error, ctx: &mut RequestCtx) {
         session.set_keepalive(None);
-        let started = session.response_written().is_some();
+        let started = exchange::answer_started(session.response_written());
         let written = match exchange::failed(e, ctx, started) {
             Failed::Stale(copy) => {
                 let version = ctx.snapshot.config.server.version_header.as_ref();
@@ -298,6 +329,12 @@ impl LeanPath {
             tracing::debug!(error = %err, "cannot send the answer to a failed request");
         }
     }
+}
+
+/// The lean path is switched off (`server.lean_http1 = false`): its idle
+/// upstream connections on this thread are closed.
+pub fn switched_off() {
+    idle_upstreams::clear();
 }
 
 /// Whether an answer head says how its body ends.

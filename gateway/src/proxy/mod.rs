@@ -68,6 +68,8 @@ impl ProxyHttp for GatewayProxy {
         // what is left of a body after the answer is drained as long.
         session.set_read_timeout(Some(server.body_timeout));
         session.set_total_drain_timeout(Some(server.body_timeout));
+        // And a client that stops reading its answer is given up on as late.
+        session.set_write_timeout(Some(server.body_timeout));
         if connections::pipelined_after(session.req_header()) {
             // Bytes of a next request came with this one, and Pingora does not
             // serve pipelined requests: say so now rather than close silently.
@@ -175,7 +177,7 @@ impl ProxyHttp for GatewayProxy {
         // attempt; saying so (`Connection: close`) lets keep-alive clients
         // reconnect instead of sending their next request into a closing socket.
         session.set_keepalive(None);
-        let started = session.response_written().is_some();
+        let started = exchange::answer_started(session.response_written());
         let error_code = match exchange::failed(e, ctx, started) {
             Failed::Stale(copy) => {
                 let version = ctx.snapshot.config.server.version_header.as_ref();

@@ -32,7 +32,9 @@ usage: benches/load/run.sh [options]
                      due time, so it is free of coordinated omission. Pick R below every
                      proxy's saturation. Default: none, closed-loop wrk. Variant d ignores it
   --proxies LIST     comma-separated subset of gateway,nginx,haproxy,bare-pingora,gateway-base,
-                     gateway-cluster (variant b), gateway-cached (variant a)
+                     gateway-cluster (variant b), gateway-cached (variant a), gateway-pingora
+                     (the same binary and config with server.lean_http1 = false: every request
+                     through pingora-proxy, to compare the two request paths in one run)
   --base-bin PATH    a second gateway binary (e.g. the previous commit's release build), run as
                      proxy 'gateway-base' with the same config, to compare two builds in one run
   --idle-conns N     variant d: idle connections per proxy (default 10000)
@@ -107,9 +109,9 @@ STABLE_PORT=$((BASE_PORT + 1)) CANARY_PORT=$((BASE_PORT + 2)) SHADOW_PORT=$((BAS
 STATUS_PORT=$((BASE_PORT + 4))
 declare -A PORT=([gateway]=$((BASE_PORT + 10)) [gateway-shadow]=$((BASE_PORT + 20)) [nginx]=$((BASE_PORT + 30))
     [haproxy]=$((BASE_PORT + 40)) [bare-pingora]=$((BASE_PORT + 50)) [gateway-base]=$((BASE_PORT + 60))
-    [gateway-cluster]=$((BASE_PORT + 70)) [gateway-cached]=$((BASE_PORT + 80)))
+    [gateway-cluster]=$((BASE_PORT + 70)) [gateway-cached]=$((BASE_PORT + 80)) [gateway-pingora]=$((BASE_PORT + 90)))
 declare -A ADMIN_PORT=([gateway]=$((BASE_PORT + 11)) [gateway-shadow]=$((BASE_PORT + 21)) [gateway-base]=$((BASE_PORT + 61))
-    [gateway-cluster]=$((BASE_PORT + 71)) [gateway-cached]=$((BASE_PORT + 81)))
+    [gateway-cluster]=$((BASE_PORT + 71)) [gateway-cached]=$((BASE_PORT + 81)) [gateway-pingora]=$((BASE_PORT + 91)))
 REDIS_PORT=$((BASE_PORT + 5))
 
 # --- variant ------------------------------------------------------------------
@@ -127,7 +129,7 @@ case "$VARIANT" in
 esac
 IFS=',' read -r -a LIST <<<"${PROXIES:-$DEFAULT_PROXIES}"
 for p in "${LIST[@]}"; do
-    [[ -n "${PORT[$p]:-}" ]] || die "unknown proxy '$p' (gateway, gateway-shadow, nginx, haproxy, bare-pingora, gateway-base, gateway-cluster, gateway-cached)"
+    [[ -n "${PORT[$p]:-}" ]] || die "unknown proxy '$p' (gateway, gateway-shadow, nginx, haproxy, bare-pingora, gateway-base, gateway-cluster, gateway-cached, gateway-pingora)"
 done
 CLUSTER=0
 if [[ " ${LIST[*]} " == *" gateway-cluster "* ]]; then
@@ -276,12 +278,13 @@ for p in "${LIST[@]}"; do
     d="$TMP/$p"
     mkdir -p "$d/tmp"
     case "$p" in
-        gateway|gateway-shadow|gateway-base|gateway-cluster|gateway-cached)
+        gateway|gateway-shadow|gateway-base|gateway-cluster|gateway-cached|gateway-pingora)
             # Its own directory: the gateway watches its config file's directory.
             gflags=("${FLAGS[@]}")
             scope=""
             if [[ "$p" == gateway-cluster ]]; then gflags+=(--flag cluster); scope=', scope = "cluster"'; fi
             [[ "$p" == gateway-cached ]] && gflags+=(--flag cache)
+            [[ "$p" == gateway-pingora ]] && gflags+=(--flag pingora_path)
             [[ "$VARIANT" == c ]] && gflags+=(--flag shadow_upstream)
             [[ "$p" == gateway-shadow ]] && gflags+=(--flag shadow)
             mkdir -p "$d/conf"
@@ -343,7 +346,7 @@ fi
 start_proxy() { # name -> PROXY_PID
     local p=$1 d="$TMP/$1"
     case "$p" in
-        gateway|gateway-shadow|gateway-cluster|gateway-cached) start "$p" "$PROXY_CPUS" "$GATEWAY_BIN" run -c "${CONFIG[$p]}" ;;
+        gateway|gateway-shadow|gateway-cluster|gateway-cached|gateway-pingora) start "$p" "$PROXY_CPUS" "$GATEWAY_BIN" run -c "${CONFIG[$p]}" ;;
         gateway-base) start "$p" "$PROXY_CPUS" "$BASE_BIN" run -c "${CONFIG[$p]}" ;;
         nginx) start "$p" "$PROXY_CPUS" nginx -p "$d" -c "$d/nginx.conf" ;;
         haproxy) rm -f "$d/master.sock"

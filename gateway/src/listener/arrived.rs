@@ -35,11 +35,44 @@ pub struct Arrived {
     /// A chunked request body being checked as it is read: the bytes of the
     /// head still to pass first, and the check (see `chunk_framing`).
     framing: Option<(usize, ChunkFraming)>,
+    /// Gather small writes until a flush (`gathering`), in a buffer that
+    /// exists only while an answer is being written: Pingora's stream keeps
+    /// a 1,460-byte write buffer for the life of the connection, the largest
+    /// part of an idle keep-alive connection, for the same purpose (an
+    /// answer's head and body in one system call).
+    gathering: bool,
+    out: Vec<u8>,
+    sent: usize,
 }
+
+/// The most a write gathers before it goes out: Pingora's write buffer size.
+const GATHER: usize = 1460;
 
 impl Arrived {
     pub fn new(inner: Stream) -> Self {
-        Self { inner, head: Vec::new(), taken: 0, framing: None }
+        Self { inner, head: Vec::new(), taken: 0, framing: None, gathering: false, out: Vec::new(), sent: 0 }
+    }
+
+    /// For a plain TCP stream without a write buffer of its own: small
+    /// writes are gathered until a flush.
+    pub fn gathering_writes(inner: Stream) -> Self {
+        Self { gathering: true, ..Self::new(inner) }
+    }
+
+    /// Send what was gathered; the buffer is freed once it is all out.
+    fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        if self.out.capacity() > 0 {
+            self.out = Vec::new();
+            self.sent = 0;
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Check the chunked framing of the body that follows the next
@@ -119,14 +152,30 @@ impl AsyncRead for Arrived {
 
 impl AsyncWrite for Arrived {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if !self.gathering {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        // As a `BufWriter` of `GATHER` bytes, with its buffer made on demand.
+        if self.out.len() + buf.len() > GATHER {
+            std::task::ready!(self.poll_send_gathered(cx))?;
+        }
+        if buf.len() >= GATHER {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        if self.out.capacity() == 0 {
+            self.out.reserve_exact(GATHER);
+        }
+        self.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_send_gathered(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_send_gathered(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -135,17 +184,24 @@ impl AsyncWrite for Arrived {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.gathering {
+            // One slice at a time, through the gathering write.
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        !self.gathering && self.inner.is_write_vectored()
     }
 }
 
 #[async_trait]
 impl Shutdown for Arrived {
     async fn shutdown(&mut self) {
+        // What was gathered goes out first, as a write buffer's would.
+        let _ = std::future::poll_fn(|cx| self.poll_send_gathered(cx)).await;
         self.inner.shutdown().await
     }
 }

@@ -67,6 +67,9 @@ pub struct ConnectionLoop<A> {
     /// The lean HTTP/1 path, for the proxy listeners: it serves the requests
     /// `lean_eligible` accepts while `server.lean_http1` is on.
     pub lean: Option<Arc<crate::proxy::lean::LeanPath>>,
+    /// The listener's plain TCP streams have no write buffer (an idle
+    /// connection keeps none): their writes are gathered per answer.
+    pub gather_writes: bool,
 }
 
 struct Open(Option<IntGauge>);
@@ -206,7 +209,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             let header_timeout = self.snapshots.load().config.server.header_timeout;
             let idle = if first { header_timeout } else { Duration::from_secs(KEEPALIVE_SECS) };
             let started = Instant::now();
-            let (back, head) = next_request(stream, &mut shutdown, idle, header_timeout, first).await;
+            let (back, head) =
+                next_request(stream, &mut shutdown, idle, header_timeout, first, self.gather_writes).await;
             let (extra, lean) = match head {
                 Head::Complete { extra, lean, .. } => (extra, lean),
                 Head::Closed => return,

@@ -46,18 +46,21 @@ pub(super) enum Head {
 /// loop, the proxy then answers without keep-alive.
 ///
 /// Plain TCP streams take the bytes back themselves (`rewind`); any other
-/// stream (TLS) is wrapped once in [`Arrived`], which keeps them.
+/// stream (TLS) is wrapped once in [`Arrived`], which keeps them. With
+/// `gather_writes` (a listener whose TCP streams have no write buffer), a
+/// plain TCP stream is wrapped too, to gather its writes.
 pub(super) async fn next_request(
     stream: Stream,
     shutdown: &mut ShutdownWatch,
     idle: Duration,
     header_timeout: Duration,
     first: bool,
+    gather_writes: bool,
 ) -> (Option<Stream>, Head) {
     let limits = Limits { idle, header_timeout, head_clock_from_start: first };
     // The downcasts cannot fail after the `is` checks; a failure would drop
     // the connection.
-    if stream.as_any().is::<TcpStream>() {
+    if !gather_writes && stream.as_any().is::<TcpStream>() {
         let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else { return (None, Head::Closed) };
         let head = until_arrival(shutdown, read_head(&mut *tcp, limits)).await;
         if let Head::Complete { chunked: Some(head_len), .. } = head {
@@ -73,6 +76,8 @@ pub(super) async fn next_request(
             Ok(a) => a,
             Err(_) => return (None, Head::Closed),
         }
+    } else if stream.as_any().is::<TcpStream>() {
+        Box::new(Arrived::gathering_writes(stream))
     } else {
         Box::new(Arrived::new(stream))
     };

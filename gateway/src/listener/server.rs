@@ -86,6 +86,7 @@ pub fn build(
         account_refusals: true,
         proxy_protocol: Some(Arc::clone(&block_at_accept)),
         lean: Some(lean),
+        gather_writes: true,
     };
     let mut proxy = Service::new("gateway".to_string(), connections);
     // PROXY protocol headers on the TLS listener come before the handshake.
@@ -95,8 +96,11 @@ pub fn build(
     }));
     proxy.set_connection_filter(block_at_accept);
     let buffers = L4BufferSettings::new(cfg.startup.server.read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    // Plain TCP streams get no write buffer: the connection loop gathers an
+    // answer's writes in a buffer that lives only while it is written.
+    let tcp_buffers = L4BufferSettings::new(cfg.startup.server.read_buffer, 0);
     for addr in &cfg.startup.server.listen {
-        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(tcp_buffers));
     }
     if let Some(tls) = &cfg.server.tls {
         crate::tls::add_listeners(&mut proxy, tls, &reloader.tls, buffers).map_err(|message| {
@@ -114,6 +118,7 @@ pub fn build(
         account_refusals: false,
         proxy_protocol: None,
         lean: None,
+        gather_writes: false,
     };
     let mut admin = Service::new("admin".to_string(), admin_connections);
     admin.add_tcp(&cfg.startup.admin_listen.to_string());

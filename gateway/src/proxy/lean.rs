@@ -142,7 +142,9 @@ impl LeanPath {
             if !exchange::quiet_error(&ctx, &e) {
                 tracing::error!(error = %e, request = %session.request_summary(), "fail to proxy");
             }
-            // As on Pingora's path, a failed request ends its connection.
+            // As on Pingora's path, a failed request ends its connection, after
+            // what was written of the answer went out (bounded like any write).
+            let _ = pingora_timeout::timeout(body_timeout, session.shutdown()).await;
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);

@@ -5,8 +5,10 @@
 //! buffer. On plain TCP it hands those bytes back with Pingora's
 //! `l4::Stream::rewind`. A TLS stream has no such method: this wrapper holds
 //! the bytes instead, returns them first and then reads from the stream it
-//! wraps. Everything else is the wrapped stream's: its TLS and socket digests
-//! (the client address), its ID, its timing.
+//! wraps. On the proxy listener it wraps plain TCP streams too, to gather an
+//! answer's writes (see `gathering_writes`). Everything else is the wrapped
+//! stream's: its TLS and socket digests (the client address), its ID, its
+//! timing.
 
 use std::io;
 use std::pin::Pin;

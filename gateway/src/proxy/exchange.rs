@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -297,6 +298,21 @@ pub fn local_header(page: &LocalResponse, request_id: &str, retry_after: Option<
         header.insert_header("retry-after", secs.to_string())?;
     }
     Ok(header)
+}
+
+/// The client's TCP peer (or the one its PROXY protocol header named), an
+/// IPv4-mapped IPv6 address as its IPv4 address.
+pub fn peer_ip(session: &ServerSession) -> IpAddr {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| client_ip::canonical(a.ip()))
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// Whether the request arrived over TLS (the connection has a TLS digest).
+pub fn is_tls(session: &ServerSession) -> bool {
+    session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some()
 }
 
 fn unix_now() -> u64 {

@@ -34,7 +34,6 @@ use pingora_http::ResponseHeader;
 
 use super::exchange::{self, Begin, Failed};
 use super::{cached, idle_upstreams, respond, GatewayProxy, RequestCtx};
-use crate::edge::client_ip;
 use crate::listener::connections;
 
 /// The largest request body the lean path carries. The body is sent before
@@ -116,7 +115,7 @@ impl LeanPath {
             // Pipelined requests are not served (as on Pingora's path): say so.
             session.set_keepalive(None);
         }
-        let (peer, tls) = (peer_ip(&session), is_tls(&session));
+        let (peer, tls) = (exchange::peer_ip(&session), exchange::is_tls(&session));
         let failure = match exchange::begin(&self.proxy.runtime, session.req_header_mut(), peer, tls, &mut ctx) {
             Begin::Proxy => self.proxy_request(&mut session, peer, tls, &mut ctx).await.err(),
             Begin::Page { page, retry_after, close } => {
@@ -343,17 +342,4 @@ pub fn switched_off() {
 fn has_framing(resp: &ResponseHeader) -> bool {
     resp.headers.contains_key(http::header::TRANSFER_ENCODING)
         || resp.headers.contains_key(http::header::CONTENT_LENGTH)
-}
-
-/// The TCP peer, an IPv4-mapped IPv6 address as its IPv4 address.
-fn peer_ip(session: &ServerSession) -> IpAddr {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| client_ip::canonical(a.ip()))
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
-fn is_tls(session: &ServerSession) -> bool {
-    session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some()
 }

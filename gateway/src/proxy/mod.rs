@@ -23,7 +23,6 @@ pub mod request_id;
 pub mod respond;
 pub mod shadow_capture;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +35,6 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::control::runtime::RuntimeState;
 use crate::control::snapshot::SnapshotHandle;
-use crate::edge::client_ip;
 use crate::listener::connections;
 use crate::shadow::engine::ShadowEngine;
 use exchange::{Begin, Failed};
@@ -75,7 +73,7 @@ impl ProxyHttp for GatewayProxy {
             // serve pipelined requests: say so now rather than close silently.
             session.set_keepalive(None);
         }
-        let (peer, tls) = (peer_ip(session), crate::tls::is_tls(session));
+        let (peer, tls) = (exchange::peer_ip(session), exchange::is_tls(session));
         match exchange::begin(&self.runtime, session.req_header_mut(), peer, tls, ctx) {
             Begin::Proxy => Ok(false),
             Begin::Page { page, retry_after, close } => {
@@ -135,7 +133,7 @@ impl ProxyHttp for GatewayProxy {
             // carried such a body is not reused: the backend closes it.
             req.insert_header(http::header::CONNECTION, "close")?;
         }
-        exchange::upstream_request(req, peer_ip(session), crate::tls::is_tls(session), ctx)
+        exchange::upstream_request(req, exchange::peer_ip(session), exchange::is_tls(session), ctx)
     }
 
     async fn upstream_response_filter(
@@ -212,13 +210,4 @@ impl ProxyHttp for GatewayProxy {
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         exchange::finish(&self.shadow, session.req_header(), status, e, ctx);
     }
-}
-
-/// The TCP peer, an IPv4-mapped IPv6 address as its IPv4 address.
-fn peer_ip(session: &Session) -> IpAddr {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| client_ip::canonical(a.ip()))
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }

@@ -22,7 +22,6 @@ use pingora_core::protocols::ALPN;
 use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::{HttpPeer, PeerOptions};
 use pingora_core::utils::tls::WrappedX509;
-use pingora_proxy::Session;
 
 pub use certs::{CertEntry, CertSet};
 pub use resolver::CertResolver;
@@ -89,11 +88,6 @@ pub fn upstream_peer(addr: SocketAddr, tls: Option<&UpstreamTlsSpec>) -> HttpPee
             peer
         }
     }
-}
-
-/// Whether the request arrived over TLS (the connection has a TLS digest).
-pub fn is_tls(session: &Session) -> bool {
-    session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some()
 }
 
 /// Add the TLS listeners to the proxy service, all sharing `resolver`. Runs

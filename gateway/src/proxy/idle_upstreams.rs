@@ -39,7 +39,8 @@ thread_local! {
 
 /// The most recently used idle connection to the upstream `key`, idle for
 /// less than `max_idle`, that shows no sign of being closed or of holding
-/// stray bytes (one system call).
+/// stray bytes. The probe costs a system call only when the reactor saw the
+/// socket readable (strace: 2 `recvfrom` per proxied request, as before).
 pub fn take(key: u64, max_idle: Duration) -> Option<Stream> {
     let now = Instant::now();
     loop {

@@ -32,8 +32,8 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType};
 use pingora_http::ResponseHeader;
 
-use super::exchange::{self, Begin, Failed};
-use super::{cached, idle_upstreams, respond, GatewayProxy, RequestCtx};
+use super::exchange::{self, Begin};
+use super::{idle_upstreams, respond, GatewayProxy, RequestCtx};
 use crate::listener::connections;
 
 /// The largest request body the lean path carries. The body is sent before
@@ -118,22 +118,10 @@ impl LeanPath {
         let (peer, tls) = (exchange::peer_ip(&session), exchange::is_tls(&session));
         let failure = match exchange::begin(&self.proxy.runtime, session.req_header_mut(), peer, tls, &mut ctx) {
             Begin::Proxy => self.proxy_request(&mut session, peer, tls, &mut ctx).await.err(),
-            Begin::Page { page, retry_after, close } => {
-                if close {
-                    session.set_keepalive(None);
-                }
-                respond::write_with(&mut session, &page, &ctx.request_id, retry_after).await.err()
-            }
-            Begin::Copy { copy, outcome } => {
-                let version = ctx.snapshot.config.server.version_header.as_ref();
-                match &ctx.routed {
-                    Some(r) => cached::write(&mut session, &copy, outcome, &ctx.request_id, r, version).await.err(),
-                    None => None,
-                }
-            }
+            answer => respond::local_answer(&mut session, answer, &ctx).await.err(),
         };
         if let Some(e) = &failure {
-            self.answer_failure(&mut session, e, &mut ctx).await;
+            respond::failure(&mut session, e, &mut ctx).await;
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         exchange::finish(&self.proxy.shadow, session.req_header(), status, failure.as_deref(), &mut ctx);
@@ -307,28 +295,6 @@ impl LeanPath {
             }
         }
         Ok((client, send_failed.is_none()))
-    }
-
-    /// The request failed: a stale copy, the fallback page or the
-    /// gateway's error page, when nothing was written yet.
-    async fn answer_failure(&self, session: &mut ServerSession, e: &Error, ctx: &mut RequestCtx) {
-        session.set_keepalive(None);
-        let started = exchange::answer_started(session.response_written());
-        let written = match exchange::failed(e, ctx, started) {
-            Failed::Stale(copy) => {
-                let version = ctx.snapshot.config.server.version_header.as_ref();
-                let outcome = crate::cache::CacheOutcome::Stale;
-                match &ctx.routed {
-                    Some(r) => cached::write(session, &copy, outcome, &ctx.request_id, r, version).await,
-                    None => Ok(()),
-                }
-            }
-            Failed::Page(Some(page)) => respond::write(session, &page, &ctx.request_id).await,
-            Failed::Page(None) => Ok(()),
-        };
-        if let Err(err) = written {
-            tracing::debug!(error = %err, "cannot send the answer to a failed request");
-        }
     }
 }
 

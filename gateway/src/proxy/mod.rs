@@ -37,7 +37,7 @@ use crate::control::runtime::RuntimeState;
 use crate::control::snapshot::SnapshotHandle;
 use crate::listener::connections;
 use crate::shadow::engine::ShadowEngine;
-use exchange::{Begin, Failed};
+use exchange::Begin;
 
 pub use ctx::RequestCtx;
 
@@ -76,18 +76,8 @@ impl ProxyHttp for GatewayProxy {
         let (peer, tls) = (exchange::peer_ip(session), exchange::is_tls(session));
         match exchange::begin(&self.runtime, session.req_header_mut(), peer, tls, ctx) {
             Begin::Proxy => Ok(false),
-            Begin::Page { page, retry_after, close } => {
-                if close {
-                    session.set_keepalive(None);
-                }
-                respond::write_with(session.as_downstream_mut(), &page, &ctx.request_id, retry_after).await?;
-                Ok(true)
-            }
-            Begin::Copy { copy, outcome } => {
-                let version = ctx.snapshot.config.server.version_header.as_ref();
-                if let Some(r) = &ctx.routed {
-                    cached::write(session.as_downstream_mut(), &copy, outcome, &ctx.request_id, r, version).await?;
-                }
+            answer => {
+                respond::local_answer(session.as_downstream_mut(), answer, ctx).await?;
                 Ok(true)
             }
         }
@@ -172,33 +162,10 @@ impl ProxyHttp for GatewayProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         // Pingora does not reuse a client connection after a failed proxy
-        // attempt; saying so (`Connection: close`) lets keep-alive clients
-        // reconnect instead of sending their next request into a closing socket.
-        session.set_keepalive(None);
-        let started = exchange::answer_started(session.response_written());
-        let error_code = match exchange::failed(e, ctx, started) {
-            Failed::Stale(copy) => {
-                let version = ctx.snapshot.config.server.version_header.as_ref();
-                let outcome = crate::cache::CacheOutcome::Stale;
-                if let Some(r) = &ctx.routed {
-                    let written =
-                        cached::write(session.as_downstream_mut(), &copy, outcome, &ctx.request_id, r, version);
-                    if let Err(err) = written.await {
-                        tracing::debug!(error = %err, "cannot send the stale copy");
-                    }
-                }
-                copy.status
-            }
-            Failed::Page(page) => {
-                let code = page.as_ref().map(|p| p.status).unwrap_or(0);
-                if let Some(page) = page {
-                    if let Err(err) = respond::write(session.as_downstream_mut(), &page, &ctx.request_id).await {
-                        tracing::debug!(error = %err, "cannot send error page");
-                    }
-                }
-                code
-            }
-        };
+        // attempt; the answer says so (`Connection: close`), so keep-alive
+        // clients reconnect instead of sending their next request into a
+        // closing socket.
+        let error_code = respond::failure(session.as_downstream_mut(), e, ctx).await;
         FailToProxy { error_code, can_reuse_downstream: false }
     }
 

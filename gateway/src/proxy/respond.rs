@@ -49,3 +49,57 @@ pub async fn write_with(
     }
     Ok(())
 }
+
+/// Write the answer `exchange::begin` chose instead of proxying: a page
+/// (without keep-alive for a malformed request) or a cached copy. Both
+/// request paths answer through here.
+pub async fn local_answer(
+    session: &mut ServerSession,
+    answer: super::exchange::Begin,
+    ctx: &super::RequestCtx,
+) -> pingora_error::Result<()> {
+    use super::exchange::Begin;
+    match answer {
+        Begin::Proxy => Ok(()),
+        Begin::Page { page, retry_after, close } => {
+            if close {
+                session.set_keepalive(None);
+            }
+            write_with(session, &page, &ctx.request_id, retry_after).await
+        }
+        Begin::Copy { copy, outcome } => match &ctx.routed {
+            Some(r) => {
+                let version = ctx.snapshot.config.server.version_header.as_ref();
+                super::cached::write(session, &copy, outcome, &ctx.request_id, r, version).await
+            }
+            None => Ok(()),
+        },
+    }
+}
+
+/// Answer a request that could not be proxied, on either request path: a
+/// stale copy, the fallback page or the gateway's error page, when no final
+/// answer has started; never with keep-alive (neither path reuses the
+/// connection). The status written, 0 for none.
+pub async fn failure(session: &mut ServerSession, e: &pingora_error::Error, ctx: &mut super::RequestCtx) -> u16 {
+    use super::exchange::{self, Failed};
+    session.set_keepalive(None);
+    let started = exchange::answer_started(session.response_written());
+    let (status, written) = match exchange::failed(e, ctx, started) {
+        Failed::Stale(copy) => {
+            let version = ctx.snapshot.config.server.version_header.as_ref();
+            let outcome = crate::cache::CacheOutcome::Stale;
+            let written = match &ctx.routed {
+                Some(r) => super::cached::write(session, &copy, outcome, &ctx.request_id, r, version).await,
+                None => Ok(()),
+            };
+            (copy.status, written)
+        }
+        Failed::Page(Some(page)) => (page.status, write(session, &page, &ctx.request_id).await),
+        Failed::Page(None) => (0, Ok(())),
+    };
+    if let Err(err) = written {
+        tracing::debug!(error = %err, "cannot send the answer to a failed request");
+    }
+    status
+}

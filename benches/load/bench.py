@@ -408,7 +408,7 @@ def cmd_report(a):
                 f"{fmt(med(rs, 'still_open'), '.0f'):>8}{fmt(med(rs, 'before_kib') / 1024, '.1f'):>12}"
                 f"{fmt(med(rs, 'after_kib') / 1024, '.1f'):>12}{fmt(per[p], '.2f'):>10}"
             )
-        for peer in ("nginx", "haproxy", "bare-pingora"):
+        for peer in ("nginx", "haproxy", "bare-pingora", "bare-sessions"):
             if "gateway" in per and peer in per:
                 print(f"gateway/{peer}: memory per idle connection x{ratio(per['gateway'], per[peer])}")
         return

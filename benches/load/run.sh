@@ -34,7 +34,9 @@ usage: benches/load/run.sh [options]
   --proxies LIST     comma-separated subset of gateway,nginx,haproxy,bare-pingora,gateway-base,
                      gateway-cluster (variant b), gateway-cached (variant a), gateway-pingora
                      (the same binary and config with server.lean_http1 = false: every request
-                     through pingora-proxy, to compare the two request paths in one run)
+                     through pingora-proxy, to compare the two request paths in one run),
+                     bare-sessions (bare-pingora --sessions: Pingora's HTTP/1 sessions in a plain
+                     loop, no logic; the ceiling of the gateway's lean path)
   --base-bin PATH    a second gateway binary (e.g. the previous commit's release build), run as
                      proxy 'gateway-base' with the same config, to compare two builds in one run
   --idle-conns N     variant d: idle connections per proxy (default 10000)
@@ -108,7 +110,7 @@ die() { log "error: $*"; exit 1; }
 STABLE_PORT=$((BASE_PORT + 1)) CANARY_PORT=$((BASE_PORT + 2)) SHADOW_PORT=$((BASE_PORT + 3))
 STATUS_PORT=$((BASE_PORT + 4))
 declare -A PORT=([gateway]=$((BASE_PORT + 10)) [gateway-shadow]=$((BASE_PORT + 20)) [nginx]=$((BASE_PORT + 30))
-    [haproxy]=$((BASE_PORT + 40)) [bare-pingora]=$((BASE_PORT + 50)) [gateway-base]=$((BASE_PORT + 60))
+    [haproxy]=$((BASE_PORT + 40)) [bare-pingora]=$((BASE_PORT + 50)) [bare-sessions]=$((BASE_PORT + 55)) [gateway-base]=$((BASE_PORT + 60))
     [gateway-cluster]=$((BASE_PORT + 70)) [gateway-cached]=$((BASE_PORT + 80)) [gateway-pingora]=$((BASE_PORT + 90)))
 declare -A ADMIN_PORT=([gateway]=$((BASE_PORT + 11)) [gateway-shadow]=$((BASE_PORT + 21)) [gateway-base]=$((BASE_PORT + 61))
     [gateway-cluster]=$((BASE_PORT + 71)) [gateway-cached]=$((BASE_PORT + 81)) [gateway-pingora]=$((BASE_PORT + 91)))
@@ -129,7 +131,7 @@ case "$VARIANT" in
 esac
 IFS=',' read -r -a LIST <<<"${PROXIES:-$DEFAULT_PROXIES}"
 for p in "${LIST[@]}"; do
-    [[ -n "${PORT[$p]:-}" ]] || die "unknown proxy '$p' (gateway, gateway-shadow, nginx, haproxy, bare-pingora, gateway-base, gateway-cluster, gateway-cached, gateway-pingora)"
+    [[ -n "${PORT[$p]:-}" ]] || die "unknown proxy '$p' (gateway, gateway-shadow, nginx, haproxy, bare-pingora, bare-sessions, gateway-base, gateway-cluster, gateway-cached, gateway-pingora)"
 done
 CLUSTER=0
 if [[ " ${LIST[*]} " == *" gateway-cluster "* ]]; then
@@ -188,7 +190,7 @@ command -v taskset >/dev/null || die "taskset (util-linux) is needed"
 if ((BUILD)); then
     log "building release binaries (cargo build --release)"
     (cd "$ROOT" && cargo build --release -p gateway >&2)
-    [[ " ${LIST[*]} " == *" bare-pingora "* ]] && (cd "$ROOT" && cargo build --release -p bare-pingora >&2)
+    [[ " ${LIST[*]} " == *" bare-"* ]] && (cd "$ROOT" && cargo build --release -p bare-pingora >&2)
     [[ -n "$RATE" ]] && (cd "$ROOT" && cargo build --release -p openloop >&2)
 fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -199,7 +201,7 @@ OPENLOOP_BIN="$TARGET_DIR/release/openloop"
 if [[ -n "$RATE" && ! -x "$OPENLOOP_BIN" ]]; then
     die "$OPENLOOP_BIN is missing: cargo build --release -p openloop"
 fi
-if [[ " ${LIST[*]} " == *" bare-pingora "* && ! -x "$BARE_BIN" ]]; then
+if [[ " ${LIST[*]} " == *" bare-"* && ! -x "$BARE_BIN" ]]; then
     die "$BARE_BIN is missing: cargo build --release -p bare-pingora"
 fi
 
@@ -322,7 +324,7 @@ for p in "${LIST[@]}"; do
             CONFIG[$p]="$d/haproxy.cfg"
             haproxy -c -q -f "$d/haproxy.cfg" >"$d/check.log" 2>&1 || { cat "$d/check.log" >&2; die "haproxy -c failed"; }
             ;;
-        bare-pingora) CONFIG[$p]="-" ;;
+        bare-pingora|bare-sessions) CONFIG[$p]="-" ;;
     esac
 done
 
@@ -352,6 +354,7 @@ start_proxy() { # name -> PROXY_PID
         haproxy) rm -f "$d/master.sock"
             start "$p" "$PROXY_CPUS" haproxy -W -S "$d/master.sock" -f "$d/haproxy.cfg" ;;
         bare-pingora) start "$p" "$PROXY_CPUS" "$BARE_BIN" "127.0.0.1:${PORT[$p]}" "127.0.0.1:$STABLE_PORT" 1 ;;
+        bare-sessions) start "$p" "$PROXY_CPUS" "$BARE_BIN" --sessions "127.0.0.1:${PORT[$p]}" "127.0.0.1:$STABLE_PORT" 1 ;;
     esac
     PROXY_PID=$STARTED_PID
     if ! "${PYB[@]}" wait-http --port "${PORT[$p]}" --pid "$PROXY_PID" --timeout 30; then
@@ -362,7 +365,7 @@ start_proxy() { # name -> PROXY_PID
 stop_proxy() { # name pid
     local sig=TERM
     # Pingora: SIGINT is the fast shutdown, SIGTERM the graceful one.
-    [[ "$1" == gateway* || "$1" == bare-pingora ]] && sig=INT
+    [[ "$1" == gateway* || "$1" == bare-* ]] && sig=INT
     stop_group "$2" "$sig"
     forget "$2"
 }
@@ -395,7 +398,7 @@ for round in $(seq "$ROUNDS"); do
         start_proxy "$p"
         pid=$PROXY_PID
         d="$TMP/$p"
-        if ((round == 1)) && [[ "$p" != bare-pingora ]]; then
+        if ((round == 1)) && [[ "$p" != bare-* ]]; then
             # Same routing everywhere, or the comparison is void.
             probe_deny=()
             [[ "$VARIANT" == b ]] && probe_deny=(--denied-from "$DENIED_FROM")

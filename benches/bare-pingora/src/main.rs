@@ -4,14 +4,20 @@
 //! gateway's own ceiling: whatever the gateway loses against this binary is
 //! the cost of its routing, metrics and logging, not of Pingora.
 //!
-//! Usage: `bare-pingora LISTEN UPSTREAM [THREADS]`, e.g.
+//! Usage: `bare-pingora [--sessions] LISTEN UPSTREAM [THREADS]`, e.g.
 //! `bare-pingora 127.0.0.1:18040 127.0.0.1:18001` (THREADS defaults to 1).
+//! With `--sessions` it serves with Pingora's HTTP/1 sessions in a plain
+//! loop instead of `pingora-proxy` (`sessions.rs`): the ceiling of the
+//! gateway's lean HTTP/1 path.
+
+mod sessions;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -49,12 +55,17 @@ struct Args {
     listen: SocketAddr,
     upstream: SocketAddr,
     threads: usize,
+    sessions: bool,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let sessions = args.first().is_some_and(|a| a == "--sessions");
+    if sessions {
+        args.remove(0);
+    }
     if args.len() < 2 || args.len() > 3 {
-        return Err("usage: bare-pingora LISTEN UPSTREAM [THREADS]".to_string());
+        return Err("usage: bare-pingora [--sessions] LISTEN UPSTREAM [THREADS]".to_string());
     }
     let listen = args[0].parse().map_err(|e| format!("LISTEN {:?}: {e}", args[0]))?;
     let upstream = args[1].parse().map_err(|e| format!("UPSTREAM {:?}: {e}", args[1]))?;
@@ -62,7 +73,7 @@ fn parse_args() -> std::result::Result<Args, String> {
         Some(t) => t.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| format!("THREADS {t:?}: not a count"))?,
         None => 1,
     };
-    Ok(Args { listen, upstream, threads })
+    Ok(Args { listen, upstream, threads, sessions })
 }
 
 fn main() -> ExitCode {
@@ -89,9 +100,20 @@ fn main() -> ExitCode {
     };
     let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
     server.bootstrap();
-    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Bare { upstream: args.upstream });
-    proxy.add_tcp(&args.listen.to_string());
-    server.add_service(proxy);
-    eprintln!("bare-pingora: {} -> {} ({} thread(s))", args.listen, args.upstream, args.threads);
+    if args.sessions {
+        let mut upstream = HttpPeer::new(args.upstream, false, String::new());
+        upstream.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        let connector = TransportConnector::new(Some(ConnectorOptions::from_server_conf(&server.configuration)));
+        let app = sessions::Sessions { upstream, connector };
+        let mut service = pingora_core::services::listening::Service::new("bare-sessions".to_string(), app);
+        service.add_tcp(&args.listen.to_string());
+        server.add_service(service);
+    } else {
+        let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Bare { upstream: args.upstream });
+        proxy.add_tcp(&args.listen.to_string());
+        server.add_service(proxy);
+    }
+    let mode = if args.sessions { "Pingora's sessions in a loop" } else { "pingora-proxy" };
+    eprintln!("bare-pingora: {} -> {} ({} thread(s), {mode})", args.listen, args.upstream, args.threads);
     server.run_forever()
 }

@@ -330,4 +330,5 @@ async fn check(text: &str, extra_files: &[(&str, &str)]) -> (Option<i32>, String
 
 mod anonymous;
 mod checks;
+mod rotation;
 mod tester;

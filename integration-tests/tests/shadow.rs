@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::shop::{shadow_config, Shop};
 use gateway::shadow::{DiffStore, Retention};
-use integration_tests::{http_client, temp_dir, Gateway};
+use integration_tests::{dead_addr, free_addr, http_client, run_cli, temp_dir, Gateway};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -272,4 +272,121 @@ async fn a_mirrored_copy_carries_the_lane_of_the_version_it_is_sent_to() {
     assert_eq!(primary, Some(Some("stable".to_string())), "the client's request, in its lane");
     let (_, headers, _) = canary_shop.shadow_requests().pop().expect("mirrored");
     assert_eq!(lane(&headers).as_deref(), Some("canary"), "the copy, in the canary's lane");
+}
+
+/// Three versions, each on its own shop (v1 prices the item 10, v2 20, v3
+/// 30), with `against = "v2"`. The users `to-v2` and `to-v3` are whitelisted
+/// on their versions; everyone else is on v1, the default.
+fn three_versions_against_v2(v1: SocketAddr, v2: SocketAddr, v3: SocketAddr, store: &std::path::Path) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+threads = 2
+[admin]
+listen = "{{admin}}"
+[shadow]
+store = "{store}"
+max_stored_body = "4KiB"
+[upstreams.cart-v1]
+backends = ["{v1}"]
+[upstreams.cart-v2]
+backends = ["{v2}"]
+[upstreams.cart-v3]
+backends = ["{v3}"]
+[[routes]]
+name = "cart"
+path_prefix = "/cart"
+default = "v1"
+versions = [
+  {{ name = "v1", upstream = "cart-v1" }},
+  {{ name = "v2", upstream = "cart-v2", whitelist_users = ["to-v2"] }},
+  {{ name = "v3", upstream = "cart-v3", whitelist_users = ["to-v3"] }},
+]
+[routes.shadow]
+percent = 100.0
+against = "v2"
+"#,
+        store = store.display()
+    )
+}
+
+/// The users whose requests `shop` received as mirrored copies.
+fn mirrored_users(shop: &Shop) -> Vec<String> {
+    let user = |h: &axum::http::HeaderMap| h.get("x-user-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    shop.shadow_requests().iter().map(|(_, h, _)| user(h)).collect()
+}
+
+/// With `against`, every other version is compared with that one: copies of
+/// v1's and v3's requests go to v2's backend, and v2's own requests are
+/// compared with the first other version in the list, v1. The named version
+/// is always the record's `stable` side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_against_every_version_is_compared_with_the_named_one_and_it_with_the_first_other() {
+    let (v1, v1_shop) = Shop::new(10).start().await;
+    let (v2, v2_shop) = Shop::new(20).start().await;
+    let (v3, v3_shop) = Shop::new(30).start().await;
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let gateway = Gateway::start(&three_versions_against_v2(v1, v2, v3, &store)).await;
+    for user in ["on-v1", "to-v2", "to-v3"] {
+        assert_eq!(get(&gateway, user).await, 200, "{user}");
+    }
+
+    let recs = records(&store, 3).await;
+    let record_of = |user: &str| {
+        let mine: Vec<_> =
+            recs.iter().filter(|r| r.request_headers.iter().any(|(k, v)| k == "x-user-id" && v == user)).collect();
+        assert_eq!(mine.len(), 1, "one record for {user}: {recs:#?}");
+        mine[0].clone()
+    };
+    // (user, the version that answered, the price on the stable side, on the canary side)
+    for (user, primary, stable, canary) in [("on-v1", "v1", 20, 10), ("to-v3", "v3", 20, 30), ("to-v2", "v2", 20, 10)] {
+        let r = record_of(user);
+        assert_eq!(r.primary, primary, "{user}: {r:?}");
+        assert_eq!(r.outcome, "different", "{user}: {r:?}");
+        let price = r.diffs.iter().find(|d| d.path == "$.items[2].price").unwrap_or_else(|| panic!("{r:?}"));
+        assert_eq!((price.stable.clone(), price.canary.clone()), (json!(stable), json!(canary)), "{user}");
+    }
+
+    // The backends agree: v2 got the copies of v1's and v3's requests, v1 the copy of v2's, v3 none.
+    let mut to_v2 = mirrored_users(&v2_shop);
+    to_v2.sort();
+    assert_eq!(to_v2, ["on-v1", "to-v3"], "v2's backend receives the other versions' copies");
+    assert_eq!(mirrored_users(&v1_shop), ["to-v2"], "v2's own requests are compared with v1");
+    assert!(mirrored_users(&v3_shop).is_empty(), "nothing is compared with v3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_an_against_that_names_no_version_with_file_line_and_key() {
+    let dir = temp_dir();
+    let store = dir.path().join("diffs.sqlite");
+    let good = three_versions_against_v2(dead_addr(), dead_addr(), dead_addr(), &store)
+        .replace("{listen}", &free_addr().to_string())
+        .replace("{admin}", &free_addr().to_string());
+    let path = dir.path().join("gateway.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).expect("write the config");
+        let out = run_cli(&["check", "-c", path.to_str().expect("temp paths are UTF-8")]);
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)))
+    };
+    let (code, printed) = check(&good);
+    assert_eq!(code, Some(0), "against = \"v2\" is valid:\n{printed}");
+    assert!(printed.contains("against v2"), "check shows the version compared against:\n{printed}");
+
+    let bad = good.replace("against = \"v2\"", "against = \"nope\"");
+    assert_ne!(bad, good);
+    let (code, printed) = check(&bad);
+    assert_eq!(code, Some(1), "against = \"nope\":\n{printed}");
+    // The shadow table runs from its header to the end of the file.
+    let lines: Vec<&str> = bad.lines().collect();
+    let table = lines.iter().position(|l| l.trim() == "[routes.shadow]").expect("the shadow table") + 1..=lines.len();
+    let located = printed.lines().any(|l| {
+        let Some((_, rest)) = l.split_once("gateway.toml:") else { return false };
+        let Some((line, rest)) = rest.split_once(": ") else { return false };
+        line.parse::<usize>().is_ok_and(|n| table.contains(&n))
+            && rest.starts_with("routes[0].shadow.against: ")
+            && rest.contains("\"nope\"")
+    });
+    assert!(located, "no `gateway.toml:<line in {table:?}>: routes[0].shadow.against: ...\"nope\"...`:\n{printed}");
 }

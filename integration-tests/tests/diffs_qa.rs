@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::shop::{shadow_config, Shop};
+use common::shop::Shop;
 use integration_tests::{http_client, run_cli, temp_dir, Gateway};
 use serde_json::{json, Value};
 
@@ -22,8 +22,41 @@ async fn shop(price: u32) -> SocketAddr {
     Shop { random_ts: true, ..Shop::new(price) }.start().await.0
 }
 
+/// Route `cart` with versions `v1` (the default, on `stable`) and `v2` (at
+/// 0%, on `canary`), every request mirrored and noise-checked.
 fn config(stable: SocketAddr, canary: SocketAddr) -> String {
-    shadow_config(stable, canary, "{dir}/diffs.sqlite", "percent = 100.0\nnoise_check = 1.0")
+    versions_config(&[("v1", stable, ""), ("v2", canary, "")], "percent = 100.0\nnoise_check = 1.0\n")
+}
+
+/// Route `cart` with `versions` as (name, backend, whitelisted user or ""),
+/// the first the default, the others at 0%; `shadow` is `[routes.shadow]`'s body.
+fn versions_config(versions: &[(&str, SocketAddr, &str)], shadow: &str) -> String {
+    let mut upstreams = String::new();
+    let mut entries = String::new();
+    for (name, addr, user) in versions {
+        upstreams.push_str(&format!("[upstreams.cart-{name}]\nbackends = [\"{addr}\"]\n"));
+        let whitelist = if user.is_empty() { String::new() } else { format!(", whitelist_users = [\"{user}\"]") };
+        entries.push_str(&format!("  {{ name = \"{name}\", upstream = \"cart-{name}\"{whitelist} }},\n"));
+    }
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+threads = 2
+[admin]
+listen = "{{admin}}"
+[shadow]
+store = "{{dir}}/diffs.sqlite"
+max_stored_body = "4KiB"
+{upstreams}
+[[routes]]
+name = "cart"
+path_prefix = "/cart"
+versions = [
+{entries}]
+[routes.shadow]
+{shadow}"#
+    )
 }
 
 async fn admin_json(gateway: &Gateway, path: &str) -> (u16, Value) {
@@ -164,6 +197,55 @@ async fn without_a_shadowed_route_the_diff_endpoints_say_so() {
     assert!(resp.text().await.expect("html").contains("no shadow diff store"));
 }
 
+/// A record says which version answered the client and which one it was
+/// compared with, and the API and pages label both sides by version name:
+/// with three versions, "stable" and "canary" would not say which is which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_record_names_the_version_that_answered_and_the_one_it_was_compared_with() {
+    let (v1, v2, v3) = (shop(10).await, shop(20).await, shop(30).await);
+    let versions = [("v1", v1, ""), ("v2", v2, "to-v2"), ("v3", v3, "to-v3")];
+    let gateway = Gateway::start(&versions_config(&versions, "percent = 100.0\n")).await;
+    // (user, the version that answers, the one compared with; v1 is `against`, always the stable side)
+    let expected = [("on-v1", "v1", "v2"), ("to-v2", "v2", "v1"), ("to-v3", "v3", "v1")];
+    for (user, _, _) in expected {
+        let resp = http_client().get(gateway.url("/cart/items")).header("x-user-id", user).send().await.expect("get");
+        assert_eq!(resp.status(), 200, "{user}");
+    }
+    gateway
+        .eventually("three records are stored", Duration::from_secs(20), || async {
+            admin_json(&gateway, "/api/diffs?route=cart").await.1["count"].as_u64() >= Some(3)
+        })
+        .await;
+    let (_, list) = admin_json(&gateway, "/api/diffs?route=cart").await;
+    let records = list["records"].as_array().expect("records");
+    for (user, primary, compared) in expected {
+        let listed = records
+            .iter()
+            .find(|r| r["primary"] == primary)
+            .unwrap_or_else(|| panic!("no record answered by {primary}: {list:#}"));
+        let canary_side = if primary == "v1" { compared } else { primary };
+        assert_eq!((&listed["stable_version"], &listed["canary_version"]), (&json!("v1"), &json!(canary_side)));
+
+        let id = listed["id"].as_i64().expect("id");
+        let (_, record) = admin_json(&gateway, &format!("/api/diffs/{id}")).await;
+        assert!(record["request_headers"].to_string().contains(user), "{user}: {record}");
+        assert_eq!(record["compared"], compared, "{user}: {record}");
+        assert_eq!((&record["stable_version"], &record["canary_version"]), (&json!("v1"), &json!(canary_side)));
+
+        let page = gateway.admin_request(reqwest::Method::GET, &format!("/diffs/{id}")).send().await.expect("page");
+        let html = page.text().await.expect("html");
+        let header = format!("<th class=\"side stable\">v1</th><th class=\"side canary\">{canary_side}</th>");
+        assert!(html.contains(&header), "{user}: the diff table names both versions:\n{html}");
+        let got = format!("client got <strong>{primary}</strong>, compared with <strong>{compared}</strong>");
+        assert!(html.contains(&got), "{user}: {got:?} in\n{html}");
+        assert!(!html.contains("Stable") && !html.contains("Canary"), "{user}: fixed side labels in\n{html}");
+    }
+    let page = gateway.admin_request(reqwest::Method::GET, "/diffs?route=cart").send().await.expect("page");
+    let html = page.text().await.expect("html");
+    let v3_row = "<span class=\"version\">v1</span> 200 · <span class=\"version\">v3</span> 200";
+    assert!(html.contains(v3_row), "the summary's records name their versions:\n{html}");
+}
+
 // ---- the pages in a headless browser -----------------------------------------
 
 /// The text of the element starting at `start` (up to its closing `</tag>`).
@@ -217,6 +299,10 @@ async fn the_diff_pages_show_the_difference_highlighted_and_the_noise_apart() {
     assert!(marks.iter().any(|m| m.contains("class=\"noise\"") && m.contains("\"ts\": ")), "$.ts marked as noise");
     assert!(!marks.iter().any(|m| m.contains("\"price\": 7")), "unchanged prices are not marked");
     assert!(dom.contains("<td class=\"val stable\">10</td>") && dom.contains("<td class=\"val canary\">12</td>"));
+    // The sides are labelled by version name: v1 answered, compared with v2.
+    assert!(dom.contains("<th class=\"side stable\">v1</th><th class=\"side canary\">v2</th>"), "{dom}");
+    assert!(dom.contains("<h3>v2 answer"), "the answers are headed by version name");
+    assert!(dom.contains("compared with <strong>v2</strong>"), "{dom}");
 
     // Screenshots for people: under the test's temp dir, copied to /tmp.
     screenshot(&bin, scratch.path(), &page, "diffs-page.png", "/tmp/diffs-page.png").await;

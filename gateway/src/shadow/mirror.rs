@@ -31,7 +31,8 @@ pub struct ShadowJob {
     pub primary_is_baseline: bool,
     pub primary_name: String,
     /// `server.version_request_header`, and its value for the other version
-    /// and for the primary's own (the noise check).
+    /// and for the primary's own (the noise check). A lane's value is its
+    /// version's name, which is how the record names the other side.
     pub lane_header: Option<http::HeaderName>,
     pub other_lane: HeaderValue,
     pub own_lane: HeaderValue,
@@ -107,6 +108,12 @@ fn record(job: &ShadowJob, outcome: &str, diffs: Vec<StoredDiff>, other: &Answer
         true => (&job.primary, other),
         false => (other, &job.primary),
     };
+    // Version names are ASCII letters, digits, '_' and '-' (checked at load).
+    let other_name = job.other_lane.to_str().unwrap_or("?").to_string();
+    let (stable_version, canary_version) = match job.primary_is_baseline {
+        true => (job.primary_name.clone(), other_name),
+        false => (other_name, job.primary_name.clone()),
+    };
     let header = |name: &str| job.request.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let request_headers = job
         .request
@@ -123,6 +130,8 @@ fn record(job: &ShadowJob, outcome: &str, diffs: Vec<StoredDiff>, other: &Answer
         method: job.request.method.as_str().to_string(),
         path,
         primary: job.primary_name.clone(),
+        stable_version,
+        canary_version,
         stable_status: stable.status,
         canary_status: canary.status,
         stable_latency_ms: stable.latency.as_secs_f64() * 1000.0,

@@ -60,8 +60,14 @@ pub struct DiffRecord {
     pub request_id: String,
     pub method: String,
     pub path: String,
-    /// The version that answered the client: `stable` or `canary`.
+    /// The name of the version that answered the client: one of the two
+    /// sides below (`v2`; `stable` or `canary` in the shorthand).
     pub primary: String,
+    /// The names of the versions whose answers are on each side: `stable_*`
+    /// holds the shadow's `against` version, `canary_*` the version compared
+    /// with it. Empty in records stored before the names were kept.
+    pub stable_version: String,
+    pub canary_version: String,
     pub stable_status: u16,
     pub canary_status: u16,
     pub stable_latency_ms: f64,
@@ -79,6 +85,33 @@ pub struct DiffRecord {
     pub request_body: String,
     pub stable_body: String,
     pub canary_body: String,
+}
+
+impl DiffRecord {
+    /// The names to label the `stable_*` and `canary_*` sides with: the
+    /// stored version names, or, for a record stored before they were kept,
+    /// the words the shorthand gave the two sides.
+    pub fn side_names(&self) -> (&str, &str) {
+        (label(&self.stable_version, "stable"), label(&self.canary_version, "canary"))
+    }
+
+    /// The version the client's answer was compared with: the side that did
+    /// not answer the client (empty when the record names no sides).
+    pub fn compared(&self) -> &str {
+        match self.primary == self.stable_version {
+            true => &self.canary_version,
+            false => &self.stable_version,
+        }
+    }
+}
+
+/// A stored side name, or `word` when the record has none.
+pub(super) fn label<'a>(stored: &'a str, word: &'static str) -> &'a str {
+    if stored.is_empty() {
+        word
+    } else {
+        stored
+    }
 }
 
 /// How much history to keep; applied by the writer at most once per second.
@@ -148,6 +181,8 @@ CREATE TABLE IF NOT EXISTS shadow_records (
     method TEXT NOT NULL,
     path TEXT NOT NULL,
     primary_version TEXT NOT NULL,
+    stable_version TEXT NOT NULL DEFAULT '',
+    canary_version TEXT NOT NULL DEFAULT '',
     stable_status INTEGER NOT NULL,
     canary_status INTEGER NOT NULL,
     stable_latency_ms REAL NOT NULL,
@@ -175,11 +210,20 @@ CREATE TABLE IF NOT EXISTS shadow_diffs (
 CREATE INDEX IF NOT EXISTS shadow_diffs_path ON shadow_diffs (path, record_id);
 ";
 
-/// Stores written before records had a weight get the column (every old
-/// record stood for itself).
-const MIGRATIONS: &str = "
-ALTER TABLE shadow_records ADD COLUMN weight INTEGER NOT NULL DEFAULT 1;
-";
+/// Columns added since the first schema, in order, with the statement that
+/// adds each to an older file. `PRAGMA user_version` is the number of the
+/// schema (1 + the migrations applied); each column is still looked up by
+/// name, so a file a crash left half-migrated is finished on the next open.
+const MIGRATIONS: [(&str, &str); 3] = [
+    // Every old record stood for itself.
+    ("weight", "ALTER TABLE shadow_records ADD COLUMN weight INTEGER NOT NULL DEFAULT 1"),
+    // Older records name no sides; readers fall back to the shorthand's words.
+    ("stable_version", "ALTER TABLE shadow_records ADD COLUMN stable_version TEXT NOT NULL DEFAULT ''"),
+    ("canary_version", "ALTER TABLE shadow_records ADD COLUMN canary_version TEXT NOT NULL DEFAULT ''"),
+];
+
+/// The `PRAGMA user_version` of a store with every migration applied.
+pub const SCHEMA_VERSION: usize = 1 + MIGRATIONS.len();
 
 /// Why the diff store could not do what it was asked: typed for callers,
 /// with the text `gateway check`, the admin API and the log show.
@@ -219,19 +263,26 @@ pub(super) fn connect(path: &Path, write: bool) -> Result<Connection, StoreError
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(sql_err("pragmas"))?;
         conn.execute_batch(SCHEMA).map_err(sql_err("schema"))?;
-        let has_weight: bool = conn
-            .query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('shadow_records') WHERE name = 'weight'", [], |r| {
-                r.get(0)
-            })
-            .map_err(sql_err("schema"))?;
-        if !has_weight {
-            conn.execute_batch(MIGRATIONS).map_err(sql_err("migration"))?;
-        }
-        conn.execute_batch("PRAGMA user_version = 2;").map_err(sql_err("schema"))?;
+        migrate(&conn)?;
     } else {
         conn.execute_batch("PRAGMA query_only = ON;").map_err(sql_err("pragmas"))?;
     }
     Ok(conn)
+}
+
+/// Adds the columns an older file lacks (see [`MIGRATIONS`]) and records the schema version.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for (column, statement) in MIGRATIONS {
+        let present: bool = conn
+            .query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('shadow_records') WHERE name = ?1", [column], |r| {
+                r.get(0)
+            })
+            .map_err(sql_err("schema"))?;
+        if !present {
+            conn.execute_batch(statement).map_err(sql_err("migration"))?;
+        }
+    }
+    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};")).map_err(sql_err("schema"))
 }
 
 /// The store: opened once at startup, shared by the writer and the admin API.
@@ -309,8 +360,8 @@ fn insert(tx: &Transaction<'_>, r: &DiffRecord) -> rusqlite::Result<i64> {
     tx.prepare_cached(
         "INSERT INTO shadow_records (at_ms, route, request_id, method, path, primary_version, stable_status,
              canary_status, stable_latency_ms, canary_latency_ms, outcome, diff_count, request_headers,
-             request_body, stable_body, canary_body, weight)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             request_body, stable_body, canary_body, weight, stable_version, canary_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?
     .execute(params![
         r.at_unix_ms,
@@ -330,6 +381,8 @@ fn insert(tx: &Transaction<'_>, r: &DiffRecord) -> rusqlite::Result<i64> {
         r.stable_body,
         r.canary_body,
         i64::try_from(r.weight.max(1)).unwrap_or(i64::MAX),
+        r.stable_version,
+        r.canary_version,
     ])?;
     let id = tx.last_insert_rowid();
     let mut stmt = tx.prepare_cached(

@@ -6,7 +6,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
-use super::store::{outcome, sql_err, DiffRecord, DiffStore, StoreError, StoredDiff};
+use super::store::{label, outcome, sql_err, DiffRecord, DiffStore, StoreError, StoredDiff};
 
 /// Paths listed per route in a summary, most frequent first.
 pub const SUMMARY_PATHS: usize = 200;
@@ -47,10 +47,20 @@ pub struct DiffRecordHeader {
     pub method: String,
     pub path: String,
     pub primary: String,
+    /// See [`DiffRecord::stable_version`].
+    pub stable_version: String,
+    pub canary_version: String,
     pub outcome: String,
     pub stable_status: u16,
     pub canary_status: u16,
     pub diff_count: u64,
+}
+
+impl DiffRecordHeader {
+    /// See [`DiffRecord::side_names`].
+    pub fn side_names(&self) -> (&str, &str) {
+        (label(&self.stable_version, "stable"), label(&self.canary_version, "canary"))
+    }
 }
 
 fn count(n: i64) -> u64 {
@@ -136,7 +146,7 @@ impl DiffStore {
         let conn = self.read();
         let mut sql = String::from(
             "SELECT id, at_ms, route, request_id, method, path, primary_version, outcome, stable_status,
-                    canary_status, diff_count
+                    canary_status, diff_count, stable_version, canary_version
              FROM shadow_records WHERE at_ms >= ?1",
         );
         let mut args = vec![SqlValue::Integer(since_unix_ms.unwrap_or(i64::MIN))];
@@ -164,6 +174,8 @@ impl DiffStore {
                 stable_status: row.get(8)?,
                 canary_status: row.get(9)?,
                 diff_count: count(row.get(10)?),
+                stable_version: row.get(11)?,
+                canary_version: row.get(12)?,
             })
         });
         rows.and_then(Iterator::collect).map_err(sql_err("list"))
@@ -176,7 +188,7 @@ impl DiffStore {
             .prepare_cached(
                 "SELECT id, at_ms, route, request_id, method, path, primary_version, stable_status,
                         canary_status, stable_latency_ms, canary_latency_ms, outcome, request_headers,
-                        request_body, stable_body, canary_body, weight
+                        request_body, stable_body, canary_body, weight, stable_version, canary_version
                  FROM shadow_records WHERE id = ?1",
             )
             .and_then(|mut stmt| stmt.query_row([id], record_row).optional())
@@ -223,5 +235,7 @@ fn record_row(row: &Row<'_>) -> rusqlite::Result<DiffRecord> {
         stable_body: row.get(14)?,
         canary_body: row.get(15)?,
         weight: u64::try_from(row.get::<_, i64>(16)?).unwrap_or(1),
+        stable_version: row.get(17)?,
+        canary_version: row.get(18)?,
     })
 }

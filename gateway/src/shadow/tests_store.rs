@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::store::{body_text, now_unix_ms, outcome, redact, DiffRecord, DiffStore, Retention, StoredDiff};
+use super::store::{
+    body_text, now_unix_ms, outcome, redact, DiffRecord, DiffStore, Retention, StoredDiff, SCHEMA_VERSION,
+};
 use super::store_writer::DiffWriter;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -315,4 +317,69 @@ fn a_store_written_before_weights_existed_is_migrated() {
     );
     let summary = store.summary(Some("cart"), None).expect("summary");
     assert_eq!((summary[0].shadowed, summary[0].identical), (1, 1), "the old record counts once");
+}
+
+#[test]
+fn a_record_keeps_the_names_of_both_sides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir, Retention::default());
+    let r = DiffRecord {
+        primary: "v3".into(),
+        stable_version: "v2".into(),
+        canary_version: "v3".into(),
+        ..record("cart", now_unix_ms(), outcome::DIFFERENT, &[("$.price", false)])
+    };
+    store_all(&store, vec![r]);
+    let listed = store.list(Some("cart"), None, None, 10).expect("list");
+    assert_eq!((listed[0].stable_version.as_str(), listed[0].canary_version.as_str()), ("v2", "v3"));
+    assert_eq!(listed[0].side_names(), ("v2", "v3"));
+    let got = store.get(listed[0].id).expect("get").expect("stored");
+    assert_eq!((got.stable_version.as_str(), got.canary_version.as_str()), ("v2", "v3"));
+    assert_eq!(got.compared(), "v2", "v3 answered the client and was compared with v2");
+}
+
+#[test]
+fn a_store_written_before_side_names_existed_is_migrated_and_its_records_still_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shadow.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE shadow_records (id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL,
+                route TEXT NOT NULL, request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+                primary_version TEXT NOT NULL, stable_status INTEGER NOT NULL, canary_status INTEGER NOT NULL,
+                stable_latency_ms REAL NOT NULL, canary_latency_ms REAL NOT NULL, outcome TEXT NOT NULL,
+                weight INTEGER NOT NULL DEFAULT 1, diff_count INTEGER NOT NULL, request_headers TEXT NOT NULL,
+                request_body TEXT NOT NULL, stable_body TEXT NOT NULL, canary_body TEXT NOT NULL);
+             INSERT INTO shadow_records VALUES (1, 1000, 'cart', 'r1', 'GET', '/cart', 'canary', 200, 500, 1.0,
+                1.0, 'different', 3, 0, '[]', '', '{}', '{}');
+             PRAGMA user_version = 2;",
+        )
+        .expect("the schema before side names");
+    }
+    let store = open(&dir, Retention { max_age: Duration::from_secs(u64::MAX / 4_000), ..Retention::default() });
+    let old = store.get(1).expect("get").expect("the old record is kept");
+    assert_eq!((old.primary.as_str(), old.weight, old.canary_status), ("canary", 3, 500));
+    assert_eq!(old.side_names(), ("stable", "canary"), "labelled as the shorthand named its sides");
+    let listed = store.list(Some("cart"), None, None, 10).expect("list");
+    assert_eq!(listed[0].side_names(), ("stable", "canary"));
+    let version: i64 = rusqlite::Connection::open(&path)
+        .and_then(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .expect("user_version");
+    assert_eq!(usize::try_from(version).ok(), Some(SCHEMA_VERSION));
+
+    // New records next to it carry their names.
+    let named = DiffRecord {
+        primary: "v1".into(),
+        stable_version: "v1".into(),
+        canary_version: "v2".into(),
+        ..record("cart", now_unix_ms(), outcome::IDENTICAL, &[])
+    };
+    store_all(&store, vec![named]);
+    let listed = store.list(Some("cart"), None, None, 10).expect("list");
+    assert_eq!(listed[0].side_names(), ("v1", "v2"));
+    // Opening again changes nothing.
+    drop(store);
+    let again = open(&dir, Retention { max_age: Duration::from_secs(u64::MAX / 4_000), ..Retention::default() });
+    assert_eq!(again.list(Some("cart"), None, None, 10).expect("list").len(), 2);
 }

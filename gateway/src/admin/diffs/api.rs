@@ -159,11 +159,13 @@ pub(super) fn api_list(reloader: &Reloader, query: &HashMap<String, String>) -> 
     Ok(json_reply(StatusCode::OK, &json!({"limit": limit, "count": records.len(), "records": records})))
 }
 
-/// A record as the API gives it: the stored fields, `at` in RFC 3339, and per
+/// A record as the API gives it: the stored fields, `at` in RFC 3339,
+/// `compared` (the version the client's answer was compared with), and per
 /// diff `noise_now` (the live verdict when known, else the recorded flag).
 pub fn record_json(r: &DiffRecord, noise: &NoiseTracker) -> Value {
     let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
     v["at"] = Value::String(rfc3339_ms(r.at_unix_ms));
+    v["compared"] = Value::String(r.compared().to_string());
     if let Some(diffs) = v["diffs"].as_array_mut() {
         for (d, stored) in diffs.iter_mut().zip(&r.diffs) {
             let (now, class, _) = noise_verdict(noise, &r.route, &stored.path, stored.noise);

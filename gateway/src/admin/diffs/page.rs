@@ -146,10 +146,11 @@ pub(super) fn page_summary(reloader: &Reloader, query: &HashMap<String, String>)
         let rows = list
             .iter()
             .map(|h| {
+                let (stable_label, canary_label) = h.side_names();
                 json!({
                     "id": h.id, "at": rfc3339_ms(h.at_unix_ms), "method": h.method, "path": h.path,
                     "outcome": h.outcome, "stable_status": h.stable_status, "canary_status": h.canary_status,
-                    "diff_count": h.diff_count,
+                    "stable_label": stable_label, "canary_label": canary_label, "diff_count": h.diff_count,
                 })
             })
             .collect::<Vec<_>>();
@@ -198,6 +199,7 @@ pub fn record_page_context(r: &DiffRecord, noise: &NoiseTracker) -> Value {
         json!({"lines": lines, "kind": kind, "empty": body.is_empty()})
     };
     let noise_count = diffs.iter().filter(|d| d["noise"] == true).count();
+    let (stable_label, canary_label) = r.side_names();
     json!({
         "r": {
             "id": r.id,
@@ -207,6 +209,9 @@ pub fn record_page_context(r: &DiffRecord, noise: &NoiseTracker) -> Value {
             "method": r.method,
             "path": r.path,
             "primary": r.primary,
+            "compared": r.compared(),
+            "stable_label": stable_label,
+            "canary_label": canary_label,
             "outcome": r.outcome,
             "stable_status": r.stable_status,
             "canary_status": r.canary_status,

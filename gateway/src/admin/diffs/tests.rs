@@ -30,7 +30,9 @@ fn record() -> DiffRecord {
         request_id: "req-1".into(),
         method: "GET".into(),
         path: "/cart/items?x=<b>".into(),
-        primary: "stable".into(),
+        primary: "v1".into(),
+        stable_version: "v1".into(),
+        canary_version: "v3".into(),
         stable_status: 200,
         canary_status: 200,
         stable_latency_ms: 1.25,
@@ -58,6 +60,26 @@ fn the_record_page_marks_the_differing_lines_and_escapes_everything() {
     assert!(!page.contains("<img src=x>"), "bodies are escaped");
     assert!(page.contains("&lt;script&gt;alert(1)"), "shown, escaped");
     assert!(page.contains("1.2 ms") || page.contains("1.3 ms"));
+}
+
+#[test]
+fn the_record_page_names_both_versions_and_the_one_compared_with() {
+    let page = render("diff_record.html", &record_page_context(&record(), &NoiseTracker::new())).expect("render");
+    assert!(page.contains("<th class=\"side stable\">v1</th><th class=\"side canary\">v3</th>"), "{page}");
+    assert!(page.contains("<dt class=\"side canary\">v3</dt>"), "{page}");
+    assert!(page.contains("client got <strong>v1</strong>, compared with <strong>v3</strong>"), "{page}");
+    assert!(page.contains("v3 answer"), "{page}");
+    assert!(!page.contains("Stable") && !page.contains("Canary"), "no fixed side labels: {page}");
+
+    // A record stored before the names were kept is labelled as the shorthand named its sides.
+    let old = DiffRecord {
+        primary: "stable".into(),
+        stable_version: String::new(),
+        canary_version: String::new(),
+        ..record()
+    };
+    let page = render("diff_record.html", &record_page_context(&old, &NoiseTracker::new())).expect("render");
+    assert!(page.contains("<th class=\"side stable\">stable</th><th class=\"side canary\">canary</th>"), "{page}");
 }
 
 #[test]

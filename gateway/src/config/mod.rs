@@ -5,6 +5,7 @@ pub mod error;
 pub mod file;
 pub mod files;
 pub mod model;
+mod route_cover;
 pub mod startup;
 pub mod validate;
 mod validate_cache;

@@ -1,7 +1,8 @@
 //! `[[routes]]`: match (hosts, prefix, rules), versions and their shares,
 //! user ID, anonymous policy, tester overrides, and the per-route edge
-//! settings. Every route's errors are collected; two routes that no request
-//! could tell apart are an error too.
+//! settings. Every route's errors are collected; a route no request can
+//! reach, because a route tried before it takes all its requests, is an
+//! error too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -11,9 +12,11 @@ use http::HeaderName;
 use super::error::Diagnostics;
 use super::file::*;
 use super::model::*;
+use super::route_cover::RouteMatch;
 use super::validate::{cidrs, read_secret};
 use super::{validate_cache, validate_edge, validate_rollout, validate_shadow, validate_tls, values};
 use crate::routing::lanes::Lanes;
+use crate::routing::router::precedence;
 
 /// The most versions one route may have (the default and four more).
 const MAX_VERSIONS: usize = 1 + crate::routing::lanes::MAX_NON_DEFAULT;
@@ -28,7 +31,8 @@ pub(super) fn routes(
     // Routes with `anonymous = "cookie"`, where: they need `[anonymous_cookie]`.
     let mut cookie_users = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
-    let mut seen: HashMap<String, String> = HashMap::new();
+    // Per route in `out`: its key and the span of its path_prefix, for `unreachable`.
+    let mut placed: Vec<(String, Range<usize>)> = Vec::new();
     for (i, f) in files {
         let key = format!("routes[{i}]");
         let name = f.name.get_ref().trim().to_string();
@@ -47,19 +51,7 @@ pub(super) fn routes(
         }
         let hosts = hosts(d, &key, &f.hosts);
         let rules = rules(d, &key, &f);
-        let mut sorted_hosts = hosts.clone();
-        sorted_hosts.sort();
-        let identity = format!("{sorted_hosts:?} {prefix} {}", rules.canonical());
-        if let Some(other) = seen.insert(identity, name.clone()) {
-            d.error(
-                Some(f.path_prefix.span()),
-                format!("{key}.path_prefix"),
-                format!(
-                    "route {other:?} already matches the same hosts, path_prefix {prefix:?} and rules; \
-                     no request could reach {name:?}"
-                ),
-            );
-        }
+        placed.push((key.clone(), f.path_prefix.span()));
         let (versions, default_version) = versions(d, &key, &f, upstreams);
         let user_id = match &f.user_id {
             None => vec![UserIdSource::Header(HeaderName::from_static("x-user-id"))],
@@ -123,7 +115,44 @@ pub(super) fn routes(
             cache,
         });
     }
+    unreachable(d, &out, &placed);
     (out, cookie_users)
+}
+
+/// Reports every route the router never picks: a route tried before it
+/// covers it (`route_cover`). Each is reported once, naming the first
+/// route in the router's order that takes its requests.
+fn unreachable(d: &mut Diagnostics, routes: &[RouteSpec], placed: &[(String, Range<usize>)]) {
+    let order = |i: usize| {
+        let r = &routes[i];
+        precedence(&r.hosts, &r.path_prefix, &r.rules, i)
+    };
+    let mut tried: Vec<usize> = (0..routes.len()).collect();
+    tried.sort_by_key(|&i| order(i));
+    for (b, route) in routes.iter().enumerate() {
+        let Some((key, span)) = placed.get(b) else { continue };
+        let narrow = RouteMatch::of(route);
+        let Some(&a) =
+            tried.iter().take_while(|&&a| order(a) < order(b)).find(|&&a| RouteMatch::of(&routes[a]).covers(&narrow))
+        else {
+            continue;
+        };
+        let wide = RouteMatch::of(&routes[a]);
+        let (first, at) = (&routes[a].name, placed.get(a).map_or("", |(k, _)| k.as_str()));
+        let message = match narrow.covers(&wide) {
+            true => format!("route {first:?} already matches the same hosts, path_prefix and rules at {at}"),
+            false => format!(
+                "route {first:?} at {at} is tried first and takes every request this route matches: its hosts, \
+                 path_prefix and rules ({}) are as wide or wider",
+                routes[a].rules.canonical()
+            ),
+        };
+        d.error(
+            Some(span.clone()),
+            format!("{key}.path_prefix"),
+            format!("{message}; no request could reach {:?}", route.name),
+        );
+    }
 }
 
 fn hosts(d: &mut Diagnostics, key: &str, items: &[Sp<String>]) -> Vec<String> {

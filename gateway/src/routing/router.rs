@@ -4,6 +4,8 @@
 //! order. The first candidate whose host, prefix and rules all hold wins;
 //! a request no candidate takes gets a 404. Built once per config snapshot.
 
+use std::cmp::Reverse;
+
 use crate::config::{MatchRules, RouteSpec};
 
 use super::user_id::{cookie, query_param, RequestView};
@@ -35,9 +37,7 @@ impl Router {
                 rules: s.rules.clone(),
             })
             .collect();
-        candidates.sort_by_key(|m| {
-            (m.hosts.is_empty(), std::cmp::Reverse(m.prefix.len()), std::cmp::Reverse(m.rules.count()), m.route)
-        });
+        candidates.sort_by_key(|m| precedence(&m.hosts, &m.prefix, &m.rules, m.route));
         Self { candidates }
     }
 
@@ -52,6 +52,17 @@ impl Router {
             .map(|m| m.route)
     }
 }
+
+/// The order candidates are tried in, smallest first: host-specific routes,
+/// then the longer prefix, then more conditions, then file order (`index`).
+/// `gateway check` uses the same key to find routes an earlier candidate
+/// always takes.
+pub fn precedence(hosts: &[String], prefix: &str, rules: &MatchRules, index: usize) -> Precedence {
+    (hosts.is_empty(), Reverse(prefix.len()), Reverse(rules.count()), index)
+}
+
+/// See [`precedence`].
+pub type Precedence = (bool, Reverse<usize>, Reverse<usize>, usize);
 
 fn rules_match(rules: &MatchRules, req: &RequestView<'_>) -> bool {
     if !rules.methods.is_empty() && !rules.methods.iter().any(|m| m == req.method) {

@@ -145,3 +145,131 @@ fn check_refuses_version_percents_that_add_up_to_more_than_100_naming_file_line_
     let (code, printed) = check(&full);
     assert_eq!(code, Some(0), "60% + 40% is valid:\n{printed}");
 }
+
+/// Two routes on one prefix, any host, the first listed first in the file.
+fn listed_in_order(first: (&str, &str), second: (&str, &str)) -> String {
+    format!(
+        r#"{CHECK_HEAD}
+[[routes]]
+name = "{}"
+path_prefix = "/cart"
+{}
+stable = "a"
+
+[[routes]]
+name = "{}"
+path_prefix = "/cart"
+{}
+stable = "b"
+"#,
+        first.0, first.1, second.0, second.1
+    )
+}
+
+/// 1-based line of the first line of `text` equal to `wanted` after the nth
+/// (0-based) `[[routes]]` header.
+fn line_in_route(text: &str, route: usize, wanted: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines.iter().enumerate().filter(|(_, l)| l.trim() == "[[routes]]").nth(route).expect("the route").0;
+    header + 1 + lines[header..].iter().position(|l| l.trim() == wanted).expect("the line")
+}
+
+#[test]
+fn check_refuses_a_route_an_earlier_route_with_a_wider_rule_always_takes() {
+    let any_app = ("cart-any-app", r#"headers = { "x-app" = "*" }"#);
+    let ios = ("cart-ios", r#"headers = { "x-app" = "ios" }"#);
+    let text = listed_in_order(any_app, ios);
+    let (code, printed) = check(&text);
+    assert_eq!(code, Some(1), "x-app = \"*\" listed before x-app = \"ios\" on /cart:\n{printed}");
+    let prefix_line = line_in_route(&text, 1, r#"path_prefix = "/cart""#);
+    let named = located_errors(&printed).iter().any(|(line, key, whole)| {
+        *line == prefix_line
+            && key == "routes[1].path_prefix"
+            && whole.contains("cart-any-app")
+            && whole.contains("cart-ios")
+    });
+    assert!(named, "no `gateway.toml:{prefix_line}: routes[1].path_prefix: ...` naming both routes:\n{printed}");
+
+    // Listed the other way round, the narrower route is tried first: both are reachable.
+    let (code, printed) = check(&listed_in_order(ios, any_app));
+    assert_eq!(code, Some(0), "x-app = \"ios\" before x-app = \"*\" is valid:\n{printed}");
+}
+
+#[test]
+fn check_refuses_shadowed_routes_by_method_and_regex_and_reports_them_all_at_once() {
+    let text = format!(
+        r#"{CHECK_HEAD}
+[[routes]]
+name = "read-write"
+path_prefix = "/orders"
+methods = ["GET", "POST"]
+stable = "a"
+
+[[routes]]
+name = "read-only"
+path_prefix = "/orders"
+methods = ["GET"]
+stable = "b"
+
+[[routes]]
+name = "apple"
+path_prefix = "/cart"
+headers = {{ "x-app" = "~^(ios|ipad)$" }}
+stable = "a"
+
+[[routes]]
+name = "ipad"
+path_prefix = "/cart"
+headers = {{ "x-app" = "ipad" }}
+stable = "b"
+
+[[routes]]
+name = "android"
+path_prefix = "/cart"
+headers = {{ "x-app" = "android" }}
+stable = "c"
+"#
+    );
+    let (code, printed) = check(&text);
+    assert_eq!(code, Some(1), "{printed}");
+    let errors = located_errors(&printed);
+    let reported = |shadowed: &str, by: &str, key: &str| {
+        errors.iter().any(|(_, k, whole)| k == key && whole.contains(shadowed) && whole.contains(by))
+    };
+    assert!(reported("read-only", "read-write", "routes[1].path_prefix"), "GET is inside GET, POST:\n{printed}");
+    assert!(reported("ipad", "apple", "routes[3].path_prefix"), "\"ipad\" matches ~^(ios|ipad)$:\n{printed}");
+    assert!(!printed.contains("routes[4]"), "android is reachable:\n{printed}");
+}
+
+#[test]
+fn check_accepts_a_narrower_route_the_router_tries_first() {
+    // More conditions are tried first, whatever the file order; another host
+    // list or another prefix is another set of requests.
+    let text = format!(
+        r#"{CHECK_HEAD}
+[[routes]]
+name = "cart"
+path_prefix = "/cart"
+stable = "a"
+
+[[routes]]
+name = "cart-beta"
+path_prefix = "/cart"
+cookies = {{ "beta" = "1" }}
+stable = "b"
+
+[[routes]]
+name = "cart-shop"
+hosts = ["shop.example"]
+path_prefix = "/cart"
+stable = "c"
+
+[[routes]]
+name = "checkout"
+path_prefix = "/cart/checkout"
+stable = "c"
+"#
+    );
+    let (code, printed) = check(&text);
+    assert_eq!(code, Some(0), "{printed}");
+}

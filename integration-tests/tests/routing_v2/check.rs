@@ -273,3 +273,86 @@ stable = "c"
     let (code, printed) = check(&text);
     assert_eq!(code, Some(0), "{printed}");
 }
+
+/// The iOS route `check` and explain are asked about: same prefix as `cart`,
+/// two rules, on v1's upstream.
+pub(super) const IOS_ROUTE: &str = r#"
+[[routes]]
+name = "cart-ios"
+path_prefix = "/cart"
+methods = ["GET"]
+headers = { "x-app" = "ios" }
+stable = "cart-v1"
+"#;
+
+/// `[start, end)` from a `check` version line `... 20.00%, buckets [8000, 10000) ...`.
+fn bucket_range(line: &str) -> std::ops::Range<u64> {
+    let (_, rest) = line.split_once("buckets [").unwrap_or_else(|| panic!("no bucket range in {line:?}"));
+    let (range, _) = rest.split_once(')').unwrap_or_else(|| panic!("no end of the range in {line:?}"));
+    let (start, end) = range.split_once(", ").unwrap_or_else(|| panic!("not `start, end`: {line:?}"));
+    let number = |n: &str| n.trim().parse::<u64>().unwrap_or_else(|_| panic!("not a bucket: {n:?} in {line:?}"));
+    number(start)..number(end)
+}
+
+/// What `check` prints is what the running gateway does: the rules of the
+/// route with rules, and v3's bucket range, which holds exactly the buckets
+/// of the users the proxy sends to v3 by bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_prints_the_rules_and_the_bucket_range_the_proxy_uses_for_each_version() {
+    let trio = Trio::start().await;
+    let gateway = Gateway::start(&Cart::new(30.0, 20.0).more(IOS_ROUTE).text(&trio)).await;
+    let config = gateway.config_path().to_str().expect("temp paths are UTF-8").to_string();
+    let out = tokio::task::spawn_blocking(move || run_cli(&["check", "-c", &config])).await.expect("check");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = printed.lines().map(str::trim).collect();
+
+    let ios =
+        lines.iter().position(|l| l.starts_with("cart-ios ")).unwrap_or_else(|| panic!("no cart-ios:\n{printed}"));
+    assert_eq!(lines[ios + 1], "rules methods[GET] headers[x-app=ios] query[] cookies[]", "{printed}");
+    let cart = lines.iter().position(|l| l.starts_with("cart ")).unwrap_or_else(|| panic!("no cart:\n{printed}"));
+    assert!(!lines[cart + 1].starts_with("rules"), "cart has no rules:\n{printed}");
+
+    let version_line = |name: &str| {
+        let prefix = format!("version {name} ");
+        lines[cart..]
+            .iter()
+            .find(|l| l.starts_with(&prefix))
+            .copied()
+            .unwrap_or_else(|| panic!("no {name}:\n{printed}"))
+    };
+    let v3 = version_line("v3");
+    assert!(v3.contains("-> cart-v3") && v3.contains("20.00%"), "{v3}");
+    let v3_range = bucket_range(v3);
+    assert_eq!(v3_range.end - v3_range.start, 2_000, "20% of 10,000 buckets: {v3}");
+    let v2_range = bucket_range(version_line("v2"));
+    assert_eq!(v2_range.end - v2_range.start, 3_000, "30% of 10,000 buckets");
+    assert!(version_line("v1").contains("default"), "{printed}");
+    // The running gateway reports the same ranges.
+    let status = gateway.status().await;
+    let cart_status = status["routes"].as_array().and_then(|r| r.iter().find(|r| r["name"] == "cart")).cloned();
+    let versions = cart_status.map(|c| c["versions"].clone()).unwrap_or_default();
+    for (name, range) in [("v2", &v2_range), ("v3", &v3_range)] {
+        let reported = versions.as_array().and_then(|v| v.iter().find(|v| v["name"] == name)).map(|v| &v["buckets"]);
+        assert_eq!(reported, Some(&serde_json::json!([range.start, range.end])), "{name} in {status}");
+    }
+
+    // Every user the proxy bucketed onto a version has a bucket in that version's range.
+    let served = serve_users(&gateway, "/cart", &users(80)).await;
+    assert_header_matches_backend(&served);
+    let mut seen = HashSet::new();
+    for (user, s) in &served {
+        let (_, answer) = explain(&gateway, &format!("path=/cart&user={user}")).await;
+        assert_eq!(answer["version"], s.version.as_str(), "{user}: {answer}");
+        let bucket = answer["bucket"].as_u64().unwrap_or_else(|| panic!("{user}: no bucket in {answer}"));
+        let (in_v2, in_v3) = (v2_range.contains(&bucket), v3_range.contains(&bucket));
+        let expected = match (in_v2, in_v3) {
+            (true, _) => "v2",
+            (_, true) => "v3",
+            _ => "v1",
+        };
+        assert_eq!(s.version, expected, "{user}: bucket {bucket}, v2 {v2_range:?}, v3 {v3_range:?}");
+        seen.insert(expected);
+    }
+    assert_eq!(seen.len(), 3, "80 users cover all three ranges: {seen:?}");
+}

@@ -160,3 +160,67 @@ async fn the_explain_command_prints_the_version_the_proxy_serves() {
         assert_eq!(first_version_named(&stdout).as_deref(), Some(version), "explain for {user} printed:\n{stdout}");
     }
 }
+
+/// Explain says which route's rules matched: the iOS route for a GET with
+/// `x-app: ios`, and nothing for the plain route that takes a POST or
+/// another app, as the proxy does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_rules_of_the_route_that_matched() {
+    let trio = Trio::start().await;
+    let gateway = Gateway::start(&Cart::new(30.0, 20.0).more(super::check::IOS_ROUTE).text(&trio)).await;
+    let ios_rules = "methods[GET] headers[x-app=ios] query[] cookies[]";
+
+    let (_, answer) = explain(&gateway, "path=/cart/x&user=tester-3&header=x-app%3Aios").await;
+    assert_proxied(&answer, "an iOS GET");
+    assert_eq!((&answer["route"], &answer["rules"]), (&Value::from("cart-ios"), &Value::from(ios_rules)), "{answer}");
+    for (query, what) in [
+        ("path=/cart/x&user=tester-3&header=x-app%3Aandroid", "another app"),
+        ("path=/cart/x&user=tester-3&method=POST&header=x-app%3Aios", "an iOS POST"),
+        ("path=/cart/x&user=tester-3", "no x-app"),
+    ] {
+        let (_, answer) = explain(&gateway, query).await;
+        assert_proxied(&answer, what);
+        assert_eq!(answer["route"], "cart", "{what}: {answer}");
+        assert!(answer["rules"].is_null(), "{what}: the route taken has no rules: {answer}");
+        assert_eq!(answer["version"], "v3", "{what}: tester-3 is whitelisted on cart's v3: {answer}");
+    }
+
+    // The proxy agrees: the iOS GET goes to cart-ios (v1's upstream), the others to cart's v3.
+    let client = http_client();
+    let ios = get(&client, &gateway.url("/cart/x"), &[("x-user-id", "tester-3"), ("x-app", "ios")]).await;
+    assert_eq!((ios.status, ios.backend.as_str()), (200, "cart-v1"), "{ios:?}");
+    let android = get(&client, &gateway.url("/cart/x"), &[("x-user-id", "tester-3"), ("x-app", "android")]).await;
+    assert_eq!((android.status, android.backend.as_str()), (200, "cart-v3"), "{android:?}");
+}
+
+/// On an `https_redirect` route explain answers what the plain listener
+/// does, a 308 to the TLS listener, and over TLS that the request is proxied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_of_an_https_redirect_route_says_308_over_plain_http_and_proxy_over_tls() {
+    let pki = Pki::new();
+    let backend = Backend::start("app").await;
+    let (gateway, tls, _, _) = start_tls_gateway(&pki, &backend, "https_redirect = true").await;
+
+    let (status, answer) = explain(&gateway, "path=/cart/x%3Fa%3D1&host=shop.test").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_responds(&answer, 308, "redirect", "plain http on a redirect route");
+    assert_eq!(answer["route"], "app", "{answer}");
+    let (_, answer) = explain(&gateway, "path=/cart/x%3Fa%3D1&host=shop.test&tls=1").await;
+    assert_proxied(&answer, "the same request over TLS");
+    assert_eq!(answer["route"], "app", "{answer}");
+
+    // The proxy agrees.
+    let no_follow =
+        reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let plain_port = gateway.listen_addr().port();
+    let response = no_follow
+        .get(gateway.url("/cart/x?a=1"))
+        .header("host", format!("shop.test:{plain_port}"))
+        .send()
+        .await
+        .expect("plain request");
+    assert_eq!(response.status().as_u16(), 308);
+    let location = response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(location, format!("https://shop.test:{}/cart/x?a=1", tls.port()));
+    assert_eq!(backend.requests(), 0, "explain and the redirect never reach the upstream");
+}

@@ -11,6 +11,12 @@ use integration_tests::{http_client, run_cli, temp_dir, wait_until, Backend, Gat
 use reqwest::Method;
 use serde_json::Value;
 
+#[path = "../tls/pki.rs"]
+#[allow(dead_code)]
+mod pki;
+
+use pki::{start_tls_gateway, Pki};
+
 /// The response header the test configs name in `server.version_header`.
 const VERSION_HEADER: &str = "x-version";
 

@@ -41,6 +41,17 @@ pub struct RoutePages {
     pub fallback: [Option<Arc<LocalResponse>>; 5],
     /// By rate-limit key (ip, user, route): the 429 page with its `x-gateway-limit`.
     pub rate_limited: [Arc<LocalResponse>; 3],
+    /// The `https_redirect` answers; `None` on a route that does not redirect.
+    pub redirect: Option<RedirectPages>,
+}
+
+/// What a plain-HTTP request on an `https_redirect` route gets.
+pub struct RedirectPages {
+    /// The 308 without its `Location`: a request adds only that (its URL on
+    /// the TLS listener) to a copy that shares this body.
+    pub moved: LocalResponse,
+    /// 400 for a request whose Host names no host to redirect to.
+    pub no_host: Arc<LocalResponse>,
 }
 
 impl RouteRuntime {
@@ -81,6 +92,14 @@ impl RoutePages {
         Self {
             fallback: FallbackCause::ALL.map(|c| fallback::page_for(spec, c).map(Arc::new)),
             rate_limited: [limited("ip"), limited("user"), limited("route")],
+            redirect: spec.https_redirect.then(|| RedirectPages {
+                moved: LocalResponse::page(308, "Permanent Redirect", "This address is served over HTTPS."),
+                no_host: Arc::new(LocalResponse::page(
+                    400,
+                    "Bad Request",
+                    "The Host header is missing or not a host name.",
+                )),
+            }),
         }
     }
 }

@@ -240,22 +240,17 @@ fn version(
 }
 
 /// A plain-HTTP request on an `https_redirect` route: 308 to the same URL on
-/// the TLS listener (308 keeps the method and body).
+/// the TLS listener (308 keeps the method and body). The pages are rendered
+/// at load; a request adds only its `Location`.
 fn https_redirect(snapshot: &Snapshot, routed: &Routed, req: &RequestFacts<'_>) -> Option<LocalAnswer> {
-    let listener = snapshot.config.server.tls.as_ref().filter(|_| routed.route.spec.https_redirect && !req.tls)?;
+    let pages = routed.route.pages.redirect.as_ref().filter(|_| !req.tls)?;
+    let listener = snapshot.config.server.tls.as_ref()?;
     let location = req.host.and_then(|h| crate::tls::https_location(h, listener.redirect_port(), req.path_and_query));
     let page = match location {
-        Some(url) => LocalResponse::page(308, "Permanent Redirect", "This address is served over HTTPS.")
-            .with_header("location", url),
-        None => LocalResponse::page(400, "Bad Request", "The Host header is missing or not a host name."),
+        Some(url) => Arc::new(pages.moved.clone().with_header("location", url)),
+        None => Arc::clone(&pages.no_host),
     };
-    Some(LocalAnswer {
-        reason: AnswerReason::Redirect,
-        page: Arc::new(page),
-        retry_after: None,
-        routed: None,
-        copy: None,
-    })
+    Some(LocalAnswer { reason: AnswerReason::Redirect, page, retry_after: None, routed: None, copy: None })
 }
 
 /// The degrade level switches the route to its fallback page.

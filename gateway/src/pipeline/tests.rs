@@ -2,6 +2,7 @@
 //! network: what the proxy does and what explain reports are the same run.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method};
 
@@ -199,4 +200,45 @@ fn a_dry_run_counts_nothing() {
     let text = String::from_utf8(w.snapshot.metrics.render()).expect("utf-8");
     assert!(text.contains("gateway_blocked_requests_total{dry_run=\"false\",source=\"config\"} 1"), "{text}");
     assert!(text.contains("gateway_version_overrides_total{outcome=\"refused\",route=\"cart\"} 1"), "{text}");
+}
+
+/// The redirect page is rendered when the config is loaded: a request's
+/// answer shares its body and adds only `Location`.
+#[test]
+fn a_redirect_adds_only_its_location_to_the_page_rendered_at_load() {
+    let w = world();
+    let account = w.snapshot.routes.iter().find(|r| r.spec.name == "account").expect("the account route");
+    let rendered = &account.pages.redirect.as_ref().expect("account redirects").moved;
+    let headers = HeaderMap::new();
+    let facts = |host| RequestFacts {
+        method: &Method::GET,
+        host,
+        path: "/account/orders",
+        query: Some("page=2"),
+        path_and_query: "/account/orders?page=2",
+        headers: &headers,
+        client_ip: "198.51.100.7".parse::<IpAddr>().expect("ip"),
+        tls: false,
+        now: 1_800_000_000,
+    };
+    let Verdict::Respond(answer) = run(&w.snapshot, &w.runtime, &facts(Some("shop.test:8080")), Mode::Serve) else {
+        panic!("plain http on the account route is answered locally");
+    };
+    assert_eq!(answer.page.status, 308);
+    assert_eq!(answer.page.body.as_ptr(), rendered.body.as_ptr(), "the body is the one rendered at load");
+    assert_eq!(
+        answer.page.headers,
+        [("location", "https://shop.test:18443/account/orders?page=2".to_string())],
+        "only the Location is added"
+    );
+    assert!(rendered.headers.is_empty(), "the rendered page keeps no request's Location");
+
+    let Verdict::Respond(no_host) = run(&w.snapshot, &w.runtime, &facts(None), Mode::Serve) else {
+        panic!("a request without Host is answered locally");
+    };
+    assert_eq!(no_host.page.status, 400);
+    let second = run(&w.snapshot, &w.runtime, &facts(None), Mode::Serve);
+    let Verdict::Respond(second) = second else { panic!("answered locally again") };
+    assert!(Arc::ptr_eq(&no_host.page, &second.page), "the 400 page is shared, not rendered per request");
+    assert!(w.snapshot.routes.iter().filter(|r| r.spec.name != "account").all(|r| r.pages.redirect.is_none()));
 }

@@ -80,8 +80,9 @@ impl AnswerReason {
     }
 }
 
-/// A local answer: a page rendered at load (or, for a redirect, now), plus
-/// the one header that depends on the moment.
+/// A local answer: a page rendered at load (for a redirect, a copy of it
+/// with the request's `Location`), plus the one header that depends on the
+/// moment.
 pub struct LocalAnswer {
     pub reason: AnswerReason,
     pub page: Arc<LocalResponse>,

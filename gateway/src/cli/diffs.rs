@@ -122,16 +122,20 @@ pub fn format_summary(body: &Value, since: Option<&str>) -> String {
     out
 }
 
-/// One record: request, both statuses and latencies, each differing path with both values.
+/// One record: request, both statuses and latencies, each differing path
+/// with both values, each side named by its version (records from before
+/// versions were stored say stable and canary).
 pub fn format_record(r: &Value) -> String {
     let mut out = String::new();
+    let side = |key: &str, old: &'static str| r[key].as_str().filter(|v| !v.is_empty()).unwrap_or(old).to_string();
+    let (first, second) = (side("stable_version", "stable"), side("canary_version", "canary"));
     let _ = writeln!(out, "record #{}  route {}  {}", r["id"], s(&r["route"]), s(&r["at"]));
     let _ = writeln!(out, "  {} {}  request id {}", s(&r["method"]), s(&r["path"]), s(&r["request_id"]));
     let _ = writeln!(out, "  outcome {}  (the client got {})", s(&r["outcome"]), s(&r["primary"]));
     let ms = |v: &Value| v.as_f64().unwrap_or(0.0);
     let _ = writeln!(
         out,
-        "  stable {} in {:.1} ms   canary {} in {:.1} ms",
+        "  {first} {} in {:.1} ms   {second} {} in {:.1} ms",
         r["stable_status"],
         ms(&r["stable_latency_ms"]),
         r["canary_status"],
@@ -146,8 +150,8 @@ pub fn format_record(r: &Value) -> String {
     for d in diffs {
         let noise = d["noise_now"].as_bool().or_else(|| d["noise"].as_bool()).unwrap_or(false);
         let _ = writeln!(out, "    {}{}", s(&d["path"]), if noise { "  NOISE" } else { "" });
-        let _ = writeln!(out, "      stable: {}", value(&d["stable"]));
-        let _ = writeln!(out, "      canary: {}", value(&d["canary"]));
+        let _ = writeln!(out, "      {first}: {}", value(&d["stable"]));
+        let _ = writeln!(out, "      {second}: {}", value(&d["canary"]));
     }
     out
 }
@@ -197,6 +201,19 @@ mod tests {
         assert!(text.contains("$.items[2].price\n      stable: 10\n      canary: 12"), "{text}");
         assert!(text.contains("stable: (absent)\n      canary: \"1\""), "{text}");
         assert!(text.contains("request id abc"));
+    }
+
+    #[test]
+    fn a_record_names_its_sides_by_version_when_it_knows_them() {
+        let r = json!({"id": 8, "route": "cart", "at": "2026-05-01T11:00:00.000Z", "method": "GET", "path": "/cart",
+            "request_id": "abc", "outcome": "different", "primary": "v3", "stable_version": "v1",
+            "canary_version": "v3", "stable_status": 200, "canary_status": 503,
+            "stable_latency_ms": 1.0, "canary_latency_ms": 2.0,
+            "diffs": [{"path": "status", "stable": 200, "canary": 503, "noise": false}]});
+        let text = format_record(&r);
+        assert!(text.contains("  v1 200 in 1.0 ms   v3 503 in 2.0 ms"), "{text}");
+        assert!(text.contains("status\n      v1: 200\n      v3: 503"), "{text}");
+        assert!(!text.contains("stable") && !text.contains("canary"), "{text}");
     }
 
     #[test]

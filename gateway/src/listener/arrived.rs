@@ -2,7 +2,9 @@
 //!
 //! The keep-alive loop (`connections.rs`) waits for a request by reading
 //! what arrives into a buffer on the stack, so an idle connection holds no
-//! buffer. On plain TCP it hands those bytes back with Pingora's
+//! buffer. The head of a chunked upload goes back into the stream, whose
+//! reads then check the body's framing as it passes (any other head goes
+//! to the session directly). On plain TCP it goes back with Pingora's
 //! `l4::Stream::rewind`. A TLS stream has no such method: this wrapper holds
 //! the bytes instead, returns them first and then reads from the stream it
 //! wraps. On the proxy listener it wraps plain TCP streams too, to gather an

@@ -9,10 +9,10 @@
 //! an idle keep-alive connection holds them for up to a minute. Here an idle
 //! connection waits for its next request holding only the stream; the
 //! session and the request's future are made when data arrives. The wait
-//! reads what arrived into a buffer on the poll's stack and puts it back into
-//! the stream for the session to parse, so a connection needs no read buffer
-//! of its own (`server.read_buffer` defaults to 0) and a request still costs
-//! one read.
+//! reads what arrived into a buffer on the poll's stack and hands a copy to
+//! the session, which parses it without reading again, so a connection needs
+//! no read buffer of its own (`server.read_buffer` defaults to 0) and a
+//! request still costs one read.
 //!
 //! The loop also runs in a task of its own, not in the task Pingora spawned
 //! for the connection: that task's future inlines the TLS handshake (about
@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
@@ -211,8 +212,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             let started = Instant::now();
             let (back, head) =
                 next_request(stream, &mut shutdown, idle, header_timeout, first, self.gather_writes).await;
-            let (extra, lean) = match head {
-                Head::Complete { extra, lean, .. } => (extra, lean),
+            let (extra, lean, read) = match head {
+                Head::Complete { extra, lean, read, .. } => (extra, lean, read),
                 Head::Closed => return,
                 Head::Late => {
                     if let Some(mut late) = back {
@@ -231,7 +232,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             first = false;
             // Kept for the access line of a head the parser refuses (an Arc clone).
             let digest = arrived.get_socket_digest();
-            let session = self.session(arrived, carried.take(), &shutdown);
+            let session = self.session(arrived, read, carried.take(), &shutdown);
             // The request's future is boxed (async_trait) and made here, so
             // the block below holds a pointer, not the session: every idle
             // connection's task is as large as its largest state.
@@ -276,10 +277,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     fn session(
         &self,
         stream: Stream,
+        read: Option<BytesMut>,
         carried: Option<HttpPersistentSettings>,
         shutdown: &ShutdownWatch,
     ) -> ServerSession {
         let mut session = ServerSession::new_http1(stream);
+        if let Some(head) = read {
+            // Parsed before the stream is read again.
+            session.set_pipelined_prefix(head);
+        }
         match carried {
             Some(settings) => settings.apply_to_session(&mut session),
             None => {

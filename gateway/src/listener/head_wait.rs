@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use pingora_core::protocols::l4::stream::Stream as TcpStream;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
@@ -23,11 +24,13 @@ const MAX_HEAD: usize = 1 << 20;
 
 /// What the wait for a request head found.
 pub(super) enum Head {
-    /// The whole head arrived (and `extra` bytes after it); it was handed
-    /// back to the stream for the session to parse. `chunked`: the head's
-    /// length, when it declares a `Transfer-Encoding` (a chunked body).
-    /// `lean`: the lean HTTP/1 path may serve it (`lean_eligible`).
-    Complete { extra: usize, chunked: Option<usize>, lean: bool },
+    /// The whole head arrived (and `extra` bytes after it). `read`: those
+    /// bytes, for the session to parse first (`set_pipelined_prefix`); a
+    /// head that declares a `Transfer-Encoding` (`chunked`: its length) is
+    /// instead handed back to the stream, whose reads check the body's
+    /// framing as it passes. `lean`: the lean HTTP/1 path may serve it
+    /// (`lean_eligible`).
+    Complete { extra: usize, chunked: Option<usize>, lean: bool, read: Option<BytesMut> },
     /// The client closed, or sent nothing in time, or shutdown came first.
     Closed,
     /// Part of a head arrived, the rest not in time (or the client closed).
@@ -38,15 +41,16 @@ pub(super) enum Head {
 }
 
 /// Wait, holding nothing but the stream, until the client sends its next
-/// request head; the stream comes back with those bytes put back for the
-/// session to parse. The first bytes may take `idle`; the whole head must
+/// request head; the stream comes back, and the bytes read with it (see
+/// [`Head::Complete`]). The first bytes may take `idle`; the whole head must
 /// then arrive within `header_timeout` (counted from now for a connection's
 /// first request, from the first byte for the next ones). A request that has
 /// already arrived wins over shutdown: it is served and, as in Pingora's own
 /// loop, the proxy then answers without keep-alive.
 ///
-/// Plain TCP streams take the bytes back themselves (`rewind`); any other
-/// stream (TLS) is wrapped once in [`Arrived`], which keeps them. With
+/// A chunked body's head goes back into the stream: plain TCP streams take
+/// the bytes back themselves (`rewind`); any other stream (TLS) is wrapped
+/// once in [`Arrived`], which keeps them. With
 /// `gather_writes` (a listener whose TCP streams have no write buffer), a
 /// plain TCP stream is wrapped too, to gather its writes.
 pub(super) async fn next_request(
@@ -159,8 +163,7 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
             continue;
         }
         if let Some(end) = head_end(got, 0) {
-            source.give_back(got);
-            return Poll::Ready(Ok(Some(complete(got, end))));
+            return Poll::Ready(Ok(Some(arrived(source, got, end))));
         }
         partial.extend_from_slice(got);
         return Poll::Ready(Ok(None));
@@ -191,8 +194,7 @@ async fn read_rest<S: HeadSource>(source: &mut S, mut partial: Vec<u8>, deadline
         partial.extend_from_slice(got);
         // Past the limit, Pingora's parser refuses the head with 400.
         if let Some(end) = head_end(&partial, from).or((partial.len() > MAX_HEAD).then_some(partial.len())) {
-            source.give_back(&partial);
-            return Poll::Ready(Ok(complete(&partial, end)));
+            return Poll::Ready(Ok(arrived(source, &partial, end)));
         }
     });
     match tokio::time::timeout_at(deadline.into(), rest).await {
@@ -201,7 +203,19 @@ async fn read_rest<S: HeadSource>(source: &mut S, mut partial: Vec<u8>, deadline
     }
 }
 
-/// A whole head found in `read`, ending at `end`.
+/// A whole head found in `read`, ending at `end`: the bytes go to the
+/// session as they are (one allocation, and the session's parser reads no
+/// stream), or, for a chunked body, back into the stream.
+fn arrived<S: HeadSource>(source: &mut S, read: &[u8], end: usize) -> Head {
+    let mut head = complete(read, end);
+    match &mut head {
+        Head::Complete { chunked: None, read: bytes, .. } => *bytes = Some(BytesMut::from(read)),
+        _ => source.give_back(read),
+    }
+    head
+}
+
+/// What a whole head found in `read`, ending at `end`, is.
 fn complete(read: &[u8], end: usize) -> Head {
     let chunked = declares_transfer_encoding(&read[..end]);
     // The body bytes that came with the head are checked now, so that the
@@ -211,7 +225,7 @@ fn complete(read: &[u8], end: usize) -> Head {
         return Head::BadFraming;
     }
     let lean = !chunked && lean_eligible(&read[..end]);
-    Head::Complete { extra: read.len() - end, chunked: chunked.then_some(end), lean }
+    Head::Complete { extra: read.len() - end, chunked: chunked.then_some(end), lean, read: None }
 }
 
 /// Whether the lean HTTP/1 path (`proxy::lean`) may serve a request with
@@ -222,7 +236,7 @@ fn complete(read: &[u8], end: usize) -> Head {
 /// Anything else, or anything odd, goes to Pingora's path, which handles
 /// every case; this check only has to be right when it says yes.
 pub(super) fn lean_eligible(head: &[u8]) -> bool {
-    let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = lines(head);
     let Some(request_line) = lines.find(|l| !l.is_empty()) else { return false };
     let mut parts = request_line.split(|b| *b == b' ');
     let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
@@ -233,7 +247,7 @@ pub(super) fn lean_eligible(head: &[u8]) -> bool {
         return false;
     }
     for line in lines.take_while(|l| !l.is_empty()) {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { return false };
+        let Some(colon) = memchr::memchr(b':', line) else { return false };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         if is(b"content-length") {
@@ -273,9 +287,25 @@ const HOP_BY_HOP: [&[u8]; 10] = [
 /// chunked as the last coding, so a body it reads is then chunked). No
 /// whitespace may come between a field name and its colon (RFC 9112 5.1).
 fn declares_transfer_encoding(head: &[u8]) -> bool {
-    head.split(|b| *b == b'\n')
-        .skip(1)
-        .any(|line| line.get(..18).is_some_and(|p| p.eq_ignore_ascii_case(b"transfer-encoding:")))
+    lines(head).skip(1).any(|line| line.get(..18).is_some_and(|p| p.eq_ignore_ascii_case(b"transfer-encoding:")))
+}
+
+/// The lines of a head without their line ends (CRLF or a bare LF), found
+/// with `memchr`: a byte-by-byte split was most of the cost of judging a
+/// head.
+fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = head;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(lf) => (&rest[..lf], &rest[lf + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    })
 }
 
 /// Where a request head ends (just past its empty line), searching from
@@ -284,7 +314,7 @@ fn declares_transfer_encoding(head: &[u8]) -> bool {
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?.max(from);
     let mut i = start;
-    while let Some(p) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+    while let Some(p) = memchr::memchr(b'\n', buf.get(i..)?) {
         let lf = i + p;
         match (buf.get(lf + 1), buf.get(lf + 2)) {
             (Some(b'\n'), _) => return Some(lf + 2),
@@ -335,7 +365,7 @@ mod tests {
         good.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
         assert!(matches!(
             complete(&good, head.len()),
-            Head::Complete { chunked: Some(n), extra: 13, lean: false } if n == head.len()
+            Head::Complete { chunked: Some(n), extra: 13, lean: false, read: None } if n == head.len()
         ));
     }
 

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use pingora_http::IntoCaseHeaderName;
 
 use crate::config::{ConfigError, GatewayConfig, LoadedConfig};
 use crate::edge::blacklist::StaticBlacklist;
@@ -78,6 +80,29 @@ pub struct Snapshot {
     pub pages: SnapshotPages,
     /// `[routes.cache]` answers (the same store in every snapshot).
     pub cache: Arc<crate::cache::ResponseCache>,
+    /// The configured names of the gateway's version headers, as written on
+    /// the wire: made once here, since Pingora copies a name given as a
+    /// `HeaderName` on every insert.
+    pub header_names: HeaderNames,
+}
+
+/// Header names in the case Pingora writes them (what it makes of a
+/// `HeaderName` on each insert), to insert as `Bytes`, which it takes as
+/// they are.
+pub struct HeaderNames {
+    /// `server.version_header`, on answers.
+    pub version: Option<Bytes>,
+    /// `server.version_request_header`, on requests upstream.
+    pub lane: Option<Bytes>,
+}
+
+impl HeaderNames {
+    fn new(server: &crate::config::model::ServerSettings) -> Self {
+        let case = |name: &Option<http::HeaderName>| {
+            name.as_ref().map(|n| Bytes::copy_from_slice(n.into_case_header_name().as_slice()))
+        };
+        Self { version: case(&server.version_header), lane: case(&server.version_request_header) }
+    }
 }
 
 pub struct SnapshotPages {
@@ -201,6 +226,7 @@ impl Snapshot {
                 headers: Vec::new(),
             }),
         };
+        let header_names = HeaderNames::new(&config.server);
         Ok(Self {
             generation,
             hash: loaded.hash,
@@ -216,6 +242,7 @@ impl Snapshot {
             global_limits,
             pages,
             cache: Arc::clone(&deps.cache),
+            header_names,
         })
     }
 

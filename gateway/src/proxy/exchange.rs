@@ -124,15 +124,16 @@ pub fn connect_failed(ctx: &mut RequestCtx, idempotent: bool, peer: &HttpPeer, m
 /// `-Proto`, the version lane header. `req` already carries the request id.
 pub fn upstream_request(req: &mut RequestHeader, peer: IpAddr, tls: bool, ctx: &mut RequestCtx) -> Result<()> {
     let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-    // Inserted by `&'static str`: by `&HeaderName`, Pingora would
-    // title-case a copy of the name on every request.
+    // Names go in as `&'static str`, or as `Bytes` made at load for the
+    // configured ones: given a `HeaderName`, Pingora would title-case a
+    // copy of it on every request.
     match forwarded_for(req.headers.get_all(&X_FORWARDED_FOR), peer) {
         Some(xff) => req.insert_header("x-forwarded-for", xff)?,
         // Unreachable: the client's entries were already a header value.
         None => req.insert_header("x-forwarded-for", peer.to_string())?,
     }
     req.insert_header("x-forwarded-proto", proto)?;
-    if let (Some(name), Some(routed)) = (&ctx.snapshot.config.server.version_request_header, &ctx.routed) {
+    if let (Some(name), Some(routed)) = (&ctx.snapshot.header_names.lane, &ctx.routed) {
         // The client's own value was removed in `strip_client_controls`.
         req.insert_header(name.clone(), routed.route.version_value(routed.decision.version).clone())?;
     }
@@ -191,7 +192,7 @@ pub fn response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         resp.insert_header("x-gateway-cache", CacheOutcome::Miss.as_str())?;
     }
     if let Some(routed) = &ctx.routed {
-        if let Some(name) = &ctx.snapshot.config.server.version_header {
+        if let Some(name) = &ctx.snapshot.header_names.version {
             resp.insert_header(name.clone(), routed.route.version_value(routed.decision.version).clone())?;
         }
         if let Some(cookie) = &routed.set_cookie {

@@ -72,6 +72,18 @@ bound_at_start! {
         "server.access_log" => access_log: AccessLogFormat,
         /// Bytes of the per-connection read buffer.
         "server.read_buffer" => read_buffer: usize,
+        nested tls: TlsStartup,
+    }
+}
+
+bound_at_start! {
+    /// The part of `[server.tls]` bound at start: its sockets and what
+    /// they offer by ALPN. Certificates apply live.
+    pub struct TlsStartup {
+        /// Whether there is a `[server.tls]` at all.
+        "server.tls" => enabled: bool,
+        "server.tls.listen" => listen: Vec<SocketAddr>,
+        "server.tls.http2" => http2: bool,
     }
 }
 

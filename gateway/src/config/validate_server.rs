@@ -9,7 +9,7 @@ use http::HeaderName;
 use super::error::Diagnostics;
 use super::file::*;
 use super::model::*;
-use super::startup::ServerStartup;
+use super::startup::{ServerStartup, TlsStartup};
 use super::validate::resolve;
 use super::validate_tls;
 use super::values;
@@ -125,6 +125,11 @@ pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> (ServerSettings, Ser
             super::validate::cidrs(d, "server.proxy_protocol.from", &items)
         }
     };
+    let tls_startup = TlsStartup {
+        enabled: tls.is_some(),
+        listen: tls.as_ref().map(|t| t.listen.clone()).unwrap_or_default(),
+        http2: tls.as_ref().is_some_and(|t| t.http2),
+    };
     let settings = ServerSettings {
         version_header,
         version_request_header,
@@ -135,7 +140,9 @@ pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> (ServerSettings, Ser
         tls,
         proxy_protocol_from,
     };
-    (settings, ServerStartup { listen, threads, work_stealing, shutdown_grace, access_log, read_buffer })
+    let startup =
+        ServerStartup { listen, threads, work_stealing, shutdown_grace, access_log, read_buffer, tls: tls_startup };
+    (settings, startup)
 }
 
 /// The live part of `[admin]` (its token), and its listen address.

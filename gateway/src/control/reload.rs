@@ -238,12 +238,9 @@ impl Reloader {
 }
 
 /// What a reload cannot change in the running process: the startup
-/// settings' keys (from their types, `config/startup.rs`) and the TLS
-/// listener's sockets.
+/// settings' keys, from their types (`config/startup.rs`).
 fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
-    let mut out: Vec<String> = started.startup.changed(&new.startup).into_iter().map(str::to_string).collect();
-    out.extend(crate::tls::restart_needed(started.server.tls.as_ref(), new.server.tls.as_ref()));
-    out
+    started.startup.changed(&new.startup).into_iter().map(str::to_string).collect()
 }
 
 /// Who runs the load steps: `gateway run` opens and creates, `gateway

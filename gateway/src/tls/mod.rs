@@ -116,24 +116,6 @@ pub fn add_listeners<A>(
     Ok(())
 }
 
-/// `[server.tls]` settings that are bound at start, for `restart_needed`.
-pub fn restart_needed(started: Option<&TlsListenerSpec>, new: Option<&TlsListenerSpec>) -> Vec<String> {
-    match (started, new) {
-        (None, None) => Vec::new(),
-        (Some(_), None) | (None, Some(_)) => vec!["server.tls".to_string()],
-        (Some(a), Some(b)) => {
-            let mut out = Vec::new();
-            if a.listen != b.listen {
-                out.push("server.tls.listen".to_string());
-            }
-            if a.http2 != b.http2 {
-                out.push("server.tls.http2".to_string());
-            }
-            out
-        }
-    }
-}
-
 /// `Location` for a plain-HTTP request on an `https_redirect` route:
 /// `https://host[:port]/path?query`, the port left out when it is 443.
 /// `None` when the Host is not a plain host name or address (nothing safe to

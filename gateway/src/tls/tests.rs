@@ -286,15 +286,21 @@ canary = "lax"
 
 #[test]
 fn listener_changes_need_a_restart_certificates_do_not() {
-    let spec = |port: u16, http2: bool| TlsListenerSpec {
-        listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
-        http2,
-        certs: Default::default(),
+    // From the startup settings' types, as a reload reports them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca();
+    pair(dir.path(), "shop", &leaf(&ca, &["shop.test"], false));
+    pair(dir.path(), "other", &leaf(&ca, &["other.test"], false));
+    let tls = |port: u16, http2: bool, stem: &str| {
+        let text = format!(
+            "[server.tls]\nlisten = [\"127.0.0.1:{port}\"]\nhttp2 = {http2}\n\
+             certs = [{{ cert = \"{stem}.pem\", key = \"{stem}.key\" }}]\n{UPSTREAM_AND_ROUTE}"
+        );
+        parse_in(dir.path(), &text).expect("valid").config.startup
     };
-    assert!(restart_needed(Some(&spec(1, true)), Some(&spec(1, true))).is_empty());
-    assert_eq!(
-        restart_needed(Some(&spec(1, true)), Some(&spec(2, false))),
-        vec!["server.tls.listen", "server.tls.http2"]
-    );
-    assert_eq!(restart_needed(None, Some(&spec(1, true))), vec!["server.tls"]);
+    let plain = parse_in(dir.path(), UPSTREAM_AND_ROUTE).expect("valid").config.startup;
+    let started = tls(8443, true, "shop");
+    assert!(started.changed(&tls(8443, true, "other")).is_empty(), "a certificate applies live");
+    assert_eq!(started.changed(&tls(9443, false, "shop")), vec!["server.tls.listen", "server.tls.http2"]);
+    assert!(plain.changed(&started).contains(&"server.tls"), "{:?}", plain.changed(&started));
 }

@@ -176,7 +176,8 @@ async fn qa_reads_which_fields_differ_how_often_and_which_are_noise() {
     let out = cli(vec!["diffs".into(), "-c".into(), config.clone(), "--show".into(), example.to_string()]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains(&format!("{PRICE}\n      stable: 10\n      canary: 12")), "{text}");
+    assert!(text.contains(&format!("{PRICE}\n      v1: 10\n      v2: 12")), "{text}");
+    assert!(text.contains("  v1 200 in ") && text.contains("   v2 200 in "), "each side named by its version:\n{text}");
     assert!(text.contains("$.ts  NOISE"), "{text}");
 
     let out = cli(vec!["diffs".into(), "-c".into(), config, "--show".into(), "999999".into()]).await;

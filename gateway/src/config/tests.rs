@@ -91,6 +91,20 @@ fn duplicate_names_and_identical_matches_are_errors() {
 }
 
 #[test]
+fn a_route_that_lost_a_bad_rule_does_not_make_another_look_unreachable() {
+    // Without its broken `x-app` rule, "any" would look as if it took every
+    // request "b1" matches; as written it does not.
+    let text = format!(
+        "{GOOD}\n[[routes]]\nname = \"any\"\npath_prefix = \"/list\"\nstable = \"v1\"\n\
+         headers = {{ \"x-app\" = \"~(\", \"x-b\" = \"*\" }}\n\
+         [[routes]]\nname = \"b1\"\npath_prefix = \"/list\"\nstable = \"v1\"\nheaders = {{ \"x-b\" = \"1\" }}\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("routes[1].headers"), "{errs:#?}");
+}
+
+#[test]
 fn bad_values_name_their_key() {
     let cases = [
         (

@@ -32,7 +32,7 @@ pub(super) fn routes(
     let mut cookie_users = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     // Per route in `out`: its key and the span of its path_prefix, for `unreachable`.
-    let mut placed: Vec<(String, Range<usize>)> = Vec::new();
+    let mut placed: Vec<Placed> = Vec::new();
     for (i, f) in files {
         let key = format!("routes[{i}]");
         let name = f.name.get_ref().trim().to_string();
@@ -49,9 +49,13 @@ pub(super) fn routes(
                 format!("{prefix:?} must start with '/'"),
             );
         }
+        let errors_before = d.errors.len();
         let hosts = hosts(d, &key, &f.hosts);
         let rules = rules(d, &key, &f);
-        placed.push((key.clone(), f.path_prefix.span()));
+        // A route with an invalid host or rule lost it, and looks wider than
+        // it is written: `unreachable` does not judge by it.
+        let clean = d.errors.len() == errors_before;
+        placed.push(Placed { key: key.clone(), prefix: f.path_prefix.span(), clean });
         let (versions, default_version) = versions(d, &key, &f, upstreams);
         let user_id = match &f.user_id {
             None => vec![UserIdSource::Header(HeaderName::from_static("x-user-id"))],
@@ -122,7 +126,16 @@ pub(super) fn routes(
 /// Reports every route the router never picks: a route tried before it
 /// covers it (`route_cover`). Each is reported once, naming the first
 /// route in the router's order that takes its requests.
-fn unreachable(d: &mut Diagnostics, routes: &[RouteSpec], placed: &[(String, Range<usize>)]) {
+/// Where a route's `path_prefix` is, and whether its hosts and rules were
+/// read without an error.
+struct Placed {
+    key: String,
+    prefix: Range<usize>,
+    clean: bool,
+}
+
+fn unreachable(d: &mut Diagnostics, routes: &[RouteSpec], placed: &[Placed]) {
+    let clean = |i: usize| placed.get(i).is_some_and(|p| p.clean);
     let order = |i: usize| {
         let r = &routes[i];
         precedence(&r.hosts, &r.path_prefix, &r.rules, i)
@@ -130,15 +143,17 @@ fn unreachable(d: &mut Diagnostics, routes: &[RouteSpec], placed: &[(String, Ran
     let mut tried: Vec<usize> = (0..routes.len()).collect();
     tried.sort_by_key(|&i| order(i));
     for (b, route) in routes.iter().enumerate() {
-        let Some((key, span)) = placed.get(b) else { continue };
+        let Some(Placed { key, prefix: span, clean: true }) = placed.get(b) else { continue };
         let narrow = RouteMatch::of(route);
-        let Some(&a) =
-            tried.iter().take_while(|&&a| order(a) < order(b)).find(|&&a| RouteMatch::of(&routes[a]).covers(&narrow))
+        let Some(&a) = tried
+            .iter()
+            .take_while(|&&a| order(a) < order(b))
+            .find(|&&a| clean(a) && RouteMatch::of(&routes[a]).covers(&narrow))
         else {
             continue;
         };
         let wide = RouteMatch::of(&routes[a]);
-        let (first, at) = (&routes[a].name, placed.get(a).map_or("", |(k, _)| k.as_str()));
+        let (first, at) = (&routes[a].name, placed.get(a).map_or("", |p| p.key.as_str()));
         let message = match narrow.covers(&wide) {
             true => format!("route {first:?} already matches the same hosts, path_prefix and rules at {at}"),
             false => format!(

@@ -209,7 +209,12 @@ async fn read_rest<S: HeadSource>(source: &mut S, mut partial: Vec<u8>, deadline
 fn arrived<S: HeadSource>(source: &mut S, read: &[u8], end: usize) -> Head {
     let mut head = complete(read, end);
     match &mut head {
-        Head::Complete { chunked: None, read: bytes, .. } => *bytes = Some(BytesMut::from(read)),
+        // Pingora refuses a prefix longer than its head limit before parsing
+        // it, body bytes included; such a read goes back into the stream,
+        // whose reads the parser takes in pieces, as before.
+        Head::Complete { chunked: None, read: bytes, .. } if read.len() < MAX_HEAD => {
+            *bytes = Some(BytesMut::from(read))
+        }
         _ => source.give_back(read),
     }
     head

@@ -270,8 +270,19 @@ pub(super) fn connect(path: &Path, write: bool) -> Result<Connection, StoreError
     Ok(conn)
 }
 
-/// Adds the columns an older file lacks (see [`MIGRATIONS`]) and records the schema version.
+/// Adds the columns an older file lacks (see [`MIGRATIONS`]) and records the
+/// schema version, in one write transaction: two processes opening the same
+/// older file at once cannot both add a column, and a file a newer build
+/// marked keeps its version.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_err("migration"))?;
+    let migrated = add_missing_columns(conn);
+    let end = if migrated.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    conn.execute_batch(end).map_err(sql_err("migration"))?;
+    migrated
+}
+
+fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
     for (column, statement) in MIGRATIONS {
         let present: bool = conn
             .query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('shadow_records') WHERE name = ?1", [column], |r| {
@@ -282,7 +293,11 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             conn.execute_batch(statement).map_err(sql_err("migration"))?;
         }
     }
-    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};")).map_err(sql_err("schema"))
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql_err("schema"))?;
+    if usize::try_from(version).unwrap_or(0) < SCHEMA_VERSION {
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};")).map_err(sql_err("schema"))?;
+    }
+    Ok(())
 }
 
 /// The store: opened once at startup, shared by the writer and the admin API.

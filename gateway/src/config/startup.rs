@@ -76,12 +76,27 @@ bound_at_start! {
     }
 }
 
+/// The part of `[server.tls]` bound at start; `None` without the section.
+/// A listener added or removed is one change, `server.tls`, not one per key
+/// of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsStartup(pub Option<TlsBinding>);
+
+impl TlsStartup {
+    /// The config keys whose value differs between `self` (in force) and `other`.
+    pub fn changed(&self, other: &Self) -> Vec<&'static str> {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => a.changed(b),
+            (None, None) => Vec::new(),
+            _ => vec!["server.tls"],
+        }
+    }
+}
+
 bound_at_start! {
-    /// The part of `[server.tls]` bound at start: its sockets and what
-    /// they offer by ALPN. Certificates apply live.
-    pub struct TlsStartup {
-        /// Whether there is a `[server.tls]` at all.
-        "server.tls" => enabled: bool,
+    /// A TLS listener's sockets and what they offer by ALPN. Certificates
+    /// apply live.
+    pub struct TlsBinding {
         "server.tls.listen" => listen: Vec<SocketAddr>,
         "server.tls.http2" => http2: bool,
     }

@@ -31,7 +31,7 @@ pub(super) fn routes(
     // Routes with `anonymous = "cookie"`, where: they need `[anonymous_cookie]`.
     let mut cookie_users = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
-    // Per route in `out`: its key and the span of its path_prefix, for `unreachable`.
+    // Per route in `out`, for `unreachable`.
     let mut placed: Vec<Placed> = Vec::new();
     for (i, f) in files {
         let key = format!("routes[{i}]");
@@ -123,9 +123,6 @@ pub(super) fn routes(
     (out, cookie_users)
 }
 
-/// Reports every route the router never picks: a route tried before it
-/// covers it (`route_cover`). Each is reported once, naming the first
-/// route in the router's order that takes its requests.
 /// Where a route's `path_prefix` is, and whether its hosts and rules were
 /// read without an error.
 struct Placed {
@@ -134,6 +131,9 @@ struct Placed {
     clean: bool,
 }
 
+/// Reports every route the router never picks: a route tried before it
+/// covers it (`route_cover`). Each is reported once, naming the first
+/// route in the router's order that takes its requests.
 fn unreachable(d: &mut Diagnostics, routes: &[RouteSpec], placed: &[Placed]) {
     let clean = |i: usize| placed.get(i).is_some_and(|p| p.clean);
     let order = |i: usize| {

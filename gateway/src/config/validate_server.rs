@@ -9,7 +9,7 @@ use http::HeaderName;
 use super::error::Diagnostics;
 use super::file::*;
 use super::model::*;
-use super::startup::{ServerStartup, TlsStartup};
+use super::startup::{ServerStartup, TlsBinding, TlsStartup};
 use super::validate::resolve;
 use super::validate_tls;
 use super::values;
@@ -125,11 +125,7 @@ pub(super) fn server(d: &mut Diagnostics, f: ServerFile) -> (ServerSettings, Ser
             super::validate::cidrs(d, "server.proxy_protocol.from", &items)
         }
     };
-    let tls_startup = TlsStartup {
-        enabled: tls.is_some(),
-        listen: tls.as_ref().map(|t| t.listen.clone()).unwrap_or_default(),
-        http2: tls.as_ref().is_some_and(|t| t.http2),
-    };
+    let tls_startup = TlsStartup(tls.as_ref().map(|t| TlsBinding { listen: t.listen.clone(), http2: t.http2 }));
     let settings = ServerSettings {
         version_header,
         version_request_header,

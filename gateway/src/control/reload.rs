@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::cluster::ClusterLink;
-use crate::config::{self, ConfigError, GatewayConfig, LoadedConfig, StartupSettings};
+use crate::config::{self, ConfigError, GatewayConfig, LoadedConfig};
 use crate::control::runtime::{RuntimeState, Sharing};
 use crate::control::snapshot::{BuildDeps, Snapshot, SnapshotHandle};
 use crate::control::state::OpenMode;
@@ -240,15 +240,7 @@ impl Reloader {
 /// What a reload cannot change in the running process: the startup
 /// settings' keys, from their types (`config/startup.rs`).
 fn restart_needed(started: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
-    restart_keys(&started.startup, &new.startup)
-}
-
-/// The keys of [`restart_needed`], from the startup settings alone.
-pub(crate) fn restart_keys(started: &StartupSettings, new: &StartupSettings) -> Vec<String> {
-    let keys = started.changed(new);
-    // A TLS listener added or removed is one change, `server.tls`, not one per key of it.
-    let whole_tls = keys.contains(&"server.tls");
-    keys.into_iter().filter(|k| !(whole_tls && k.starts_with("server.tls."))).map(str::to_string).collect()
+    started.startup.changed(&new.startup).into_iter().map(str::to_string).collect()
 }
 
 /// Who runs the load steps: `gateway run` opens and creates, `gateway

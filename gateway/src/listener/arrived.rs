@@ -63,6 +63,20 @@ impl Arrived {
         Self { gathering: true, ..Self::new(inner) }
     }
 
+    /// The plain stream inside, when this wrapper holds nothing but the
+    /// stream and its gathering (no bytes kept, no framing check, nothing
+    /// gathered): a connection waits for its next request without the
+    /// wrapper, which is made again when the request arrives. Otherwise the
+    /// wrapper itself comes back.
+    pub fn into_idle_stream(self: Box<Self>) -> Result<Stream, Box<Self>> {
+        let empty = self.taken >= self.head.len() && self.framing.is_none() && self.out.is_empty();
+        if self.gathering && empty {
+            Ok(self.inner)
+        } else {
+            Err(self)
+        }
+    }
+
     /// Send what was gathered; the buffer is freed once it is all out.
     fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.out.len() {

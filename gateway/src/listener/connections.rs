@@ -43,7 +43,7 @@ use pingora_http::RequestHeader;
 use prometheus::IntGauge;
 use tokio::io::AsyncWriteExt;
 
-use super::head_wait::{next_request, Head};
+use super::head_wait::{read_head, Head, Limits, Waiting};
 use crate::control::snapshot::SnapshotHandle;
 use crate::edge::client_ip;
 use crate::proxy::respond::LocalResponse;
@@ -162,10 +162,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLoop<A> {
         // for and cancelled exactly like the task it replaces.
         let this = Arc::clone(self);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            this.serve_http1(stream, shutdown).await;
-        });
+        // The connection's own method is the task, not a block around it: a
+        // block would store the arguments it passes a second time.
+        tokio::spawn(this.serve_http1(stream, shutdown, open));
         None
     }
 
@@ -202,33 +201,37 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     /// arrives its whole head must follow within `header_timeout`. A head
     /// that is late gets 408 and the connection is closed; a connection that
     /// sent nothing is closed without an answer.
-    async fn serve_http1(&self, stream: Stream, mut shutdown: ShutdownWatch) {
-        let Some(mut stream) = self.proxy_header(stream).await else { return };
+    async fn serve_http1(self: Arc<Self>, stream: Stream, mut shutdown: ShutdownWatch, _open: Open) {
+        // Boxed, as the refusals below: a connection's task is as large as
+        // its largest state, and every idle connection holds that task. The
+        // PROXY header's read and a refusal's timed writes are rare and
+        // larger than the idle wait.
+        let Some(mut stream) = Box::pin(self.proxy_header(stream)).await else { return };
         let mut carried: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
             let header_timeout = self.snapshots.load().config.server.header_timeout;
             let idle = if first { header_timeout } else { Duration::from_secs(KEEPALIVE_SECS) };
             let started = Instant::now();
-            let (back, head) =
-                next_request(stream, &mut shutdown, idle, header_timeout, first, self.gather_writes).await;
+            let Some(mut waiting) = Waiting::new(stream) else { return };
+            let limits = Limits { idle, header_timeout, head_clock_from_start: first };
+            let head = read_head(&mut waiting, &mut shutdown, limits).await;
+            let back = waiting.into_stream(&head, self.gather_writes);
             let (extra, lean, read) = match head {
                 Head::Complete { extra, lean, read, .. } => (extra, lean, read),
                 Head::Closed => return,
                 Head::Late => {
-                    if let Some(mut late) = back {
-                        self.refuse(&mut late, Refusal::HeadTimeout, started).await;
-                    }
+                    let mut late = back;
+                    Box::pin(self.refuse(&mut late, Refusal::HeadTimeout, started)).await;
                     return;
                 }
                 Head::BadFraming => {
-                    if let Some(mut bad) = back {
-                        self.refuse(&mut bad, Refusal::BadFraming, started).await;
-                    }
+                    let mut bad = back;
+                    Box::pin(self.refuse(&mut bad, Refusal::BadFraming, started)).await;
                     return;
                 }
             };
-            let Some(arrived) = back else { return };
+            let arrived = back;
             first = false;
             // Kept for the access line of a head the parser refuses (an Arc clone).
             let digest = arrived.get_socket_digest();

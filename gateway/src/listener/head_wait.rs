@@ -40,78 +40,83 @@ pub(super) enum Head {
     BadFraming,
 }
 
-/// Wait, holding nothing but the stream, until the client sends its next
-/// request head; the stream comes back, and the bytes read with it (see
-/// [`Head::Complete`]). The first bytes may take `idle`; the whole head must
-/// then arrive within `header_timeout` (counted from now for a connection's
-/// first request, from the first byte for the next ones). A request that has
-/// already arrived wins over shutdown: it is served and, as in Pingora's own
-/// loop, the proxy then answers without keep-alive.
+/// A connection waiting for its next request head, holding nothing but
+/// its stream; the stream comes back with the bytes read (see
+/// [`Head::Complete`]) from [`Waiting::into_stream`].
 ///
 /// A chunked body's head goes back into the stream: plain TCP streams take
 /// the bytes back themselves (`rewind`); any other stream (TLS) is wrapped
-/// once in [`Arrived`], which keeps them. With
-/// `gather_writes` (a listener whose TCP streams have no write buffer), a
-/// plain TCP stream is wrapped too, to gather its writes.
-pub(super) async fn next_request(
-    stream: Stream,
-    shutdown: &mut ShutdownWatch,
-    idle: Duration,
-    header_timeout: Duration,
-    first: bool,
-    gather_writes: bool,
-) -> (Option<Stream>, Head) {
-    let limits = Limits { idle, header_timeout, head_clock_from_start: first };
-    // The downcasts cannot fail after the `is` checks; a failure would drop
-    // the connection.
-    if !gather_writes && stream.as_any().is::<TcpStream>() {
-        let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else { return (None, Head::Closed) };
-        let head = until_arrival(shutdown, read_head(&mut *tcp, limits)).await;
-        if let Head::Complete { chunked: Some(head_len), .. } = head {
-            // A chunked body is read through the wrapper that checks its framing.
-            let mut wrapped = Arrived::new(tcp as Stream);
-            wrapped.check_chunked_body(head_len);
-            return (Some(Box::new(wrapped) as Stream), head);
-        }
-        return (Some(tcp as Stream), head);
-    }
-    let mut wrapped = if stream.as_any().is::<Arrived>() {
-        match stream.into_any().downcast::<Arrived>() {
-            Ok(a) => a,
-            Err(_) => return (None, Head::Closed),
-        }
-    } else if stream.as_any().is::<TcpStream>() {
-        Box::new(Arrived::gathering_writes(stream))
-    } else {
-        Box::new(Arrived::new(stream))
-    };
-    let head = until_arrival(shutdown, read_head(&mut *wrapped, limits)).await;
-    if let Head::Complete { chunked: Some(head_len), .. } = head {
-        wrapped.check_chunked_body(head_len);
-    }
-    (Some(wrapped as Stream), head)
+/// once in [`Arrived`], which keeps them. With `gather_writes` (a listener
+/// whose TCP streams have no write buffer), a plain TCP stream is wrapped
+/// too, to gather its writes, but only while it serves a request: an idle
+/// one waits unwrapped (`Arrived::into_idle_stream`), one allocation fewer
+/// per idle connection for one per request.
+pub(super) enum Waiting {
+    Tcp(Box<TcpStream>),
+    Wrapped(Box<Arrived>),
 }
 
-/// Shutdown before the first byte closes the connection; once a request has
-/// started to arrive it is read (a request already there wins).
-async fn until_arrival(shutdown: &mut ShutdownWatch, read: impl Future<Output = Head>) -> Head {
-    tokio::select! {
-        biased;
-        head = read => head,
-        _ = shutdown_signalled(shutdown) => Head::Closed,
+impl Waiting {
+    /// `None`: a failed downcast, which the `is` checks rule out (the
+    /// connection is dropped).
+    pub(super) fn new(stream: Stream) -> Option<Self> {
+        if stream.as_any().is::<TcpStream>() {
+            return stream.into_any().downcast::<TcpStream>().ok().map(Self::Tcp);
+        }
+        if !stream.as_any().is::<Arrived>() {
+            return Some(Self::Wrapped(Box::new(Arrived::new(stream))));
+        }
+        let wrapped = stream.into_any().downcast::<Arrived>().ok()?;
+        match wrapped.into_idle_stream() {
+            Ok(inner) if inner.as_any().is::<TcpStream>() => {
+                inner.into_any().downcast::<TcpStream>().ok().map(Self::Tcp)
+            }
+            Ok(inner) => Some(Self::Wrapped(Box::new(Arrived::gathering_writes(inner)))),
+            Err(wrapped) => Some(Self::Wrapped(wrapped)),
+        }
     }
+
+    fn source(&mut self) -> &mut dyn HeadSource {
+        match self {
+            Self::Tcp(tcp) => &mut **tcp,
+            Self::Wrapped(wrapped) => &mut **wrapped,
+        }
+    }
+
+    /// The stream to serve `head` from.
+    pub(super) fn into_stream(self, head: &Head, gather_writes: bool) -> Stream {
+        let chunked = match head {
+            Head::Complete { chunked, .. } => *chunked,
+            _ => None,
+        };
+        let mut wrapped = match self {
+            Self::Wrapped(wrapped) => wrapped,
+            Self::Tcp(tcp) if !gather_writes && chunked.is_none() => return tcp,
+            Self::Tcp(tcp) if gather_writes => Box::new(Arrived::gathering_writes(tcp)),
+            Self::Tcp(tcp) => Box::new(Arrived::new(tcp)),
+        };
+        if let Some(head_len) = chunked {
+            // A chunked body is read through the wrapper that checks its framing.
+            wrapped.check_chunked_body(head_len);
+        }
+        wrapped
+    }
+}
+
+/// The deadlines of a wait: the first bytes may take `idle`; the whole head
+/// must then arrive within `header_timeout` (counted from the start of the
+/// wait for a connection's first request, from the first byte for the next
+/// ones).
+#[derive(Clone, Copy)]
+pub(super) struct Limits {
+    pub idle: Duration,
+    pub header_timeout: Duration,
+    pub head_clock_from_start: bool,
 }
 
 /// Bytes read at once when a request arrives: Pingora's first read of a
 /// request head is as large.
 const ARRIVAL_READ: usize = 4096;
-
-#[derive(Clone, Copy)]
-struct Limits {
-    idle: Duration,
-    header_timeout: Duration,
-    head_clock_from_start: bool,
-}
 
 /// A stream the wait reads from and gives the bytes back to.
 trait HeadSource: AsyncRead + Unpin + Send {
@@ -133,7 +138,7 @@ impl HeadSource for Arrived {
 /// One read into `read` (a buffer on the caller's poll stack, left
 /// uninitialised: zeroing 4 KiB twice per request was a tenth of the lean
 /// path's instructions); nothing filled at end of stream.
-fn poll_read_into<S: HeadSource>(
+fn poll_read_into<S: HeadSource + ?Sized>(
     source: &mut S,
     cx: &mut std::task::Context<'_>,
     read: &mut ReadBuf<'_>,
@@ -141,20 +146,32 @@ fn poll_read_into<S: HeadSource>(
     Pin::new(source).poll_read(cx, read)
 }
 
-/// The common case reads the whole head at once into a buffer on the stack of
-/// each poll, not in the future, so an idle connection holds no buffer; what
-/// was read is handed back to the stream, which the session's first read
-/// returns. A head that comes in pieces is gathered on the heap.
-async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
-    let started = Instant::now();
-    let mut partial: Vec<u8> = Vec::new();
-    let first = std::future::poll_fn(|cx| loop {
+/// What the first read of an idle connection found.
+enum FirstBytes {
+    Whole(Head),
+    /// Part of a head, kept in `partial`.
+    Part,
+    /// The client closed or failed.
+    Nothing,
+}
+
+/// One poll of the first read: a head that arrived whole, or part of one.
+/// The read goes into a buffer on the stack of this poll, not in the
+/// future, so an idle connection holds no buffer.
+fn poll_first_bytes<S: HeadSource + ?Sized>(
+    source: &mut S,
+    partial: &mut Vec<u8>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<FirstBytes> {
+    loop {
         let mut buf = [MaybeUninit::<u8>::uninit(); ARRIVAL_READ];
         let mut read = ReadBuf::uninit(&mut buf);
-        std::task::ready!(poll_read_into(source, cx, &mut read))?;
+        if std::task::ready!(poll_read_into(source, cx, &mut read)).is_err() {
+            return Poll::Ready(FirstBytes::Nothing);
+        }
         let got = read.filled();
         if got.is_empty() {
-            return Poll::Ready(Ok::<_, std::io::Error>(None));
+            return Poll::Ready(FirstBytes::Nothing);
         }
         // Empty lines before a request (some clients send CRLF after a POST
         // body) are dropped, as RFC 9112 section 2.2 allows: the connection
@@ -163,25 +180,62 @@ async fn read_head<S: HeadSource>(source: &mut S, limits: Limits) -> Head {
             continue;
         }
         if let Some(end) = head_end(got, 0) {
-            return Poll::Ready(Ok(Some(arrived(source, got, end))));
+            return Poll::Ready(FirstBytes::Whole(arrived(source, got, end)));
         }
         partial.extend_from_slice(got);
-        return Poll::Ready(Ok(None));
-    });
-    match pingora_timeout::timeout(limits.idle, first).await {
-        Ok(Ok(Some(head))) => return head,
-        Ok(Ok(None)) if !partial.is_empty() => {}
-        // Nothing arrived: closed, failed, idle too long.
-        _ => return Head::Closed,
+        return Poll::Ready(FirstBytes::Part);
+    }
+}
+
+/// The common case reads the whole head at once (`poll_first_bytes`) and
+/// hands it to the session. A head that comes in pieces is gathered on the
+/// heap by `read_rest`. Shutdown closes a connection that has not sent a
+/// whole head; a request already there wins.
+///
+/// The wait is polled by hand over its three parts, made in place (`pin!`):
+/// the read, the idle timer, the shutdown watch. This state is what every
+/// idle connection's task holds; composed with a `select!` and a timeout
+/// wrapper, each future passed by value into the next, it was stored more
+/// than once, and the timeout boxed its timer (`benches/README.md`,
+/// session 9).
+pub(super) async fn read_head(waiting: &mut Waiting, shutdown: &mut ShutdownWatch, limits: Limits) -> Head {
+    let source = waiting.source();
+    let started = Instant::now();
+    let mut partial: Vec<u8> = Vec::new();
+    let first = {
+        let mut idle_over = std::pin::pin!(pingora_timeout::sleep(limits.idle));
+        let mut stop = std::pin::pin!(shutdown_signalled(shutdown));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(first) = poll_first_bytes(source, &mut partial, cx) {
+                return Poll::Ready(first);
+            }
+            // Nothing arrived in time, or shutdown came first.
+            if idle_over.as_mut().poll(cx).is_ready() || stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(FirstBytes::Nothing);
+            }
+            Poll::Pending
+        })
+        .await
+    };
+    match first {
+        FirstBytes::Whole(head) => return head,
+        FirstBytes::Part => {}
+        FirstBytes::Nothing => return Head::Closed,
     }
     let deadline = if limits.head_clock_from_start { started } else { Instant::now() } + limits.header_timeout;
     // Boxed: the rare slow path's timer would otherwise enlarge the future
     // every idle connection holds.
-    Box::pin(read_rest(source, partial, deadline)).await
+    Box::pin(read_rest(source, shutdown, partial, deadline)).await
 }
 
-/// The rest of a head that came in pieces, by `deadline`.
-async fn read_rest<S: HeadSource>(source: &mut S, mut partial: Vec<u8>, deadline: Instant) -> Head {
+/// The rest of a head that came in pieces, by `deadline`; shutdown first
+/// closes the connection.
+async fn read_rest<S: HeadSource + ?Sized>(
+    source: &mut S,
+    shutdown: &mut ShutdownWatch,
+    mut partial: Vec<u8>,
+    deadline: Instant,
+) -> Head {
     let rest = std::future::poll_fn(|cx| loop {
         let mut buf = [MaybeUninit::<u8>::uninit(); ARRIVAL_READ];
         let mut read = ReadBuf::uninit(&mut buf);
@@ -197,16 +251,20 @@ async fn read_rest<S: HeadSource>(source: &mut S, mut partial: Vec<u8>, deadline
             return Poll::Ready(Ok(arrived(source, &partial, end)));
         }
     });
-    match tokio::time::timeout_at(deadline.into(), rest).await {
-        Ok(Ok(head)) => head,
-        _ => Head::Late,
+    tokio::select! {
+        biased;
+        head = tokio::time::timeout_at(deadline.into(), rest) => match head {
+            Ok(Ok(head)) => head,
+            _ => Head::Late,
+        },
+        _ = shutdown_signalled(shutdown) => Head::Closed,
     }
 }
 
 /// A whole head found in `read`, ending at `end`: the bytes go to the
 /// session as they are (one allocation, and the session's parser reads no
 /// stream), or, for a chunked body, back into the stream.
-fn arrived<S: HeadSource>(source: &mut S, read: &[u8], end: usize) -> Head {
+fn arrived<S: HeadSource + ?Sized>(source: &mut S, read: &[u8], end: usize) -> Head {
     let mut head = complete(read, end);
     match &mut head {
         // Pingora refuses a prefix longer than its head limit before parsing

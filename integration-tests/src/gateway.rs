@@ -281,8 +281,16 @@ impl Gateway {
     /// `GET /metrics` once no request is in flight. A request's counters are
     /// written in its logging phase, just after the client has its answer,
     /// so a scrape right after a response may not show that request yet.
+    ///
+    /// The scrape returned is the one *after* a scrape that saw nothing in
+    /// flight: a scrape reads its metric families one by one, in no fixed
+    /// order, so the one that saw the gauge at zero may have read a counter
+    /// before the last request's logging phase wrote it (seen in CI: its
+    /// latency histogram counted a request its `gateway_requests_total` did
+    /// not). Everything a scrape reads after that moment is complete.
     pub async fn settled_metrics(&self) -> String {
         let mut text = String::new();
+        let mut settled = false;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let resp = self.admin_request(reqwest::Method::GET, "/metrics").send().await;
@@ -290,10 +298,14 @@ impl Gateway {
                 Ok(r) => r.text().await.unwrap_or_default(),
                 Err(_) => String::new(),
             };
-            if text.lines().any(|l| l == "gateway_requests_in_flight 0") {
+            let idle = text.lines().any(|l| l == "gateway_requests_in_flight 0");
+            if idle && settled {
                 return text;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            settled = idle;
+            if !idle {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         text
     }

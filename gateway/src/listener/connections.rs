@@ -207,35 +207,44 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
         // PROXY header's read and a refusal's timed writes are rare and
         // larger than the idle wait.
         let Some(mut stream) = Box::pin(self.proxy_header(stream)).await else { return };
-        let mut carried: Option<HttpPersistentSettings> = None;
+        // Boxed: 80 bytes that every idle connection would otherwise hold.
+        let mut carried: Option<Box<HttpPersistentSettings>> = None;
         let mut first = true;
         loop {
             let header_timeout = self.snapshots.load().config.server.header_timeout;
             let idle = if first { header_timeout } else { Duration::from_secs(KEEPALIVE_SECS) };
             let started = Instant::now();
-            let Some(mut waiting) = Waiting::new(stream) else { return };
-            let limits = Limits { idle, header_timeout, head_clock_from_start: first };
-            let head = read_head(&mut waiting, &mut shutdown, limits).await;
-            let back = waiting.into_stream(&head, self.gather_writes);
-            let (extra, lean, read) = match head {
-                Head::Complete { extra, lean, read, .. } => (extra, lean, read),
-                Head::Closed => return,
-                Head::Late => {
-                    let mut late = back;
-                    Box::pin(self.refuse(&mut late, Refusal::HeadTimeout, started)).await;
-                    return;
-                }
-                Head::BadFraming => {
-                    let mut bad = back;
-                    Box::pin(self.refuse(&mut bad, Refusal::BadFraming, started)).await;
-                    return;
+            // The blocks below end what they declare before the next wait:
+            // a local whose scope spans two waits is kept in every state of
+            // the task, the idle wait's included (`benches/README.md`,
+            // session 9).
+            let (arrived, extra, lean, read) = {
+                let (back, arrival) = {
+                    let Some(mut waiting) = Waiting::new(stream) else { return };
+                    let limits = Limits { idle, header_timeout, head_clock_from_start: first };
+                    let head = read_head(&mut waiting, &mut shutdown, &limits).await;
+                    let back = waiting.into_stream(&head, self.gather_writes);
+                    let arrival = match head {
+                        Head::Complete { extra, lean, read, .. } => Ok((extra, lean, read)),
+                        Head::Closed => return,
+                        Head::Late => Err(Refusal::HeadTimeout),
+                        Head::BadFraming => Err(Refusal::BadFraming),
+                    };
+                    (back, arrival)
+                };
+                match arrival {
+                    Ok((extra, lean, read)) => (back, extra, lean, read),
+                    Err(refusal) => {
+                        let mut refused = back;
+                        Box::pin(self.refuse(&mut refused, refusal, started)).await;
+                        return;
+                    }
                 }
             };
-            let arrived = back;
             first = false;
             // Kept for the access line of a head the parser refuses (an Arc clone).
             let digest = arrived.get_socket_digest();
-            let session = self.session(arrived, read, carried.take(), &shutdown);
+            let session = self.session(arrived, read, carried.take().map(|settings| *settings), &shutdown);
             // The request's future is boxed (async_trait) and made here, so
             // the block below holds a pointer, not the session: every idle
             // connection's task is as large as its largest state.
@@ -270,7 +279,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             let Some(reused) = reused else {
                 return;
             };
-            (stream, carried) = reused.consume();
+            let settings;
+            (stream, settings) = reused.consume();
+            carried = settings.map(Box::new);
         }
     }
 

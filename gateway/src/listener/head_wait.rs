@@ -107,7 +107,6 @@ impl Waiting {
 /// must then arrive within `header_timeout` (counted from the start of the
 /// wait for a connection's first request, from the first byte for the next
 /// ones).
-#[derive(Clone, Copy)]
 pub(super) struct Limits {
     pub idle: Duration,
     pub header_timeout: Duration,
@@ -198,7 +197,7 @@ fn poll_first_bytes<S: HeadSource + ?Sized>(
 /// wrapper, each future passed by value into the next, it was stored more
 /// than once, and the timeout boxed its timer (`benches/README.md`,
 /// session 9).
-pub(super) async fn read_head(waiting: &mut Waiting, shutdown: &mut ShutdownWatch, limits: Limits) -> Head {
+pub(super) async fn read_head(waiting: &mut Waiting, shutdown: &mut ShutdownWatch, limits: &Limits) -> Head {
     let source = waiting.source();
     let started = Instant::now();
     let mut partial: Vec<u8> = Vec::new();

@@ -207,7 +207,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
         // PROXY header's read and a refusal's timed writes are rare and
         // larger than the idle wait.
         let Some(mut stream) = Box::pin(self.proxy_header(stream)).await else { return };
-        // Boxed: 80 bytes that every idle connection would otherwise hold.
+        // Held between requests either way; boxed, it is outside the task,
+        // whose cell tokio rounds up to 128 bytes: with the scoping below the
+        // cell is 768 bytes instead of 896 with these 80 inline.
         let mut carried: Option<Box<HttpPersistentSettings>> = None;
         let mut first = true;
         loop {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as TcpStream;
 use pingora_core::protocols::{SocketDigest, Stream, ALPN};
@@ -191,13 +191,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     /// reading of the request head moved in front of the session. Two
     /// assumptions, both true of the gateway: pipelining is never enabled, so
     /// a reused stream carries no pipelined bytes that the wait could miss
-    /// (Pingora refuses reuse when bytes were over-read); and the keep-alive
-    /// timeout is always `KEEPALIVE_SECS`, the one the wait uses (the carried
-    /// settings repeat it).
+    /// (Pingora refuses reuse when bytes were over-read), nor settings from
+    /// the proxy's phases for the next request; and the keep-alive timeout
+    /// is always `KEEPALIVE_SECS`, the one the wait uses.
     ///
     /// Deadlines: a new connection's first request head must arrive whole
     /// within `server.header_timeout` of the accept; a kept-alive
-    /// connection may idle `KEEPALIVE_SECS`, and once a request's first byte
+    /// connection may idle `KEEPALIVE_SECS` (to the second: `idle_clock`),
+    /// and once a request's first byte
     /// arrives its whole head must follow within `header_timeout`. A head
     /// that is late gets 408 and the connection is closed; a connection that
     /// sent nothing is closed without an answer.
@@ -207,10 +208,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
         // PROXY header's read and a refusal's timed writes are rare and
         // larger than the idle wait.
         let Some(mut stream) = Box::pin(self.proxy_header(stream)).await else { return };
-        // Held between requests either way; boxed, it is outside the task,
-        // whose cell tokio rounds up to 128 bytes: with the scoping below the
-        // cell is 768 bytes instead of 896 with these 80 inline.
-        let mut carried: Option<Box<HttpPersistentSettings>> = None;
+        // Requests served on this connection before the one awaited: what
+        // the keep-alive request limit counts. Pingora's loop carries its
+        // `HttpPersistentSettings` (80 bytes) instead; of them, the gateway
+        // uses only this count and the keep-alive timeout, which is always
+        // `KEEPALIVE_SECS` (a session whose keep-alive was turned off is not
+        // reused), so an idle connection holds four bytes, not a box.
+        let mut served: u32 = 0;
         let mut first = true;
         loop {
             let header_timeout = self.snapshots.load().config.server.header_timeout;
@@ -246,7 +250,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             first = false;
             // Kept for the access line of a head the parser refuses (an Arc clone).
             let digest = arrived.get_socket_digest();
-            let session = self.session(arrived, read, carried.take().map(|settings| *settings), &shutdown);
+            let session = self.session(arrived, read, served, &shutdown);
             // The request's future is boxed (async_trait) and made here, so
             // the block below holds a pointer, not the session: every idle
             // connection's task is as large as its largest state.
@@ -281,35 +285,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             let Some(reused) = reused else {
                 return;
             };
-            let settings;
-            (stream, settings) = reused.consume();
-            carried = settings.map(Box::new);
+            // The settings Pingora's session hands back are made again by
+            // `session` from `served` (see above).
+            (stream, _) = reused.consume();
+            served = served.saturating_add(1);
         }
     }
 
     /// A plain function, not inline in the loop: a session borrowed inside an
     /// `async fn` is kept in its future (about 700 bytes) even after it is
     /// moved away, and that future is what every idle connection holds.
-    fn session(
-        &self,
-        stream: Stream,
-        read: Option<BytesMut>,
-        carried: Option<HttpPersistentSettings>,
-        shutdown: &ShutdownWatch,
-    ) -> ServerSession {
+    /// `served`: requests this connection served before; with a keep-alive
+    /// request limit, the session may be reused that many times fewer (as
+    /// Pingora's `HttpPersistentSettings::apply_to_session` counts).
+    fn session(&self, stream: Stream, read: Option<BytesMut>, served: u32, shutdown: &ShutdownWatch) -> ServerSession {
         let mut session = ServerSession::new_http1(stream);
         if let Some(head) = read {
             // Parsed before the stream is read again.
             session.set_pipelined_prefix(head);
         }
-        match carried {
-            Some(settings) => settings.apply_to_session(&mut session),
-            None => {
-                session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
-                let limit = self.inner.server_options().and_then(|o| o.keepalive_request_limit);
-                session.set_keepalive_reuses_remaining(limit);
-            }
-        }
+        session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
+        let limit = self.inner.server_options().and_then(|o| o.keepalive_request_limit);
+        session.set_keepalive_reuses_remaining(limit.map(|limit| limit.saturating_sub(served)));
         // The admin listener's body reads; the proxy sets it again per request.
         session.set_read_timeout(Some(self.snapshots.load().config.server.body_timeout));
         session

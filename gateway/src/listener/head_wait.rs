@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::arrived::Arrived;
 use super::chunk_framing::ChunkFraming;
+use super::idle_clock::{IdleClock, IdleTicket};
 
 /// The largest request head read here: Pingora refuses a larger one (400).
 const MAX_HEAD: usize = 1 << 20;
@@ -110,6 +111,9 @@ impl Waiting {
 pub(super) struct Limits {
     pub idle: Duration,
     pub header_timeout: Duration,
+    /// A new connection's first request: its deadlines are kept to the
+    /// millisecond; a kept-alive connection's `idle` is kept to the second
+    /// (`idle_clock`).
     pub head_clock_from_start: bool,
 }
 
@@ -148,8 +152,8 @@ fn poll_read_into<S: HeadSource + ?Sized>(
 /// What the first read of an idle connection found.
 enum FirstBytes {
     Whole(Head),
-    /// Part of a head, kept in `partial`.
-    Part,
+    /// Part of a head.
+    Part(Vec<u8>),
     /// The client closed or failed.
     Nothing,
 }
@@ -157,11 +161,7 @@ enum FirstBytes {
 /// One poll of the first read: a head that arrived whole, or part of one.
 /// The read goes into a buffer on the stack of this poll, not in the
 /// future, so an idle connection holds no buffer.
-fn poll_first_bytes<S: HeadSource + ?Sized>(
-    source: &mut S,
-    partial: &mut Vec<u8>,
-    cx: &mut std::task::Context<'_>,
-) -> Poll<FirstBytes> {
+fn poll_first_bytes<S: HeadSource + ?Sized>(source: &mut S, cx: &mut std::task::Context<'_>) -> Poll<FirstBytes> {
     loop {
         let mut buf = [MaybeUninit::<u8>::uninit(); ARRIVAL_READ];
         let mut read = ReadBuf::uninit(&mut buf);
@@ -181,8 +181,7 @@ fn poll_first_bytes<S: HeadSource + ?Sized>(
         if let Some(end) = head_end(got, 0) {
             return Poll::Ready(FirstBytes::Whole(arrived(source, got, end)));
         }
-        partial.extend_from_slice(got);
-        return Poll::Ready(FirstBytes::Part);
+        return Poll::Ready(FirstBytes::Part(got.to_vec()));
     }
 }
 
@@ -191,21 +190,55 @@ fn poll_first_bytes<S: HeadSource + ?Sized>(
 /// heap by `read_rest`. Shutdown closes a connection that has not sent a
 /// whole head; a request already there wins.
 ///
-/// The wait is polled by hand over its three parts, made in place (`pin!`):
-/// the read, the idle timer, the shutdown watch. This state is what every
-/// idle connection's task holds; composed with a `select!` and a timeout
-/// wrapper, each future passed by value into the next, it was stored more
-/// than once, and the timeout boxed its timer (`benches/README.md`,
-/// session 9).
+/// This wait is what every idle keep-alive connection's task holds, so it
+/// holds little: the read, polled by hand, and a ticket on this thread's
+/// [`IdleClock`], which keeps the keep-alive deadline and watches shutdown
+/// for every waiting connection at once. A timer and a shutdown waiter of
+/// its own made the wait 264 bytes larger; composed with a `select!` over
+/// a timeout, as at first, it was larger still (`benches/README.md`,
+/// sessions 9 and 10). A new connection's first wait is boxed and precise
+/// (`read_first_head`).
 pub(super) async fn read_head(waiting: &mut Waiting, shutdown: &mut ShutdownWatch, limits: &Limits) -> Head {
     let source = waiting.source();
+    if limits.head_clock_from_start {
+        return Box::pin(read_first_head(source, shutdown, limits)).await;
+    }
+    let first = {
+        let mut ticket: Option<IdleTicket> = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(first) = poll_first_bytes(source, cx) {
+                return Poll::Ready(first);
+            }
+            // Registered only when nothing has arrived yet.
+            let ticket = ticket.get_or_insert_with(|| IdleClock::of_this_thread(shutdown).enter(limits.idle));
+            // Nothing arrived in time, or shutdown came first.
+            std::task::ready!(ticket.poll_over(cx));
+            Poll::Ready(FirstBytes::Nothing)
+        })
+        .await
+    };
+    let partial = match first {
+        FirstBytes::Whole(head) => return head,
+        FirstBytes::Part(partial) => partial,
+        FirstBytes::Nothing => return Head::Closed,
+    };
+    // Boxed: the rare slow path's timer would otherwise enlarge the future
+    // every idle connection holds.
+    Box::pin(read_rest(source, shutdown, partial, Instant::now() + limits.header_timeout)).await
+}
+
+/// A new connection's first head: the first bytes within `limits.idle`
+/// and the whole head within `header_timeout` of the start, both to the
+/// millisecond (a timer and a shutdown waiter of its own, made in place).
+/// Boxed by the caller: it is made once per connection and gone before the
+/// connection is idle again.
+async fn read_first_head(source: &mut dyn HeadSource, shutdown: &mut ShutdownWatch, limits: &Limits) -> Head {
     let started = Instant::now();
-    let mut partial: Vec<u8> = Vec::new();
     let first = {
         let mut idle_over = std::pin::pin!(pingora_timeout::sleep(limits.idle));
         let mut stop = std::pin::pin!(shutdown_signalled(shutdown));
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(first) = poll_first_bytes(source, &mut partial, cx) {
+            if let Poll::Ready(first) = poll_first_bytes(source, cx) {
                 return Poll::Ready(first);
             }
             // Nothing arrived in time, or shutdown came first.
@@ -217,14 +250,10 @@ pub(super) async fn read_head(waiting: &mut Waiting, shutdown: &mut ShutdownWatc
         .await
     };
     match first {
-        FirstBytes::Whole(head) => return head,
-        FirstBytes::Part => {}
-        FirstBytes::Nothing => return Head::Closed,
+        FirstBytes::Whole(head) => head,
+        FirstBytes::Part(partial) => read_rest(source, shutdown, partial, started + limits.header_timeout).await,
+        FirstBytes::Nothing => Head::Closed,
     }
-    let deadline = if limits.head_clock_from_start { started } else { Instant::now() } + limits.header_timeout;
-    // Boxed: the rare slow path's timer would otherwise enlarge the future
-    // every idle connection holds.
-    Box::pin(read_rest(source, shutdown, partial, deadline)).await
 }
 
 /// The rest of a head that came in pieces, by `deadline`; shutdown first

@@ -6,5 +6,6 @@ mod arrived;
 mod chunk_framing;
 pub mod connections;
 mod head_wait;
+mod idle_clock;
 pub mod proxy_protocol;
 pub mod server;

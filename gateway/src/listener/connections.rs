@@ -162,7 +162,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLoop<A> {
         // for and cancelled exactly like the task it replaces.
         let this = Arc::clone(self);
         let shutdown = shutdown.clone();
-        // The connection's own method is the task, not a block around it: a
+        // The connection's own future is the task, not a block around it: a
         // block would store the arguments it passes a second time.
         tokio::spawn(this.serve_http1(stream, shutdown, open));
         None
@@ -202,93 +202,107 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     /// arrives its whole head must follow within `header_timeout`. A head
     /// that is late gets 408 and the connection is closed; a connection that
     /// sent nothing is closed without an answer.
-    async fn serve_http1(self: Arc<Self>, stream: Stream, mut shutdown: ShutdownWatch, _open: Open) {
-        // Boxed, as the refusals below: a connection's task is as large as
-        // its largest state, and every idle connection holds that task. The
-        // PROXY header's read and a refusal's timed writes are rare and
-        // larger than the idle wait.
-        let Some(mut stream) = Box::pin(self.proxy_header(stream)).await else { return };
-        // Requests served on this connection before the one awaited: what
-        // the keep-alive request limit counts. Pingora's loop carries its
-        // `HttpPersistentSettings` (80 bytes) instead; of them, the gateway
-        // uses only this count and the keep-alive timeout, which is always
-        // `KEEPALIVE_SECS` (a session whose keep-alive was turned off is not
-        // reused), so an idle connection holds four bytes, not a box.
-        let mut served: u32 = 0;
-        let mut first = true;
-        loop {
-            let header_timeout = self.snapshots.load().config.server.header_timeout;
-            let idle = if first { header_timeout } else { Duration::from_secs(KEEPALIVE_SECS) };
-            let started = Instant::now();
-            // The blocks below end what they declare before the next wait:
-            // a local whose scope spans two waits is kept in every state of
-            // the task, the idle wait's included (`benches/README.md`,
-            // session 9).
-            let (arrived, extra, lean, read) = {
-                let (back, arrival) = {
-                    let Some(mut waiting) = Waiting::new(stream) else { return };
-                    let limits = Limits { idle, header_timeout, head_clock_from_start: first };
-                    let head = read_head(&mut waiting, &mut shutdown, &limits).await;
-                    let back = waiting.into_stream(&head, self.gather_writes);
-                    let arrival = match head {
-                        Head::Complete { extra, lean, read, .. } => Ok((extra, lean, read)),
-                        Head::Closed => return,
-                        Head::Late => Err(Refusal::HeadTimeout),
-                        Head::BadFraming => Err(Refusal::BadFraming),
+    ///
+    /// A block, not an `async fn`: an `async fn` moves its arguments into
+    /// locals and keeps both copies in every state (32 bytes here, in every
+    /// idle connection's task); a block uses what it captured in place.
+    #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice (above)")]
+    fn serve_http1(
+        self: Arc<Self>,
+        stream: Stream,
+        mut shutdown: ShutdownWatch,
+        open: Open,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        async move {
+            // Held until the task ends (captured, not moved into a local).
+            let _ = &open;
+            // Boxed, as the refusals below: a connection's task is as large as
+            // its largest state, and every idle connection holds that task. The
+            // PROXY header's read and a refusal's timed writes are rare and
+            // larger than the idle wait.
+            let Some(mut stream) = Box::pin(self.proxy_header(stream)).await else { return };
+            // Requests served on this connection before the one awaited: what
+            // the keep-alive request limit counts. Pingora's loop carries its
+            // `HttpPersistentSettings` (80 bytes) instead; of them, the gateway
+            // uses only this count and the keep-alive timeout, which is always
+            // `KEEPALIVE_SECS` (a session whose keep-alive was turned off is not
+            // reused), so an idle connection holds four bytes, not a box.
+            let mut served: u32 = 0;
+            let mut first = true;
+            loop {
+                let header_timeout = self.snapshots.load().config.server.header_timeout;
+                let idle = if first { header_timeout } else { Duration::from_secs(KEEPALIVE_SECS) };
+                let started = Instant::now();
+                // The blocks below end what they declare before the next wait:
+                // a local whose scope spans two waits is kept in every state of
+                // the task, the idle wait's included (`benches/README.md`,
+                // session 9).
+                let (arrived, extra, lean, read) = {
+                    let (back, arrival) = {
+                        let Some(mut waiting) = Waiting::new(stream) else { return };
+                        let limits = Limits { idle, header_timeout, head_clock_from_start: first };
+                        let head = read_head(&mut waiting, &mut shutdown, &limits).await;
+                        let back = waiting.into_stream(&head, self.gather_writes);
+                        let arrival = match head {
+                            Head::Complete { extra, lean, read, .. } => Ok((extra, lean, read)),
+                            Head::Closed => return,
+                            Head::Late => Err(Refusal::HeadTimeout),
+                            Head::BadFraming => Err(Refusal::BadFraming),
+                        };
+                        (back, arrival)
                     };
-                    (back, arrival)
-                };
-                match arrival {
-                    Ok((extra, lean, read)) => (back, extra, lean, read),
-                    Err(refusal) => {
-                        let mut refused = back;
-                        Box::pin(self.refuse(&mut refused, refusal, started)).await;
-                        return;
+                    match arrival {
+                        Ok((extra, lean, read)) => (back, extra, lean, read),
+                        Err(refusal) => {
+                            let mut refused = back;
+                            Box::pin(self.refuse(&mut refused, refusal, started)).await;
+                            return;
+                        }
                     }
+                };
+                first = false;
+                // Kept for the access line of a head the parser refuses (an Arc clone).
+                let digest = arrived.get_socket_digest();
+                let session = self.session(arrived, read, served, &shutdown);
+                // The request's future is boxed (async_trait) and made here, so
+                // the block below holds a pointer, not the session: every idle
+                // connection's task is as large as its largest state.
+                let switched_on = self.snapshots.load().config.server.lean_http1;
+                if self.lean.is_some() && !switched_on {
+                    crate::proxy::lean::switched_off();
                 }
-            };
-            first = false;
-            // Kept for the access line of a head the parser refuses (an Arc clone).
-            let digest = arrived.get_socket_digest();
-            let session = self.session(arrived, read, served, &shutdown);
-            // The request's future is boxed (async_trait) and made here, so
-            // the block below holds a pointer, not the session: every idle
-            // connection's task is as large as its largest state.
-            let switched_on = self.snapshots.load().config.server.lean_http1;
-            if self.lean.is_some() && !switched_on {
-                crate::proxy::lean::switched_off();
-            }
-            let lean = self.lean.as_ref().filter(|_| lean && switched_on);
-            let request = match lean {
-                Some(lean) => {
-                    let lean = Arc::clone(lean);
-                    let shutdown = shutdown.clone();
-                    Box::pin(async move { lean.serve(session, &shutdown).await })
+                let lean = self.lean.as_ref().filter(|_| lean && switched_on);
+                let request = match lean {
+                    Some(lean) => {
+                        let lean = Arc::clone(lean);
+                        let shutdown = shutdown.clone();
+                        Box::pin(async move { lean.serve(session, &shutdown).await })
+                    }
+                    None => self.inner.process_new_http(session, &shutdown),
+                };
+                let serve = async move {
+                    let reused = request.await;
+                    (reused, ARRIVED.with(|head| head.parsed.get()))
+                };
+                let arrived_head = ArrivedHead {
+                    extra,
+                    parsed: Cell::new(false),
+                    bad_framing: Cell::new(false),
+                    pipelined: Cell::new(false),
+                };
+                let (reused, parsed) = ARRIVED.scope(arrived_head, serve).await;
+                if !parsed && self.account_refusals {
+                    // The whole head had arrived, so Pingora refused it (and answered 400).
+                    self.account(Refusal::Unparsable, started, digest.as_deref());
                 }
-                None => self.inner.process_new_http(session, &shutdown),
-            };
-            let serve = async move {
-                let reused = request.await;
-                (reused, ARRIVED.with(|head| head.parsed.get()))
-            };
-            let arrived_head = ArrivedHead {
-                extra,
-                parsed: Cell::new(false),
-                bad_framing: Cell::new(false),
-                pipelined: Cell::new(false),
-            };
-            let (reused, parsed) = ARRIVED.scope(arrived_head, serve).await;
-            if !parsed && self.account_refusals {
-                // The whole head had arrived, so Pingora refused it (and answered 400).
-                self.account(Refusal::Unparsable, started, digest.as_deref());
+                let Some(reused) = reused else {
+                    return;
+                };
+                // The settings Pingora's session hands back are made again by
+                // `session` from `served` (see above).
+                (stream, _) = reused.consume();
+                served = served.saturating_add(1);
             }
-            let Some(reused) = reused else {
-                return;
-            };
-            // The settings Pingora's session hands back are made again by
-            // `session` from `served` (see above).
-            (stream, _) = reused.consume();
-            served = served.saturating_add(1);
         }
     }
 

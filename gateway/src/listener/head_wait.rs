@@ -191,47 +191,80 @@ fn poll_first_bytes<S: HeadSource + ?Sized>(source: &mut S, cx: &mut std::task::
 /// whole head; a request already there wins.
 ///
 /// This wait is what every idle keep-alive connection's task holds, so it
-/// holds little: the read, polled by hand, and a ticket on this thread's
-/// [`IdleClock`], which keeps the keep-alive deadline and watches shutdown
-/// for every waiting connection at once. A timer and a shutdown waiter of
-/// its own made the wait 264 bytes larger; composed with a `select!` over
-/// a timeout, as at first, it was larger still (`benches/README.md`,
-/// sessions 9 and 10). A new connection's first wait is boxed and precise
-/// (`read_first_head`).
-pub(super) async fn read_head(waiting: &mut Waiting, shutdown: &mut ShutdownWatch, limits: &Limits) -> Head {
-    let source = waiting.source();
-    if limits.head_clock_from_start {
-        return Box::pin(read_first_head(source, shutdown, limits)).await;
-    }
-    let first = {
-        let mut ticket: Option<IdleTicket> = None;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(first) = poll_first_bytes(source, cx) {
-                return Poll::Ready(first);
+/// holds little (56 bytes): references to the stream, the shutdown watch
+/// and the limits, and a ticket on this thread's [`IdleClock`], which keeps
+/// the keep-alive deadline and watches shutdown for every waiting
+/// connection at once. A timer and a shutdown waiter of its own made the
+/// wait 264 bytes larger, an `async fn` 128 bytes larger still (its
+/// arguments are stored twice, its states laid out side by side); composed
+/// with a `select!` over a timeout, as at first, it was larger again
+/// (`benches/README.md`, sessions 9 and 10). A new connection's first wait
+/// is boxed and precise (`read_first_head`), and so is the rest of a head
+/// that came in pieces.
+pub(super) fn read_head<'a>(
+    waiting: &'a mut Waiting,
+    shutdown: &'a mut ShutdownWatch,
+    limits: &'a Limits,
+) -> ReadHead<'a> {
+    ReadHead { parts: Some((waiting, shutdown)), limits, ticket: None, slow: None }
+}
+
+/// The wait for a request head: see [`read_head`].
+pub(super) struct ReadHead<'a> {
+    /// The stream and the shutdown watch, until a boxed wait takes them.
+    parts: Option<(&'a mut Waiting, &'a mut ShutdownWatch)>,
+    limits: &'a Limits,
+    /// Taken once a poll found nothing to read.
+    ticket: Option<IdleTicket>,
+    /// A new connection's first wait, or the rest of a head in pieces.
+    slow: Option<Pin<Box<dyn Future<Output = Head> + Send + 'a>>>,
+}
+
+impl Future for ReadHead<'_> {
+    type Output = Head;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Head> {
+        let this = &mut *self;
+        loop {
+            if let Some(slow) = this.slow.as_mut() {
+                return slow.as_mut().poll(cx);
+            }
+            // Gone only once the wait returned.
+            let Some((waiting, shutdown)) = this.parts.take() else { return Poll::Ready(Head::Closed) };
+            let limits = this.limits;
+            if limits.head_clock_from_start {
+                this.slow = Some(Box::pin(read_first_head(waiting.source(), shutdown, limits)));
+                continue;
+            }
+            match poll_first_bytes(waiting.source(), cx) {
+                Poll::Ready(FirstBytes::Whole(head)) => return Poll::Ready(head),
+                Poll::Ready(FirstBytes::Nothing) => return Poll::Ready(Head::Closed),
+                Poll::Ready(FirstBytes::Part(partial)) => {
+                    // The head's own deadline from now on, not the idle one.
+                    this.ticket = None;
+                    let deadline = Instant::now() + limits.header_timeout;
+                    this.slow = Some(Box::pin(read_rest(waiting.source(), shutdown, partial, deadline)));
+                    continue;
+                }
+                Poll::Pending => {}
             }
             // Registered only when nothing has arrived yet.
-            let ticket = ticket.get_or_insert_with(|| IdleClock::of_this_thread(shutdown).enter(limits.idle));
+            let ticket = this.ticket.get_or_insert_with(|| IdleClock::of_this_thread(shutdown).enter(limits.idle));
             // Nothing arrived in time, or shutdown came first.
-            std::task::ready!(ticket.poll_over(cx));
-            Poll::Ready(FirstBytes::Nothing)
-        })
-        .await
-    };
-    let partial = match first {
-        FirstBytes::Whole(head) => return head,
-        FirstBytes::Part(partial) => partial,
-        FirstBytes::Nothing => return Head::Closed,
-    };
-    // Boxed: the rare slow path's timer would otherwise enlarge the future
-    // every idle connection holds.
-    Box::pin(read_rest(source, shutdown, partial, Instant::now() + limits.header_timeout)).await
+            if ticket.poll_over(cx).is_ready() {
+                return Poll::Ready(Head::Closed);
+            }
+            this.parts = Some((waiting, shutdown));
+            return Poll::Pending;
+        }
+    }
 }
 
 /// A new connection's first head: the first bytes within `limits.idle`
 /// and the whole head within `header_timeout` of the start, both to the
 /// millisecond (a timer and a shutdown waiter of its own, made in place).
-/// Boxed by the caller: it is made once per connection and gone before the
-/// connection is idle again.
+/// Boxed: it is made once per connection and gone before the connection
+/// is idle again.
 async fn read_first_head(source: &mut dyn HeadSource, shutdown: &mut ShutdownWatch, limits: &Limits) -> Head {
     let started = Instant::now();
     let first = {

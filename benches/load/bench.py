@@ -273,7 +273,7 @@ def raise_nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def open_idle(port, count, hold, settle, pid, batches):
+async def open_idle(port, count, hold, settle, pid):
     sem = asyncio.Semaphore(256)
     conns, failed = [], [0]
     req = "GET /cart HTTP/1.1\r\nHost: bench\r\nX-User-Id: {}\r\n\r\n"
@@ -295,43 +295,28 @@ async def open_idle(port, count, hold, settle, pid, batches):
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
                 failed[0] += 1
 
-    # In batches: the first batch also pays for what the proxy keeps once,
-    # whatever the number of connections (its allocator's pages for the
-    # requests in flight while connections open, pools, tables); the last
-    # batch, opened on top of the others, measures what one more idle
-    # connection costs ("marginal").
-    before = rss = tree_rss_kib(pid)
+    before = tree_rss_kib(pid)
     t0 = time.monotonic()
-    marginal, per_batch = 0.0, max(1, count // batches)
-    for b in range(batches):
-        opened_before = len(conns)
-        start = b * per_batch
-        end = count if b == batches - 1 else start + per_batch
-        await asyncio.gather(*(one(i) for i in range(start, end)))
-        await asyncio.sleep(settle)
-        last = tree_rss_kib(pid)
-        if len(conns) > opened_before:
-            marginal = (last - rss) / (len(conns) - opened_before)
-        rss = last
+    await asyncio.gather(*(one(i) for i in range(count)))
     open_s = time.monotonic() - t0
-    after = rss
+    await asyncio.sleep(settle)
+    after = tree_rss_kib(pid)
     await asyncio.sleep(hold)
     still = sum(1 for r, _ in conns if not r.at_eof())
     for _, w in conns:
         w.close()
-    return before, after, len(conns), failed[0], still, open_s, marginal
+    return before, after, len(conns), failed[0], still, open_s
 
 
 def cmd_idle(a):
     limit = raise_nofile()
     if limit < a.count + 64:
         sys.exit(f"RLIMIT_NOFILE is {limit}: too low for {a.count} connections")
-    run = open_idle(a.port, a.count, a.hold, a.settle, a.pid, a.batches)
-    before, after, opened, failed, still, open_s, marginal = asyncio.run(run)
+    before, after, opened, failed, still, open_s = asyncio.run(open_idle(a.port, a.count, a.hold, a.settle, a.pid))
     per = (after - before) / opened if opened else 0.0
     print(
         f"BENCH_IDLE before_kib={before} after_kib={after} opened={opened} failed={failed} "
-        f"still_open={still} per_conn_kib={per:.2f} marginal_kib={marginal:.2f} open_s={open_s:.2f}"
+        f"still_open={still} per_conn_kib={per:.2f} open_s={open_s:.2f}"
     )
 
 
@@ -413,26 +398,19 @@ def cmd_report(a):
     print()
     print(a.title)
     if a.variant == "d":
-        print(
-            f"{'proxy':<16}{'opened':>8}{'failed':>8}{'still':>8}{'RSS before':>12}{'RSS after':>12}"
-            f"{'KiB/conn':>10}{'marginal':>10}"
-        )
-        print(f"{'':<16}{'':>8}{'':>8}{'open':>8}{'MiB':>12}{'MiB':>12}{'(median)':>10}{'KiB/conn':>10}")
-        per, marginal = {}, {}
+        print(f"{'proxy':<16}{'opened':>8}{'failed':>8}{'still':>8}{'RSS before':>12}{'RSS after':>12}{'KiB/conn':>10}")
+        print(f"{'':<16}{'':>8}{'':>8}{'open':>8}{'MiB':>12}{'MiB':>12}{'(median)':>10}")
+        per = {}
         for p, rs in by.items():
             per[p] = med(rs, "per_conn_kib")
-            marginal[p] = med(rs, "marginal_kib")
             print(
                 f"{p:<16}{fmt(med(rs, 'opened'), '.0f'):>8}{fmt(med(rs, 'failed'), '.0f'):>8}"
                 f"{fmt(med(rs, 'still_open'), '.0f'):>8}{fmt(med(rs, 'before_kib') / 1024, '.1f'):>12}"
-                f"{fmt(med(rs, 'after_kib') / 1024, '.1f'):>12}{fmt(per[p], '.2f'):>10}{fmt(marginal[p], '.2f'):>10}"
+                f"{fmt(med(rs, 'after_kib') / 1024, '.1f'):>12}{fmt(per[p], '.2f'):>10}"
             )
         for peer in ("nginx", "haproxy", "bare-pingora", "bare-sessions"):
             if "gateway" in per and peer in per:
-                print(
-                    f"gateway/{peer}: memory per idle connection x{ratio(per['gateway'], per[peer])}, "
-                    f"marginal x{ratio(marginal['gateway'], marginal[peer])}"
-                )
+                print(f"gateway/{peer}: memory per idle connection x{ratio(per['gateway'], per[peer])}")
         return
     reloads = a.variant == "e"
     hdr = (
@@ -516,7 +494,6 @@ def main():
     p.add_argument("--count", type=int, default=10_000)
     p.add_argument("--settle", type=float, default=1.0)
     p.add_argument("--hold", type=float, default=2.0)
-    p.add_argument("--batches", type=int, default=2, help="open --count connections in this many batches")
     p = sub.add_parser("reload")
     p.add_argument("--kind", choices=["gateway", "nginx", "haproxy"], required=True)
     p.add_argument("--target", required=True, help="gateway: admin port; nginx: master pid; haproxy: master socket")

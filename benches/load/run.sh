@@ -39,8 +39,7 @@ usage: benches/load/run.sh [options]
                      loop, no logic; the ceiling of the gateway's lean path)
   --base-bin PATH    a second gateway binary (e.g. the previous commit's release build), run as
                      proxy 'gateway-base' with the same config, to compare two builds in one run
-  --idle-conns N     variant d: idle connections per proxy (default 10000), opened in two
-                     batches: KiB per connection over all, and marginal (the second batch)
+  --idle-conns N     variant d: idle connections per proxy (default 10000)
   --reload-ms MS     variant e: reload interval (default 100)
   --blacklist N      variant b: blacklist entries (default 100000)
   --proxy-cpus LIST  CPUs of the proxy under test (default: 1)

@@ -198,8 +198,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     /// Deadlines: a new connection's first request head must arrive whole
     /// within `server.header_timeout` of the accept; a kept-alive
     /// connection may idle `KEEPALIVE_SECS` (to the second: `idle_clock`),
-    /// and once a request's first byte
-    /// arrives its whole head must follow within `header_timeout`. A head
+    /// and once a request's first byte arrives its whole head must follow
+    /// within `header_timeout`. A head
     /// that is late gets 408 and the connection is closed; a connection that
     /// sent nothing is closed without an answer.
     ///

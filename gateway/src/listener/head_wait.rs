@@ -227,7 +227,9 @@ impl Future for ReadHead<'_> {
         let this = &mut *self;
         loop {
             if let Some(slow) = this.slow.as_mut() {
-                return slow.as_mut().poll(cx);
+                let head = std::task::ready!(slow.as_mut().poll(cx));
+                this.slow = None;
+                return Poll::Ready(head);
             }
             // Gone only once the wait returned.
             let Some((waiting, shutdown)) = this.parts.take() else { return Poll::Ready(Head::Closed) };

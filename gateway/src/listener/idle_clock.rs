@@ -14,7 +14,7 @@
 //! connections whose deadline has passed, so a keep-alive timeout of 60 s
 //! ends between 60 and 61 s. That is why only the keep-alive wait uses it;
 //! a new connection's first head has `server.header_timeout`, to the
-//! millisecond, on a timer of its own (`head_wait::read_head`).
+//! millisecond, on a timer of its own (`head_wait::read_first_head`).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +27,10 @@ use slab::Slab;
 
 /// How often the sweeper looks for connections whose deadline passed.
 pub(super) const TICK: Duration = Duration::from_secs(1);
+
+/// A table with room for more waiting connections than this is freed once
+/// it is empty.
+const SHRINK_ABOVE: usize = 1024;
 
 /// One thread's waiting connections.
 #[derive(Default)]
@@ -61,13 +65,16 @@ pub(super) struct IdleTicket {
 }
 
 thread_local! {
-    /// This thread's clock; the proxy threads each run a runtime of their own.
+    /// This thread's clock. The proxy threads each run a runtime of their
+    /// own unless `server.work_stealing` is on; then a task may move to
+    /// another thread, and its ticket still names the clock it entered.
     static THIS_THREAD: RefCell<Option<Arc<IdleClock>>> = const { RefCell::new(None) };
 }
 
 impl IdleClock {
     /// This thread's clock. The first call on a thread starts its sweeper
-    /// on the thread's runtime, watching `shutdown`.
+    /// on the thread's runtime, watching `shutdown`: every service of one
+    /// Pingora server gets the same shutdown channel.
     pub(super) fn of_this_thread(shutdown: &ShutdownWatch) -> Arc<Self> {
         THIS_THREAD.with(|clock| {
             let mut clock = clock.borrow_mut();
@@ -75,7 +82,7 @@ impl IdleClock {
                 return Arc::clone(clock);
             }
             let new = Arc::new(Self::default());
-            tokio::spawn(sweep(Arc::clone(&new), shutdown.clone()));
+            tokio::spawn(sweep(Stopped(Arc::clone(&new)), shutdown.clone()));
             *clock = Some(Arc::clone(&new));
             new
         })
@@ -108,6 +115,11 @@ impl IdleClock {
             for (_, waiter) in table.waiting.iter_mut().filter(|(_, w)| !w.over && w.deadline <= now) {
                 waiter.over = true;
                 woken.extend(waiter.waker.take());
+            }
+            // A burst of connections grew the table; once they are all gone,
+            // its memory is, too, and the ticks stop walking empty slots.
+            if table.waiting.is_empty() && table.waiting.capacity() > SHRINK_ABOVE {
+                table.waiting = Slab::new();
             }
         }
         // Woken outside the lock: a waker may run its task on another thread.
@@ -152,12 +164,15 @@ impl Drop for IdleTicket {
 }
 
 /// Tick the clock until shutdown, then end every wait. A watch whose
-/// sender is gone never signals: the clock then ticks for good.
-async fn sweep(clock: Arc<IdleClock>, mut shutdown: ShutdownWatch) {
-    let _stopped = Stopped(Arc::clone(&clock));
+/// sender is gone never signals: the clock then ticks for good. The guard
+/// is an argument, so that a sweeper dropped before its first poll still
+/// ends its clock.
+async fn sweep(stopped: Stopped, mut shutdown: ShutdownWatch) {
+    let clock = &stopped.0;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
-    // A thread too busy to tick on time ticks late, not several times at once:
-    // a deadline is never early.
+    // A thread too busy to tick on time ticks late, not several times at
+    // once, so no wait ends a tick early (tokio may fire a tick up to a few
+    // milliseconds before its time).
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watching = true;
     loop {
@@ -200,7 +215,7 @@ mod tests {
     async fn a_wait_ends_after_its_idle_time_rounded_up_to_a_tick_and_never_before() {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let clock = Arc::new(IdleClock::default());
-        tokio::spawn(sweep(Arc::clone(&clock), rx));
+        tokio::spawn(sweep(Stopped(Arc::clone(&clock)), rx));
         // Half a tick in: the next tick comes after half the time of one.
         tokio::time::sleep(TICK / 2).await;
         let entered = tokio::time::Instant::now();
@@ -228,7 +243,7 @@ mod tests {
     async fn shutdown_ends_every_wait_and_every_later_one() {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let clock = Arc::new(IdleClock::default());
-        let sweeper = tokio::spawn(sweep(Arc::clone(&clock), rx));
+        let sweeper = tokio::spawn(sweep(Stopped(Arc::clone(&clock)), rx));
         let waiting = tokio::spawn({
             let clock = Arc::clone(&clock);
             async move {
@@ -248,7 +263,7 @@ mod tests {
     async fn a_dropped_ticket_leaves_the_table() {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let clock = Arc::new(IdleClock::default());
-        tokio::spawn(sweep(Arc::clone(&clock), rx));
+        tokio::spawn(sweep(Stopped(Arc::clone(&clock)), rx));
         let tickets: Vec<_> = (0..3).map(|_| clock.enter(Duration::from_secs(60))).collect();
         assert_eq!(clock.lock().waiting.len(), 3);
         drop(tickets);
@@ -259,18 +274,38 @@ mod tests {
     fn a_clock_whose_runtime_is_gone_ends_its_waits_and_is_replaced() {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let runtime = || tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
-        let first = runtime();
-        let (clock, ticket) = first.block_on(async {
-            let clock = IdleClock::of_this_thread(&rx);
-            tokio::task::yield_now().await;
-            let ticket = clock.enter(Duration::from_secs(60));
-            (clock, ticket)
-        });
-        let waker = Waker::noop().clone();
-        assert!(ticket.poll_over(&mut Context::from_waker(&waker)).is_pending());
-        drop(first);
-        assert!(ticket.poll_over(&mut Context::from_waker(&waker)).is_ready(), "its sweeper is gone");
-        let again = runtime().block_on(async { IdleClock::of_this_thread(&rx) });
-        assert!(!Arc::ptr_eq(&clock, &again), "a new clock, with a sweeper on the new runtime");
+        // Dropped after its sweeper ran, and before it was ever polled.
+        for sweeper_ran in [true, false] {
+            let first = runtime();
+            let (clock, ticket) = first.block_on(async {
+                let clock = IdleClock::of_this_thread(&rx);
+                if sweeper_ran {
+                    tokio::task::yield_now().await;
+                }
+                let ticket = clock.enter(Duration::from_secs(60));
+                (clock, ticket)
+            });
+            let waker = Waker::noop().clone();
+            assert!(ticket.poll_over(&mut Context::from_waker(&waker)).is_pending());
+            drop(first);
+            assert!(ticket.poll_over(&mut Context::from_waker(&waker)).is_ready(), "its sweeper is gone");
+            let again = runtime().block_on(async { IdleClock::of_this_thread(&rx) });
+            assert!(!Arc::ptr_eq(&clock, &again), "a new clock, with a sweeper on the new runtime");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_grown_by_a_burst_is_freed_once_empty() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let clock = Arc::new(IdleClock::default());
+        tokio::spawn(sweep(Stopped(Arc::clone(&clock)), rx));
+        let burst: Vec<_> = (0..SHRINK_ABOVE * 2).map(|_| clock.enter(Duration::from_secs(60))).collect();
+        drop(burst);
+        let one = clock.enter(Duration::from_secs(60));
+        tokio::time::sleep(TICK * 2).await;
+        assert!(clock.lock().waiting.capacity() > SHRINK_ABOVE, "kept while a connection waits");
+        drop(one);
+        tokio::time::sleep(TICK * 2).await;
+        assert_eq!(clock.lock().waiting.capacity(), 0);
     }
 }

@@ -171,8 +171,9 @@ async fn sweep(stopped: Stopped, mut shutdown: ShutdownWatch) {
     let clock = &stopped.0;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
     // A thread too busy to tick on time ticks late, not several times at
-    // once, so no wait ends a tick early (tokio may fire a tick up to a few
-    // milliseconds before its time).
+    // once, so no wait ends a tick early. (A tick less than 5 ms late keeps
+    // tokio's schedule, so the next one comes that much sooner: a wait can
+    // end up to 5 ms before its time.)
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watching = true;
     loop {

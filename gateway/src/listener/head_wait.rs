@@ -251,7 +251,9 @@ impl Future for ReadHead<'_> {
                 Poll::Pending => {}
             }
             // Registered only when nothing has arrived yet.
-            let ticket = this.ticket.get_or_insert_with(|| IdleClock::of_this_thread(shutdown).enter(limits.idle));
+            let ticket = this
+                .ticket
+                .get_or_insert_with(|| IdleClock::with_this_thread(shutdown, |clock| clock.enter(limits.idle)));
             // Nothing arrived in time, or shutdown came first.
             if ticket.poll_over(cx).is_ready() {
                 return Poll::Ready(Head::Closed);

@@ -72,19 +72,19 @@ thread_local! {
 }
 
 impl IdleClock {
-    /// This thread's clock. The first call on a thread starts its sweeper
-    /// on the thread's runtime, watching `shutdown`: every service of one
-    /// Pingora server gets the same shutdown channel.
-    pub(super) fn of_this_thread(shutdown: &ShutdownWatch) -> Arc<Self> {
+    /// `use_clock` on this thread's clock (borrowed: a wait's ticket takes
+    /// the one reference it needs). The first call on a thread starts its
+    /// sweeper on the thread's runtime, watching `shutdown`: every service
+    /// of one Pingora server gets the same shutdown channel.
+    pub(super) fn with_this_thread<R>(shutdown: &ShutdownWatch, use_clock: impl FnOnce(&Arc<Self>) -> R) -> R {
         THIS_THREAD.with(|clock| {
             let mut clock = clock.borrow_mut();
             if let Some(clock) = clock.as_ref().filter(|c| !c.stopped.load(Ordering::Relaxed)) {
-                return Arc::clone(clock);
+                return use_clock(clock);
             }
             let new = Arc::new(Self::default());
             tokio::spawn(sweep(Stopped(Arc::clone(&new)), shutdown.clone()));
-            *clock = Some(Arc::clone(&new));
-            new
+            use_clock(clock.insert(new))
         })
     }
 
@@ -279,7 +279,7 @@ mod tests {
         for sweeper_ran in [true, false] {
             let first = runtime();
             let (clock, ticket) = first.block_on(async {
-                let clock = IdleClock::of_this_thread(&rx);
+                let clock = IdleClock::with_this_thread(&rx, Arc::clone);
                 if sweeper_ran {
                     tokio::task::yield_now().await;
                 }
@@ -290,7 +290,7 @@ mod tests {
             assert!(ticket.poll_over(&mut Context::from_waker(&waker)).is_pending());
             drop(first);
             assert!(ticket.poll_over(&mut Context::from_waker(&waker)).is_ready(), "its sweeper is gone");
-            let again = runtime().block_on(async { IdleClock::of_this_thread(&rx) });
+            let again = runtime().block_on(async { IdleClock::with_this_thread(&rx, Arc::clone) });
             assert!(!Arc::ptr_eq(&clock, &again), "a new clock, with a sweeper on the new runtime");
         }
     }

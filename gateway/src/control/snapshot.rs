@@ -94,6 +94,11 @@ pub struct HeaderNames {
     pub version: Option<Bytes>,
     /// `server.version_request_header`, on requests upstream.
     pub lane: Option<Bytes>,
+    /// Whether neither names a field the lean path writes or frames by
+    /// itself, so it may splice its fields into the heads it writes
+    /// (`proxy::head_splice`); otherwise it changes copies, as Pingora's
+    /// path does, and the bytes are the same either way.
+    pub splice: bool,
 }
 
 impl HeaderNames {
@@ -101,7 +106,24 @@ impl HeaderNames {
         let case = |name: &Option<http::HeaderName>| {
             name.as_ref().map(|n| Bytes::copy_from_slice(n.into_case_header_name().as_slice()))
         };
-        Self { version: case(&server.version_header), lane: case(&server.version_request_header) }
+        const WRITTEN: [&str; 10] = [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "content-length",
+            "date",
+            "set-cookie",
+            "x-gateway-cache",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "upgrade",
+        ];
+        let clear = |name: &Option<http::HeaderName>| name.as_ref().is_none_or(|n| !WRITTEN.contains(&n.as_str()));
+        Self {
+            version: case(&server.version_header),
+            lane: case(&server.version_request_header),
+            splice: clear(&server.version_header) && clear(&server.version_request_header),
+        }
     }
 }
 

@@ -120,22 +120,45 @@ pub fn connect_failed(ctx: &mut RequestCtx, idempotent: bool, peer: &HttpPeer, m
     e
 }
 
+/// The fields the gateway sets on a request on its way upstream, decided
+/// once for both ways of writing them: inserted into the head
+/// ([`upstream_request`]) or spliced in as the head is written (`lean.rs`).
+pub struct UpstreamFields {
+    /// The client's `X-Forwarded-For` entries with the peer appended.
+    pub forwarded_for: HeaderValue,
+    pub proto: HeaderValue,
+    /// `server.version_request_header` (as written) and the routed version.
+    pub lane: Option<(Bytes, HeaderValue)>,
+}
+
+impl UpstreamFields {
+    pub fn new(req: &RequestHeader, peer: IpAddr, tls: bool, ctx: &RequestCtx) -> Self {
+        let forwarded_for = forwarded_for(req.headers.get_all(&X_FORWARDED_FOR), peer)
+            // Unreachable: the client's entries were already a header value.
+            .unwrap_or_else(|| HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("")));
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        let lane = match (&ctx.snapshot.header_names.lane, &ctx.routed) {
+            // The client's own value was removed in `strip_client_controls`.
+            (Some(name), Some(routed)) => {
+                Some((name.clone(), routed.route.version_value(routed.decision.version).clone()))
+            }
+            _ => None,
+        };
+        Self { forwarded_for, proto, lane }
+    }
+}
+
 /// The request head as the upstream gets it: `X-Forwarded-For` and
 /// `-Proto`, the version lane header. `req` already carries the request id.
 pub fn upstream_request(req: &mut RequestHeader, peer: IpAddr, tls: bool, ctx: &mut RequestCtx) -> Result<()> {
-    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    let fields = UpstreamFields::new(req, peer, tls, ctx);
     // Names go in as `&'static str`, or as `Bytes` made at load for the
     // configured ones: given a `HeaderName`, Pingora would title-case a
     // copy of it on every request.
-    match forwarded_for(req.headers.get_all(&X_FORWARDED_FOR), peer) {
-        Some(xff) => req.insert_header("x-forwarded-for", xff)?,
-        // Unreachable: the client's entries were already a header value.
-        None => req.insert_header("x-forwarded-for", peer.to_string())?,
-    }
-    req.insert_header("x-forwarded-proto", proto)?;
-    if let (Some(name), Some(routed)) = (&ctx.snapshot.header_names.lane, &ctx.routed) {
-        // The client's own value was removed in `strip_client_controls`.
-        req.insert_header(name.clone(), routed.route.version_value(routed.decision.version).clone())?;
+    req.insert_header("x-forwarded-for", fields.forwarded_for)?;
+    req.insert_header("x-forwarded-proto", fields.proto)?;
+    if let Some((name, value)) = fields.lane {
+        req.insert_header(name, value)?;
     }
     if let Some(capture) = ctx.shadow.as_mut() {
         capture.request_sent(req);
@@ -180,6 +203,38 @@ pub fn upstream_response(resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<
     Ok(())
 }
 
+/// The fields the gateway adds to an upstream's answer, decided once for
+/// both ways of writing them: inserted into the head ([`response`]) or
+/// spliced in as the head is written (`lean.rs`).
+pub struct AnswerFields<'a> {
+    /// `X-Gateway-Cache: miss`: the route caches, and this answer is the upstream's.
+    pub cache_miss: bool,
+    /// `server.version_header` (as written) and the version that answered.
+    pub version: Option<(&'a Bytes, &'a HeaderValue)>,
+    /// A new anonymous visitor's cookie.
+    pub cookie: Option<&'a HeaderValue>,
+}
+
+impl<'a> AnswerFields<'a> {
+    pub fn new(ctx: &'a RequestCtx) -> Self {
+        let routed = ctx.routed.as_ref();
+        let version = match (&ctx.snapshot.header_names.version, routed) {
+            (Some(name), Some(r)) => Some((name, r.route.version_value(r.decision.version))),
+            _ => None,
+        };
+        Self {
+            cache_miss: ctx.cache.as_ref().is_some_and(|c| c.stale.is_none()),
+            version,
+            cookie: routed.and_then(|r| r.set_cookie.as_ref()),
+        }
+    }
+}
+
+/// Whether the route's fallback page replaces the upstream's answer (a 5xx).
+pub fn answer_replaced(ctx: &RequestCtx) -> bool {
+    failure::replacement(ctx.routed.as_ref(), &ctx.upstream).is_some()
+}
+
 /// The answer head as the client gets it: the fallback page's head instead
 /// of a 5xx the route replaces, the cache outcome, the version header, a new
 /// anonymous visitor's cookie.
@@ -188,16 +243,15 @@ pub fn response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         // The upstream's 5xx is swapped for the route's page; its body is dropped in `response_body`.
         *resp = local_header(page, "", None)?;
     }
-    if ctx.cache.as_ref().is_some_and(|c| c.stale.is_none()) {
+    let fields = AnswerFields::new(ctx);
+    if fields.cache_miss {
         resp.insert_header("x-gateway-cache", CacheOutcome::Miss.as_str())?;
     }
-    if let Some(routed) = &ctx.routed {
-        if let Some(name) = &ctx.snapshot.header_names.version {
-            resp.insert_header(name.clone(), routed.route.version_value(routed.decision.version).clone())?;
-        }
-        if let Some(cookie) = &routed.set_cookie {
-            resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
-        }
+    if let Some((name, value)) = fields.version {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
+    if let Some(cookie) = fields.cookie {
+        resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
     }
     Ok(())
 }

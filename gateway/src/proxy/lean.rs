@@ -1,10 +1,19 @@
 //! The lean HTTP/1 path: one request of a client connection proxied to an
 //! HTTP/1 upstream in a straight line, on Pingora's own building blocks
-//! (its HTTP/1 server and client sessions for parsing and framing, its
-//! connector and connection pool), without `pingora-proxy`'s generic
-//! pipeline: no per-request channel or task, no `try_join` of a downstream
-//! and an upstream future, no cache or module hooks, no second copy of the
-//! request head.
+//! (its HTTP/1 server and client sessions parse both heads and frame the
+//! bodies it reads, its connector makes upstream connections), without
+//! `pingora-proxy`'s generic pipeline: no per-request channel or task, no
+//! `try_join` of a downstream and an upstream future, no cache or module
+//! hooks.
+//!
+//! The heads the gateway changes are written here, not by the sessions:
+//! the request head goes upstream, and the answer's head to the client,
+//! written straight from the parsed heads with the gateway's fields spliced
+//! in (`head_splice.rs`), in the same bytes as a changed copy serialised by
+//! Pingora, without the copy. The answer's body is then framed here as
+//! Pingora's session frames it. Whatever this does not cover (a `HEAD` or a
+//! mirrored request upstream; an answer replaced by a fallback page, or
+//! framed oddly) goes through the sessions as a changed copy, as before.
 //!
 //! Every decision is the same code as on Pingora's path (`exchange.rs`):
 //! the pipeline's verdict, the headers either side gets, failover and
@@ -19,20 +28,26 @@
 //! uploads, whose answer may come before the body is sent) stays on
 //! Pingora's path, so nothing is lost.
 
+use std::io::{self, Write};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use http::header::{CONNECTION, DATE, SET_COOKIE, TRANSFER_ENCODING};
+use http::HeaderName;
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
+use tokio::io::AsyncWriteExt;
 
 use super::exchange::{self, Begin};
+use super::head_splice::{self, Edit};
 use super::{idle_upstreams, respond, GatewayProxy, RequestCtx};
 use crate::listener::connections;
 
@@ -116,17 +131,36 @@ impl LeanPath {
             session.set_keepalive(None);
         }
         let (peer, tls) = (exchange::peer_ip(&session), exchange::is_tls(&session));
-        let failure = match exchange::begin(&self.proxy.runtime, session.req_header_mut(), peer, tls, &mut ctx) {
-            Begin::Proxy => self.proxy_request(&mut session, peer, tls, &mut ctx).await.err(),
-            answer => respond::local_answer(&mut session, answer, &ctx).await.err(),
+        let mut client = match exchange::begin(&self.proxy.runtime, session.req_header_mut(), peer, tls, &mut ctx) {
+            Begin::Proxy => Client::Session(session),
+            answer => {
+                let failure = respond::local_answer(&mut session, answer, &ctx).await.err();
+                return self.end_session(session, failure, &mut ctx, body_timeout).await;
+            }
         };
+        let failure = self.proxy_request(&mut client, peer, tls, &mut ctx).await.err();
+        match client {
+            Client::Session(session) => self.end_session(session, failure, &mut ctx, body_timeout).await,
+            Client::Raw(raw) => self.end_raw(raw, failure, &mut ctx).await,
+            Client::Switching => None,
+        }
+    }
+
+    /// The end of a request whose answer Pingora's session wrote.
+    async fn end_session(
+        &self,
+        mut session: ServerSession,
+        failure: Option<Box<Error>>,
+        ctx: &mut RequestCtx,
+        body_timeout: Duration,
+    ) -> Option<ReusedHttpStream> {
         if let Some(e) = &failure {
-            respond::failure(&mut session, e, &mut ctx).await;
+            respond::failure(&mut session, e, ctx).await;
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        exchange::finish(&self.proxy.shadow, session.req_header(), status, failure.as_deref(), &mut ctx);
+        exchange::finish(&self.proxy.shadow, session.req_header(), status, failure.as_deref(), ctx);
         if let Some(e) = failure {
-            if !exchange::quiet_error(&ctx, &e) {
+            if !exchange::quiet_error(ctx, &e) {
                 tracing::error!(error = %e, request = %session.request_summary(), "fail to proxy");
             }
             // As on Pingora's path, a failed request ends its connection, after
@@ -139,19 +173,52 @@ impl LeanPath {
         Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
     }
 
+    /// The end of a request whose answer the lean path wrote to the stream.
+    /// A failure came after the answer had started, so nothing more can be
+    /// said: it is accounted for, and the connection ends.
+    async fn end_raw(
+        &self,
+        mut raw: RawClient,
+        failure: Option<Box<Error>>,
+        ctx: &mut RequestCtx,
+    ) -> Option<ReusedHttpStream> {
+        if let Some(e) = &failure {
+            let _ = exchange::failed(e, ctx, true);
+        }
+        exchange::finish(&self.proxy.shadow, &raw.req, raw.status, failure.as_deref(), ctx);
+        if let Some(e) = failure {
+            if !exchange::quiet_error(ctx, &e) {
+                tracing::error!(error = %e, request = %request_summary(&raw.req), "fail to proxy");
+            }
+            let _ = pingora_timeout::timeout(raw.timeout, raw.stream.shutdown()).await;
+            return None;
+        }
+        if !raw.keepalive {
+            let _ = pingora_timeout::timeout(raw.timeout, raw.stream.shutdown()).await;
+            return None;
+        }
+        Some(ReusedHttpStream::new(raw.stream, None))
+    }
+
     /// Proxy to a backend of the routed version: retried on another
     /// backend (or the default version) when a connection cannot be made,
     /// and once on a new connection when a pooled one turns out dead before
     /// any of the request's body or the answer passed, as on Pingora's path.
     async fn proxy_request(
         &self,
-        session: &mut ServerSession,
+        client: &mut Client,
         peer: IpAddr,
         tls: bool,
         ctx: &mut RequestCtx,
     ) -> Result<(), Box<Error>> {
+        let Client::Session(session) = client else {
+            return Err(Error::explain(ErrorType::InternalError, "the lean path lost its session"));
+        };
         let idempotent = session.req_header().method.is_idempotent();
-        let has_body = !session.is_body_empty();
+        // The body (at most `MAX_BODY`, see `lean_eligible`) is read whole
+        // first, so the request goes upstream in one write.
+        let body = read_body(session, ctx).await?;
+        let has_body = body.is_some();
         let mut retried_reused = false;
         loop {
             let upstream = exchange::next_peer(ctx)?;
@@ -165,8 +232,8 @@ impl LeanPath {
                 // path's future is moved to the heap whole for every request.
                 None => Box::pin(self.upstreams.new_stream(&*upstream)).await,
             };
-            let client = match stream {
-                Ok(stream) => UpstreamSession::new_with_options(stream, &*upstream),
+            let stream = match stream {
+                Ok(stream) => stream,
                 Err(e) => {
                     let mut e = exchange::connect_failed(ctx, idempotent, &upstream, e.into_up());
                     // A new connection: "retry only if reused" means no.
@@ -177,12 +244,12 @@ impl LeanPath {
                     return Err(e);
                 }
             };
-            match self.exchange(session, client, &upstream, peer, tls, ctx).await {
-                Ok((mut client, reusable)) => {
-                    client.respect_keepalive();
+            match self.exchange(client, stream, body.as_deref(), &upstream, peer, tls, ctx).await {
+                Ok((mut up, reusable)) => {
+                    up.respect_keepalive();
                     if !reusable {
-                        client.shutdown().await;
-                    } else if let Some(stream) = client.reuse().await {
+                        up.shutdown().await;
+                    } else if let Some(stream) = up.reuse().await {
                         idle_upstreams::put(key, stream, self.idle_per_thread);
                     }
                     return Ok(());
@@ -204,73 +271,136 @@ impl LeanPath {
 
     /// One request and its answer over an upstream connection; the
     /// connection comes back with whether it may carry another request.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
-        session: &mut ServerSession,
-        mut client: UpstreamSession,
+        client: &mut Client,
+        mut stream: Stream,
+        body: Option<&[u8]>,
         upstream: &HttpPeer,
         peer: IpAddr,
         tls: bool,
         ctx: &mut RequestCtx,
     ) -> Result<(UpstreamSession, bool), ExchangeError> {
-        client.read_timeout = upstream.options.read_timeout;
-        client.write_timeout = upstream.options.write_timeout;
-        let mut req = Box::new(session.req_header().clone());
-        // Hop-by-hop: only `keep-alive` or `close` reach this path (see `lean_eligible`).
-        req.remove_header(&http::header::CONNECTION);
-        exchange::upstream_request(&mut req, peer, tls, ctx).map_err(ExchangeError::down)?;
-        let has_body = !session.is_body_empty();
-        if let Err(e) = client.write_request_header(req).await {
-            return Err(ExchangeError { error: e.into_up(), unsent: true });
-        }
+        let Client::Session(session) = client else {
+            return Err(ExchangeError::ours(Error::explain(
+                ErrorType::InternalError,
+                "the lean path lost its session",
+            )));
+        };
         // An upstream may answer before it has read the whole body (a 413, a
         // 401) and stop reading: its answer is still read and passed on, as
         // on Pingora's path, and the connection is not kept.
         let mut send_failed = None;
-        if has_body {
-            loop {
-                let chunk = session.read_request_body().await.map_err(ExchangeError::down)?;
-                exchange::request_body(&chunk, ctx);
-                let Some(bytes) = chunk else { break };
-                if let Err(e) = client.write_body(&bytes).await {
-                    send_failed = Some(e);
-                    break;
+        let mut head = Vec::new();
+        let mut up = if splice_request(&mut head, session.req_header(), peer, tls, ctx) {
+            if let Some(body) = body {
+                head.extend_from_slice(body);
+            }
+            let write = async {
+                stream.write_all(&head).await?;
+                stream.flush().await
+            };
+            let written = match upstream.options.write_timeout {
+                Some(t) => {
+                    pingora_timeout::timeout(t, write).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                }
+                None => write.await,
+            }
+            .err();
+            if let Some(e) = written {
+                let etype = match e.kind() {
+                    io::ErrorKind::TimedOut => ErrorType::WriteTimedout,
+                    _ => ErrorType::WriteError,
+                };
+                let e = Error::because(etype, "while writing the request upstream", e).into_up();
+                if body.is_none() {
+                    return Err(ExchangeError { error: e, unsent: true });
+                }
+                send_failed = Some(e);
+            }
+            let mut up = UpstreamSession::new_with_options(stream, upstream);
+            set_timeouts(&mut up, upstream);
+            up
+        } else {
+            // Pingora's client writes the head: it is changed as a copy (a
+            // `HEAD`, whose answer's framing Pingora reads from the request it
+            // wrote; a mirrored request, whose capture keeps the head as sent).
+            let mut up = UpstreamSession::new_with_options(stream, upstream);
+            set_timeouts(&mut up, upstream);
+            let mut req = Box::new(session.req_header().clone());
+            // Hop-by-hop: only `keep-alive` or `close` reach this path (see `lean_eligible`).
+            req.remove_header(&http::header::CONNECTION);
+            exchange::upstream_request(&mut req, peer, tls, ctx).map_err(ExchangeError::down)?;
+            if let Err(e) = up.write_request_header(req).await {
+                return Err(ExchangeError { error: e.into_up(), unsent: true });
+            }
+            if let Some(body) = body {
+                send_failed = up.write_body(body).await.err();
+                if send_failed.is_none() {
+                    send_failed = up.finish_body().await.err();
                 }
             }
-            if send_failed.is_none() {
-                send_failed = client.finish_body().await.err();
-            }
-        }
-        let mut resp = loop {
-            if let Err(e) = client.read_response().await {
+            up
+        };
+        loop {
+            if let Err(e) = up.read_response().await {
                 if let Some(send) = send_failed {
                     return Err(ExchangeError::up(send));
                 }
                 let unsent = session.response_written().is_none();
                 return Err(ExchangeError { error: e.into_up(), unsent });
             }
-            let Some(head) = client.resp_header() else {
+            let Some(resp) = up.resp_header() else {
                 return Err(ExchangeError::up(Error::explain(ErrorType::InvalidHTTPHeader, "no response head")));
             };
-            let status = head.status;
+            let status = resp.status;
             if status == http::StatusCode::SWITCHING_PROTOCOLS {
                 return Err(ExchangeError::up(Error::explain(
                     ErrorType::InvalidHTTPHeader,
                     "101 answer to a request that asked for no upgrade",
                 )));
             }
-            let mut head = Box::new(head.clone());
-            exchange::upstream_response(&head, ctx).map_err(ExchangeError::ours)?;
+            exchange::upstream_response(resp, ctx).map_err(ExchangeError::ours)?;
             if !status.is_informational() {
-                break head;
+                break;
             }
             // Interim answers (103 Early Hints, ...) are passed on through the
             // same filters, as on Pingora's path.
-            exchange::response(&mut head, ctx).map_err(ExchangeError::ours)?;
-            session.write_response_header(head).await.map_err(ExchangeError::down)?;
+            let mut interim = Box::new(resp.clone());
+            exchange::response(&mut interim, ctx).map_err(ExchangeError::ours)?;
+            session.write_response_header(interim).await.map_err(ExchangeError::down)?;
+        }
+        let no_body = session.req_header().method == http::Method::HEAD;
+        let reusable = send_failed.is_none();
+        let done = up.is_body_done();
+        match client.answer_raw(&up, no_body, done, ctx) {
+            Some(framing) => self.relay_raw(client, &mut up, framing, ctx).await?,
+            None => self.relay_session(client, &mut up, no_body, ctx).await?,
+        }
+        Ok((up, reusable))
+    }
+
+    /// The answer through Pingora's session: its head changed as a copy.
+    async fn relay_session(
+        &self,
+        client: &mut Client,
+        up: &mut UpstreamSession,
+        head_request: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), ExchangeError> {
+        let Client::Session(session) = client else {
+            return Err(ExchangeError::ours(Error::explain(
+                ErrorType::InternalError,
+                "the lean path lost its session",
+            )));
         };
-        let mut done = client.is_body_done();
-        let no_body = session.req_header().method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
+        let Some(resp) = up.resp_header() else {
+            return Err(ExchangeError::up(Error::explain(ErrorType::InvalidHTTPHeader, "no response head")));
+        };
+        let mut resp = Box::new(resp.clone());
+        let mut done = up.is_body_done();
+        let no_body = head_request || matches!(resp.status.as_u16(), 204 | 304);
         if !no_body && !done && !has_framing(&resp) {
             // A close-delimited answer goes out chunked, so the client's connection survives it.
             resp.set_version(http::Version::HTTP_11);
@@ -287,16 +417,274 @@ impl LeanPath {
             }
         }
         while !done {
-            let mut chunk = client.read_body_bytes().await.map_err(ExchangeError::up)?;
-            done = client.is_body_done();
+            let mut chunk = up.read_body_bytes().await.map_err(ExchangeError::up)?;
+            done = up.is_body_done();
             exchange::response_body(&mut chunk, done, ctx);
             if let Some(bytes) = chunk {
                 session.write_response_body(bytes, done).await.map_err(ExchangeError::down)?;
             }
         }
-        Ok((client, send_failed.is_none()))
+        Ok(())
+    }
+
+    /// The answer written to the client's stream by the lean path: the
+    /// head spliced (`head_splice`), the body framed as Pingora's session
+    /// frames it.
+    async fn relay_raw(
+        &self,
+        client: &mut Client,
+        up: &mut UpstreamSession,
+        framing: RawAnswer,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), ExchangeError> {
+        let Client::Raw(raw) = client else {
+            return Err(ExchangeError::ours(Error::explain(ErrorType::InternalError, "the lean path lost its stream")));
+        };
+        let RawAnswer { head, body } = framing;
+        raw.write(&head, body == BodyFraming::Chunked).await.map_err(ExchangeError::down)?;
+        let mut done = up.is_body_done();
+        if done {
+            // No body came: the end still passes the body phase (a cache fill,
+            // a capture); no fallback page replaces an answer written here.
+            exchange::response_body(&mut None, true, ctx);
+        }
+        while !done {
+            let mut chunk = up.read_body_bytes().await.map_err(ExchangeError::up)?;
+            done = up.is_body_done();
+            exchange::response_body(&mut chunk, done, ctx);
+            match (body, chunk) {
+                (BodyFraming::Chunked, Some(bytes)) if !bytes.is_empty() => {
+                    // As Pingora's chunked writer: one chunk per piece read.
+                    let mut piece = Vec::with_capacity(bytes.len() + 20);
+                    let _ = write!(piece, "{:X}\r\n", bytes.len());
+                    piece.extend_from_slice(&bytes);
+                    piece.extend_from_slice(b"\r\n");
+                    raw.write(&piece, !done).await.map_err(ExchangeError::down)?;
+                }
+                (BodyFraming::Length, Some(bytes)) => raw.write(&bytes, false).await.map_err(ExchangeError::down)?,
+                _ => {}
+            }
+        }
+        let end: &[u8] = if body == BodyFraming::Chunked { b"0\r\n\r\n" } else { b"" };
+        raw.write(end, true).await.map_err(ExchangeError::down)
     }
 }
+
+/// The client's side of a proxied request.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per request, in place of the session it holds; boxing would cost an allocation"
+)]
+enum Client {
+    /// Pingora's session: it read the request, and writes interim answers
+    /// and whatever the gateway answers itself.
+    Session(ServerSession),
+    /// The stream, once the lean path writes the upstream's answer itself.
+    Raw(RawClient),
+    /// Only inside [`Client::answer_raw`], never seen outside it.
+    Switching,
+}
+
+struct RawClient {
+    stream: Stream,
+    /// The request, taken out of the session.
+    req: Box<RequestHeader>,
+    /// What the session decided (the client's `Connection`, the keep-alive
+    /// request limit, shutdown, pipelining), and whether the answer's
+    /// framing lets the connection go on.
+    keepalive: bool,
+    /// The answer's status, for the log and the metrics.
+    status: u16,
+    /// `server.body_timeout`, for each write.
+    timeout: Duration,
+}
+
+impl RawClient {
+    /// Write `bytes` (bounded like the session's writes), then send what is
+    /// gathered when `flush`.
+    async fn write(&mut self, bytes: &[u8], flush: bool) -> Result<(), Box<Error>> {
+        let write = async {
+            if !bytes.is_empty() {
+                self.stream.write_all(bytes).await?;
+            }
+            if flush {
+                self.stream.flush().await?;
+            }
+            Ok::<_, io::Error>(())
+        };
+        match pingora_timeout::timeout(self.timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::because(ErrorType::WriteError, "while writing the answer", e)),
+            Err(_) => Err(Error::explain(ErrorType::WriteTimedout, "while writing the answer")),
+        }
+    }
+}
+
+/// How the body of an answer the lean path writes is framed for the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyFraming {
+    /// `HEAD`, 204, 304: no body.
+    None,
+    Length,
+    Chunked,
+}
+
+/// An answer head ready to go, and how its body goes.
+struct RawAnswer {
+    head: Vec<u8>,
+    body: BodyFraming,
+}
+
+impl Client {
+    /// When the lean path can write the upstream's answer itself, its head
+    /// spliced, and switch to the stream to do it: the session's plain
+    /// HTTP/1 stream, an answer no fallback page replaces, framed by a
+    /// chunked coding, a valid length or the close (sent chunked), config
+    /// names that leave the fields it writes alone. Otherwise `None`, and
+    /// the session writes the answer, as before.
+    fn answer_raw(
+        &mut self,
+        up: &UpstreamSession,
+        head_request: bool,
+        done: bool,
+        ctx: &RequestCtx,
+    ) -> Option<RawAnswer> {
+        let Client::Session(ServerSession::H1(session)) = self else { return None };
+        let resp = up.resp_header()?;
+        if !ctx.snapshot.header_names.splice || exchange::answer_replaced(ctx) {
+            return None;
+        }
+        let status = resp.status.as_u16();
+        let te = resp.headers.get_all(http::header::TRANSFER_ENCODING);
+        let chunked = te.iter().next_back().map(|v| last_token(v.as_bytes()).eq_ignore_ascii_case(b"chunked"));
+        let length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
+        let (body, add_chunked) = if head_request || matches!(status, 204 | 304) {
+            (BodyFraming::None, false)
+        } else {
+            match (chunked, length) {
+                (Some(true), _) => (BodyFraming::Chunked, false),
+                (None, true) if content_length(&resp.headers).is_some() => (BodyFraming::Length, false),
+                // A close-delimited answer goes out chunked, so the client's connection survives it.
+                (None, false) if !done => (BodyFraming::Chunked, true),
+                // Not chunked, an invalid length, or a close-delimited body
+                // already over: Pingora's session frames these.
+                _ => return None,
+            }
+        };
+        let keepalive = session.will_keepalive();
+        let fields = exchange::AnswerFields::new(ctx);
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        let version_name = ctx.snapshot.config.server.version_header.as_ref();
+        let connection: &[u8] = if keepalive { b"keep-alive" } else { b"close" };
+        let mut edits: [Option<Edit<'_>>; 6] = [
+            add_chunked.then(|| Edit::insert(&TRANSFER_ENCODING, b"Transfer-Encoding", b"chunked")),
+            fields.cache_miss.then(|| Edit::insert(&X_GATEWAY_CACHE, b"x-gateway-cache", b"miss")),
+            None,
+            fields.cookie.map(|c| Edit::append(&SET_COOKIE, b"Set-Cookie", c.as_bytes())),
+            Some(Edit::insert(&DATE, b"Date", date.as_bytes())),
+            Some(Edit::insert(&CONNECTION, b"Connection", connection)),
+        ];
+        if let (Some((wire, value)), Some(name)) = (fields.version, version_name) {
+            edits[2] = Some(Edit::insert(name, wire, value.as_bytes()));
+        }
+        let edits: Vec<Edit<'_>> = edits.into_iter().flatten().collect();
+        let mut head = Vec::with_capacity(512);
+        let version = if add_chunked { http::Version::HTTP_11 } else { resp.version };
+        if !head_splice::response_head(&mut head, resp, version, &edits) {
+            return None;
+        }
+        let timeout = ctx.snapshot.config.server.body_timeout;
+        let Client::Session(ServerSession::H1(mut session)) = std::mem::replace(self, Client::Switching) else {
+            return None;
+        };
+        // The session's head is taken, not copied: an empty one stands in.
+        let empty = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0)).ok()?;
+        let req = Box::new(std::mem::replace(session.req_header_mut(), empty));
+        *self = Client::Raw(RawClient { stream: session.into_inner(), req, keepalive, status, timeout });
+        Some(RawAnswer { head, body })
+    }
+}
+
+/// Read the client's whole body (the lean path takes at most `MAX_BODY`);
+/// `None` without one.
+async fn read_body(session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<Option<Vec<u8>>, Box<Error>> {
+    if session.is_body_empty() {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = session.read_request_body().await.map_err(|e| e.into_down())?;
+        exchange::request_body(&chunk, ctx);
+        match chunk {
+            Some(bytes) => body.extend_from_slice(&bytes),
+            None => return Ok(Some(body)),
+        }
+    }
+}
+
+/// The request head for the upstream written into `out` with the gateway's
+/// fields spliced in, as `exchange::upstream_request` would set them.
+/// `false` when it must go as a changed copy through Pingora's client (see
+/// `exchange`).
+fn splice_request(out: &mut Vec<u8>, req: &RequestHeader, peer: IpAddr, tls: bool, ctx: &RequestCtx) -> bool {
+    if req.method == http::Method::HEAD || ctx.shadow.is_some() || !ctx.snapshot.header_names.splice {
+        return false;
+    }
+    let fields = exchange::UpstreamFields::new(req, peer, tls, ctx);
+    let lane_name = ctx.snapshot.config.server.version_request_header.as_ref();
+    let mut edits = [
+        Some(Edit::remove(&CONNECTION)),
+        Some(Edit::insert(&X_FORWARDED_FOR, b"x-forwarded-for", fields.forwarded_for.as_bytes())),
+        Some(Edit::insert(&X_FORWARDED_PROTO, b"x-forwarded-proto", fields.proto.as_bytes())),
+        None,
+    ];
+    if let (Some((wire, value)), Some(name)) = (&fields.lane, lane_name) {
+        edits[3] = Some(Edit::insert(name, wire, value.as_bytes()));
+    }
+    let edits: Vec<Edit<'_>> = edits.into_iter().flatten().collect();
+    out.reserve(512);
+    head_splice::request_head(out, req, &edits)
+}
+
+fn set_timeouts(up: &mut UpstreamSession, upstream: &HttpPeer) {
+    up.read_timeout = upstream.options.read_timeout;
+    up.write_timeout = upstream.options.write_timeout;
+}
+
+/// The last coding of a `Transfer-Encoding` value.
+fn last_token(value: &[u8]) -> &[u8] {
+    value.rsplit(|b| *b == b',').next().unwrap_or(value).trim_ascii()
+}
+
+/// A `Content-Length` that frames a body: every value (and every item of a
+/// list) the same number, as Pingora's `content_length_parse_all` reads it.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        for item in value.to_str().ok()?.split(',') {
+            let item = item.trim();
+            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n: u64 = item.parse().ok()?;
+            match length {
+                Some(previous) if previous != n => return None,
+                _ => length = Some(n),
+            }
+        }
+    }
+    length
+}
+
+/// `METHOD path, Host: host`, as Pingora's session summarises a request.
+fn request_summary(req: &RequestHeader) -> String {
+    let host = req.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    format!("{} {}, Host: {}", req.method, String::from_utf8_lossy(req.raw_path()), host.unwrap_or_default())
+}
+
+static X_GATEWAY_CACHE: HeaderName = HeaderName::from_static("x-gateway-cache");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The lean path is switched off (`server.lean_http1 = false`): its idle
 /// upstream connections on this thread are closed.

@@ -16,6 +16,7 @@
 pub mod cached;
 pub mod ctx;
 pub mod exchange;
+mod head_splice;
 mod idle_upstreams;
 pub mod lean;
 mod request_head;

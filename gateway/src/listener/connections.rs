@@ -273,11 +273,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
                 }
                 let lean = self.lean.as_ref().filter(|_| lean && switched_on);
                 let request = match lean {
-                    Some(lean) => {
-                        let lean = Arc::clone(lean);
-                        let shutdown = shutdown.clone();
-                        Box::pin(async move { lean.serve(session, &shutdown).await })
-                    }
+                    // The lean path's future owns what it borrows: a block around
+                    // it would keep a second copy of the session.
+                    Some(lean) => Box::pin(Arc::clone(lean).serve(session, shutdown.clone())),
                     None => self.inner.process_new_http(session, &shutdown),
                 };
                 let serve = async move {

@@ -30,6 +30,7 @@
 
 use std::io::{self, Write};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{CONNECTION, DATE, SET_COOKIE, TRANSFER_ENCODING};
@@ -44,6 +45,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
+use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
 use super::exchange::{self, Begin};
@@ -101,76 +103,79 @@ impl LeanPath {
 
     /// Serve the request whose head has arrived on `session`; the stream
     /// comes back when the connection may carry another request.
-    pub async fn serve(&self, mut session: ServerSession, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                // As Pingora's path: a head its parser refuses gets 400 (logged and
-                // counted by the connection loop); anything else is a broken connection.
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let _ = session.respond_error(400).await;
+    ///
+    /// A block, not an `async fn`, and the session kept in one place
+    /// (`client`), used there: an `async fn` keeps its arguments twice, and
+    /// every move of the 680-byte session into a new binding is another copy
+    /// kept in the future, which is moved to the heap whole for every
+    /// request (`benches/README.md`, session 11).
+    #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice (above)")]
+    pub fn serve(
+        self: Arc<Self>,
+        session: ServerSession,
+        shutdown: ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'static {
+        let mut client = Client::Session(session);
+        async move {
+            let Client::Session(session) = &mut client else { return None };
+            match session.read_request().await {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    // As Pingora's path: a head its parser refuses gets 400 (logged and
+                    // counted by the connection loop); anything else is a broken connection.
+                    if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                        let _ = session.respond_error(400).await;
+                    }
+                    session.shutdown().await;
+                    return None;
                 }
-                session.shutdown().await;
+            }
+            connections::head_parsed();
+            if *shutdown.borrow() {
+                // Stop the client from reusing a connection of a process going away.
+                session.set_keepalive(None);
+            }
+            let mut ctx = RequestCtx::new(self.proxy.snapshots.load_full());
+            ctx.snapshot.metrics.lean_requests.inc();
+            let body_timeout = ctx.snapshot.config.server.body_timeout;
+            session.set_read_timeout(Some(body_timeout));
+            session.set_total_drain_timeout(Some(body_timeout));
+            session.set_write_timeout(Some(body_timeout));
+            if connections::pipelined_after(session.req_header()) {
+                // Pipelined requests are not served (as on Pingora's path): say so.
+                session.set_keepalive(None);
+            }
+            let (peer, tls) = (exchange::peer_ip(session), exchange::is_tls(session));
+            let failure = match exchange::begin(&self.proxy.runtime, session.req_header_mut(), peer, tls, &mut ctx) {
+                Begin::Proxy => self.proxy_request(&mut client, peer, tls, &mut ctx).await.err(),
+                answer => respond::local_answer(session, answer, &ctx).await.err(),
+            };
+            let Client::Session(session) = &mut client else {
+                let Client::Raw(raw) = std::mem::replace(&mut client, Client::Switching) else { return None };
+                return self.end_raw(raw, failure, &mut ctx).await;
+            };
+            if let Some(e) = &failure {
+                respond::failure(session, e, &mut ctx).await;
+            }
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            exchange::finish(&self.proxy.shadow, session.req_header(), status, failure.as_deref(), &mut ctx);
+            if let Some(e) = failure {
+                if !exchange::quiet_error(&ctx, &e) {
+                    tracing::error!(error = %e, request = %session.request_summary(), "fail to proxy");
+                }
+                // As on Pingora's path, a failed request ends its connection, after
+                // what was written of the answer went out (bounded like any write).
+                let _ = pingora_timeout::timeout(body_timeout, session.shutdown()).await;
                 return None;
             }
+            let settings = HttpPersistentSettings::for_session(session);
+            let Client::Session(session) = std::mem::replace(&mut client, Client::Switching) else { return None };
+            // Boxed: Pingora's `finish` is a 4 KiB future, and only answers the
+            // session wrote (local answers, replaced or oddly framed ones) get here.
+            let reusable = Box::pin(session.finish()).await.ok().flatten()?;
+            Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
         }
-        connections::head_parsed();
-        if *shutdown.borrow() {
-            // Stop the client from reusing a connection of a process going away.
-            session.set_keepalive(None);
-        }
-        let mut ctx = RequestCtx::new(self.proxy.snapshots.load_full());
-        ctx.snapshot.metrics.lean_requests.inc();
-        let body_timeout = ctx.snapshot.config.server.body_timeout;
-        session.set_read_timeout(Some(body_timeout));
-        session.set_total_drain_timeout(Some(body_timeout));
-        session.set_write_timeout(Some(body_timeout));
-        if connections::pipelined_after(session.req_header()) {
-            // Pipelined requests are not served (as on Pingora's path): say so.
-            session.set_keepalive(None);
-        }
-        let (peer, tls) = (exchange::peer_ip(&session), exchange::is_tls(&session));
-        let mut client = match exchange::begin(&self.proxy.runtime, session.req_header_mut(), peer, tls, &mut ctx) {
-            Begin::Proxy => Client::Session(session),
-            answer => {
-                let failure = respond::local_answer(&mut session, answer, &ctx).await.err();
-                return self.end_session(session, failure, &mut ctx, body_timeout).await;
-            }
-        };
-        let failure = self.proxy_request(&mut client, peer, tls, &mut ctx).await.err();
-        match client {
-            Client::Session(session) => self.end_session(session, failure, &mut ctx, body_timeout).await,
-            Client::Raw(raw) => self.end_raw(raw, failure, &mut ctx).await,
-            Client::Switching => None,
-        }
-    }
-
-    /// The end of a request whose answer Pingora's session wrote.
-    async fn end_session(
-        &self,
-        mut session: ServerSession,
-        failure: Option<Box<Error>>,
-        ctx: &mut RequestCtx,
-        body_timeout: Duration,
-    ) -> Option<ReusedHttpStream> {
-        if let Some(e) = &failure {
-            respond::failure(&mut session, e, ctx).await;
-        }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        exchange::finish(&self.proxy.shadow, session.req_header(), status, failure.as_deref(), ctx);
-        if let Some(e) = failure {
-            if !exchange::quiet_error(ctx, &e) {
-                tracing::error!(error = %e, request = %session.request_summary(), "fail to proxy");
-            }
-            // As on Pingora's path, a failed request ends its connection, after
-            // what was written of the answer went out (bounded like any write).
-            let _ = pingora_timeout::timeout(body_timeout, session.shutdown()).await;
-            return None;
-        }
-        let settings = HttpPersistentSettings::for_session(&session);
-        let reusable = session.finish().await.ok().flatten()?;
-        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
     }
 
     /// The end of a request whose answer the lean path wrote to the stream.
@@ -217,7 +222,7 @@ impl LeanPath {
         let idempotent = session.req_header().method.is_idempotent();
         // The body (at most `MAX_BODY`, see `lean_eligible`) is read whole
         // first, so the request goes upstream in one write.
-        let body = read_body(session, ctx).await?;
+        let body = if session.is_body_empty() { None } else { Box::pin(read_body(session, ctx)).await? };
         let has_body = body.is_some();
         let mut retried_reused = false;
         loop {
@@ -323,24 +328,11 @@ impl LeanPath {
             set_timeouts(&mut up, upstream);
             up
         } else {
-            // Pingora's client writes the head: it is changed as a copy (a
-            // `HEAD`, whose answer's framing Pingora reads from the request it
-            // wrote; a mirrored request, whose capture keeps the head as sent).
+            // Boxed, as the other rare paths: this path's future is moved to
+            // the heap whole for every request, so its size is paid by all.
             let mut up = UpstreamSession::new_with_options(stream, upstream);
             set_timeouts(&mut up, upstream);
-            let mut req = Box::new(session.req_header().clone());
-            // Hop-by-hop: only `keep-alive` or `close` reach this path (see `lean_eligible`).
-            req.remove_header(&http::header::CONNECTION);
-            exchange::upstream_request(&mut req, peer, tls, ctx).map_err(ExchangeError::down)?;
-            if let Err(e) = up.write_request_header(req).await {
-                return Err(ExchangeError { error: e.into_up(), unsent: true });
-            }
-            if let Some(body) = body {
-                send_failed = up.write_body(body).await.err();
-                if send_failed.is_none() {
-                    send_failed = up.finish_body().await.err();
-                }
-            }
+            send_failed = Box::pin(send_copy(&mut up, session.req_header(), body, peer, tls, ctx)).await?;
             up
         };
         loop {
@@ -376,7 +368,7 @@ impl LeanPath {
         let done = up.is_body_done();
         match client.answer_raw(&up, no_body, done, ctx) {
             Some(framing) => self.relay_raw(client, &mut up, framing, ctx).await?,
-            None => self.relay_session(client, &mut up, no_body, ctx).await?,
+            None => Box::pin(self.relay_session(client, &mut up, no_body, ctx)).await?,
         }
         Ok((up, reusable))
     }
@@ -440,8 +432,10 @@ impl LeanPath {
         let Client::Raw(raw) = client else {
             return Err(ExchangeError::ours(Error::explain(ErrorType::InternalError, "the lean path lost its stream")));
         };
-        let RawAnswer { head, body } = framing;
+        let RawAnswer { head, body, status } = framing;
         raw.write(&head, body == BodyFraming::Chunked).await.map_err(ExchangeError::down)?;
+        // As the session records a head once it is written.
+        raw.status = status;
         let mut done = up.is_body_done();
         if done {
             // No body came: the end still passes the body phase (a cache fill,
@@ -493,7 +487,8 @@ struct RawClient {
     /// request limit, shutdown, pipelining), and whether the answer's
     /// framing lets the connection go on.
     keepalive: bool,
-    /// The answer's status, for the log and the metrics.
+    /// The answer's status once its head is written (0 before), for the
+    /// log and the metrics.
     status: u16,
     /// `server.body_timeout`, for each write.
     timeout: Duration,
@@ -533,6 +528,7 @@ enum BodyFraming {
 struct RawAnswer {
     head: Vec<u8>,
     body: BodyFraming,
+    status: u16,
 }
 
 impl Client {
@@ -587,7 +583,7 @@ impl Client {
         if let (Some((wire, value)), Some(name)) = (fields.version, version_name) {
             edits[2] = Some(Edit::insert(name, wire, value.as_bytes()));
         }
-        let edits: Vec<Edit<'_>> = edits.into_iter().flatten().collect();
+        let edits: SmallVec<[Edit<'_>; 6]> = edits.into_iter().flatten().collect();
         let mut head = Vec::with_capacity(512);
         let version = if add_chunked { http::Version::HTTP_11 } else { resp.version };
         if !head_splice::response_head(&mut head, resp, version, &edits) {
@@ -600,17 +596,39 @@ impl Client {
         // The session's head is taken, not copied: an empty one stands in.
         let empty = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0)).ok()?;
         let req = Box::new(std::mem::replace(session.req_header_mut(), empty));
-        *self = Client::Raw(RawClient { stream: session.into_inner(), req, keepalive, status, timeout });
-        Some(RawAnswer { head, body })
+        *self = Client::Raw(RawClient { stream: session.into_inner(), req, keepalive, status: 0, timeout });
+        Some(RawAnswer { head, body, status })
     }
 }
 
-/// Read the client's whole body (the lean path takes at most `MAX_BODY`);
-/// `None` without one.
-async fn read_body(session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<Option<Vec<u8>>, Box<Error>> {
-    if session.is_body_empty() {
-        return Ok(None);
+/// The request head sent upstream by Pingora's client, as a changed copy (a
+/// `HEAD`, whose answer's framing Pingora reads from the request it wrote;
+/// a mirrored request, whose capture keeps the head as sent), then the
+/// body. `Ok(Some)`: the body could not be sent (the answer is still read).
+async fn send_copy(
+    up: &mut UpstreamSession,
+    client_req: &RequestHeader,
+    body: Option<&[u8]>,
+    peer: IpAddr,
+    tls: bool,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Box<Error>>, ExchangeError> {
+    let mut req = Box::new(client_req.clone());
+    // Hop-by-hop: only `keep-alive` or `close` reach this path (see `lean_eligible`).
+    req.remove_header(&http::header::CONNECTION);
+    exchange::upstream_request(&mut req, peer, tls, ctx).map_err(ExchangeError::down)?;
+    if let Err(e) = up.write_request_header(req).await {
+        return Err(ExchangeError { error: e.into_up(), unsent: true });
     }
+    let Some(body) = body else { return Ok(None) };
+    if let Err(e) = up.write_body(body).await {
+        return Ok(Some(e));
+    }
+    Ok(up.finish_body().await.err())
+}
+
+/// Read the client's whole body (the lean path takes at most `MAX_BODY`).
+async fn read_body(session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<Option<Vec<u8>>, Box<Error>> {
     let mut body = Vec::new();
     loop {
         let chunk = session.read_request_body().await.map_err(|e| e.into_down())?;
@@ -641,7 +659,7 @@ fn splice_request(out: &mut Vec<u8>, req: &RequestHeader, peer: IpAddr, tls: boo
     if let (Some((wire, value)), Some(name)) = (&fields.lane, lane_name) {
         edits[3] = Some(Edit::insert(name, wire, value.as_bytes()));
     }
-    let edits: Vec<Edit<'_>> = edits.into_iter().flatten().collect();
+    let edits: SmallVec<[Edit<'_>; 6]> = edits.into_iter().flatten().collect();
     out.reserve(512);
     head_splice::request_head(out, req, &edits)
 }
@@ -663,7 +681,7 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     for value in headers.get_all(http::header::CONTENT_LENGTH) {
         for item in value.to_str().ok()?.split(',') {
             let item = item.trim();
-            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
             let n: u64 = item.parse().ok()?;
@@ -696,4 +714,34 @@ pub fn switched_off() {
 fn has_framing(resp: &ResponseHeader) -> bool {
     resp.headers.contains_key(http::header::TRANSFER_ENCODING)
         || resp.headers.contains_key(http::header::CONTENT_LENGTH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_length_frames_a_body_only_when_every_value_agrees() {
+        let length = |values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_str(v).expect("value"));
+            }
+            content_length(&headers)
+        };
+        assert_eq!(length(&["5"]), Some(5));
+        assert_eq!(length(&["5", " 5 "]), Some(5));
+        assert_eq!(length(&["5, 5"]), Some(5));
+        assert_eq!(length(&[]), None);
+        for refused in [&["5", "6"][..], &["5, 6"], &["+5"], &["-1"], &["5 5"], &[""], &["99999999999999999999"]] {
+            assert_eq!(length(refused), None, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn the_last_coding_decides_whether_an_answer_is_chunked() {
+        assert_eq!(last_token(b"chunked"), b"chunked");
+        assert_eq!(last_token(b"gzip, Chunked "), b"Chunked");
+        assert_eq!(last_token(b"chunked, gzip"), b"gzip");
+    }
 }

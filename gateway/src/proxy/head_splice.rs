@@ -14,8 +14,9 @@
 //! `HeaderMap` keeps each name where it first appeared, with all its values
 //! together; an insert replaces a name's values in place (with the case it
 //! was given) or adds the name at the end; an append adds a value after the
-//! name's last one; a removal drops the name. The unit tests below compare
-//! both ways on heads with repeated, replaced and absent names.
+//! name's last one; a removal drops the name and moves the last name into
+//! its place. The unit tests below compare both ways on heads with
+//! repeated, separated, replaced, removed and absent names.
 
 use bytes::BufMut;
 use http::{HeaderName, HeaderValue, Version};

@@ -179,8 +179,8 @@ impl LeanPath {
     }
 
     /// The end of a request whose answer the lean path wrote to the stream.
-    /// A failure came after the answer had started, so nothing more can be
-    /// said: it is accounted for, and the connection ends.
+    /// A failure came while or after its head was written, so nothing more
+    /// can be said: it is accounted for, and the connection ends.
     async fn end_raw(
         &self,
         mut raw: RawClient,
@@ -567,7 +567,9 @@ impl Client {
                 _ => return None,
             }
         };
-        let keepalive = session.will_keepalive();
+        // As the session decides when it writes a head (the body is always
+        // read whole here first, so the second part holds).
+        let keepalive = session.will_keepalive() && session.is_body_done();
         let fields = exchange::AnswerFields::new(ctx);
         let date = pingora_core::protocols::http::date::get_cached_date();
         let version_name = ctx.snapshot.config.server.version_header.as_ref();
@@ -590,11 +592,12 @@ impl Client {
             return None;
         }
         let timeout = ctx.snapshot.config.server.body_timeout;
+        // The session's head is taken, not copied: an empty one stands in.
+        let empty = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0)).ok()?;
+        // Matched above; nothing can fail from here on.
         let Client::Session(ServerSession::H1(mut session)) = std::mem::replace(self, Client::Switching) else {
             return None;
         };
-        // The session's head is taken, not copied: an empty one stands in.
-        let empty = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0)).ok()?;
         let req = Box::new(std::mem::replace(session.req_header_mut(), empty));
         *self = Client::Raw(RawClient { stream: session.into_inner(), req, keepalive, status: 0, timeout });
         Some(RawAnswer { head, body, status })

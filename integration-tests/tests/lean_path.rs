@@ -212,6 +212,11 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Cases whose answer is cut off (by the upstream, or by the gateway under
+/// a large upload it refuses early): the bytes that reach the client before
+/// the close depend on timing on Pingora's path.
+const CUT_BY_TIMING: [&str; 2] = ["cut-off", "early-answer"];
+
 /// The bytes without `Date` fields, the one part allowed to differ.
 fn without_date(bytes: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(bytes);
@@ -331,12 +336,32 @@ async fn the_lean_path_gives_backends_and_clients_the_same_bytes_as_pingoras() {
     let pingora = run(false).await;
     for (name, bytes) in &pingora.client {
         let ours = lean.client.get(name).expect("case ran on both");
+        if CUT_BY_TIMING.contains(&name.as_str()) {
+            // How much of an answer left the gateway before its connection was
+            // cut depends on timing on Pingora's path (it may drop what it had
+            // gathered, or the client's socket may be reset under an upload):
+            // one side's bytes must be the start of the other's.
+            assert!(
+                ours.starts_with(bytes) || bytes.starts_with(ours),
+                "case {name}: the client got different bytes (left: lean path, right: Pingora's)\n{}\n{}",
+                String::from_utf8_lossy(ours),
+                String::from_utf8_lossy(bytes)
+            );
+            continue;
+        }
         assert_eq!(
             String::from_utf8_lossy(ours),
             String::from_utf8_lossy(bytes),
             "case {name}: the client got different bytes (left: lean path, right: Pingora's)"
         );
     }
+    // The lean path passes on what it had of an answer cut off upstream,
+    // then closes: its length tells the client the body is short.
+    let cut = String::from_utf8_lossy(&lean.client["cut-off"]).to_string();
+    assert!(
+        cut.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n") && cut.ends_with("only ten.."),
+        "cut-off on the lean path: {cut}"
+    );
     assert_eq!(lean.backend.keys().collect::<Vec<_>>(), pingora.backend.keys().collect::<Vec<_>>());
     for (id, requests) in &pingora.backend {
         let ours: Vec<String> = lean.backend[id].iter().map(|r| String::from_utf8_lossy(r).to_string()).collect();

@@ -2,7 +2,7 @@
 //! the pipeline's verdict, the headers the upstream and the client get, the
 //! failure handling, metrics and the access log. Both request paths call
 //! these functions: Pingora's (`GatewayProxy`, the `ProxyHttp` hooks) and
-//! the lean HTTP/1 path (`lean.rs`), so a request is judged, rewritten,
+//! the lean HTTP/1 path (`lean/`), so a request is judged, rewritten,
 //! counted and logged the same way whichever path serves it.
 
 use std::net::IpAddr;
@@ -122,7 +122,7 @@ pub fn connect_failed(ctx: &mut RequestCtx, idempotent: bool, peer: &HttpPeer, m
 
 /// The fields the gateway sets on a request on its way upstream, decided
 /// once for both ways of writing them: inserted into the head
-/// ([`upstream_request`]) or spliced in as the head is written (`lean.rs`).
+/// ([`upstream_request`]) or spliced in as the head is written (`lean/`).
 pub struct UpstreamFields {
     /// The client's `X-Forwarded-For` entries with the peer appended.
     pub forwarded_for: HeaderValue,
@@ -205,7 +205,7 @@ pub fn upstream_response(resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<
 
 /// The fields the gateway adds to an upstream's answer, decided once for
 /// both ways of writing them: inserted into the head ([`response`]) or
-/// spliced in as the head is written (`lean.rs`).
+/// spliced in as the head is written (`lean/`).
 pub struct AnswerFields<'a> {
     /// `X-Gateway-Cache: miss`: the route caches, and this answer is the upstream's.
     pub cache_miss: bool,

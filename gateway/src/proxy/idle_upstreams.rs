@@ -7,7 +7,7 @@
 //! an idle connection is a stream in a per-thread list, taken back last in
 //! first out; no task watches it. A connection the upstream closed while
 //! idle is found when it is next used: a request without a body is then
-//! sent again on a new connection (`lean.rs`). Every connection handed
+//! sent again on a new connection (`lean/`). Every connection handed
 //! out is first probed with a read that does not wait, as Pingora does: a
 //! connection that was closed, or that holds bytes nobody asked for (an
 //! upstream that wrote past the end of its answer), is dropped, so no

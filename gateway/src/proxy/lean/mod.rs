@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CONNECTION, DATE, SET_COOKIE, TRANSFER_ENCODING};
+use http::header::CONNECTION;
 use http::HeaderName;
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
@@ -47,6 +47,10 @@ use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
+
+mod client;
+
+use client::{BodyFraming, Client, RawAnswer, RawClient};
 
 use super::exchange::{self, Begin};
 use super::head_splice::{self, Edit};
@@ -89,6 +93,12 @@ impl ExchangeError {
 
     fn ours(error: Box<Error>) -> Self {
         Self { error, unsent: false }
+    }
+
+    /// The client is not in the state this step needs (cannot happen: each
+    /// step runs only in its own state); an error, not a panic.
+    fn lost(what: &'static str) -> Self {
+        Self::ours(Error::explain(ErrorType::InternalError, what))
     }
 }
 
@@ -288,10 +298,7 @@ impl LeanPath {
         ctx: &mut RequestCtx,
     ) -> Result<(UpstreamSession, bool), ExchangeError> {
         let Client::Session(session) = client else {
-            return Err(ExchangeError::ours(Error::explain(
-                ErrorType::InternalError,
-                "the lean path lost its session",
-            )));
+            return Err(ExchangeError::lost("the lean path lost its session"));
         };
         // An upstream may answer before it has read the whole body (a 413, a
         // 401) and stop reading: its answer is still read and passed on, as
@@ -382,10 +389,7 @@ impl LeanPath {
         ctx: &mut RequestCtx,
     ) -> Result<(), ExchangeError> {
         let Client::Session(session) = client else {
-            return Err(ExchangeError::ours(Error::explain(
-                ErrorType::InternalError,
-                "the lean path lost its session",
-            )));
+            return Err(ExchangeError::lost("the lean path lost its session"));
         };
         let Some(resp) = up.resp_header() else {
             return Err(ExchangeError::up(Error::explain(ErrorType::InvalidHTTPHeader, "no response head")));
@@ -430,7 +434,7 @@ impl LeanPath {
         ctx: &mut RequestCtx,
     ) -> Result<(), ExchangeError> {
         let Client::Raw(raw) = client else {
-            return Err(ExchangeError::ours(Error::explain(ErrorType::InternalError, "the lean path lost its stream")));
+            return Err(ExchangeError::lost("the lean path lost its stream"));
         };
         let RawAnswer { head, body, status } = framing;
         raw.write(&head, body == BodyFraming::Chunked).await.map_err(ExchangeError::down)?;
@@ -461,146 +465,6 @@ impl LeanPath {
         }
         let end: &[u8] = if body == BodyFraming::Chunked { b"0\r\n\r\n" } else { b"" };
         raw.write(end, true).await.map_err(ExchangeError::down)
-    }
-}
-
-/// The client's side of a proxied request.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one per request, in place of the session it holds; boxing would cost an allocation"
-)]
-enum Client {
-    /// Pingora's session: it read the request, and writes interim answers
-    /// and whatever the gateway answers itself.
-    Session(ServerSession),
-    /// The stream, once the lean path writes the upstream's answer itself.
-    Raw(RawClient),
-    /// Only inside [`Client::answer_raw`], never seen outside it.
-    Switching,
-}
-
-struct RawClient {
-    stream: Stream,
-    /// The request, taken out of the session.
-    req: Box<RequestHeader>,
-    /// What the session decided (the client's `Connection`, the keep-alive
-    /// request limit, shutdown, pipelining), and whether the answer's
-    /// framing lets the connection go on.
-    keepalive: bool,
-    /// The answer's status once its head is written (0 before), for the
-    /// log and the metrics.
-    status: u16,
-    /// `server.body_timeout`, for each write.
-    timeout: Duration,
-}
-
-impl RawClient {
-    /// Write `bytes` (bounded like the session's writes), then send what is
-    /// gathered when `flush`.
-    async fn write(&mut self, bytes: &[u8], flush: bool) -> Result<(), Box<Error>> {
-        let write = async {
-            if !bytes.is_empty() {
-                self.stream.write_all(bytes).await?;
-            }
-            if flush {
-                self.stream.flush().await?;
-            }
-            Ok::<_, io::Error>(())
-        };
-        match pingora_timeout::timeout(self.timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::because(ErrorType::WriteError, "while writing the answer", e)),
-            Err(_) => Err(Error::explain(ErrorType::WriteTimedout, "while writing the answer")),
-        }
-    }
-}
-
-/// How the body of an answer the lean path writes is framed for the client.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum BodyFraming {
-    /// `HEAD`, 204, 304: no body.
-    None,
-    Length,
-    Chunked,
-}
-
-/// An answer head ready to go, and how its body goes.
-struct RawAnswer {
-    head: Vec<u8>,
-    body: BodyFraming,
-    status: u16,
-}
-
-impl Client {
-    /// When the lean path can write the upstream's answer itself, its head
-    /// spliced, and switch to the stream to do it: the session's plain
-    /// HTTP/1 stream, an answer no fallback page replaces, framed by a
-    /// chunked coding, a valid length or the close (sent chunked), config
-    /// names that leave the fields it writes alone. Otherwise `None`, and
-    /// the session writes the answer, as before.
-    fn answer_raw(
-        &mut self,
-        up: &UpstreamSession,
-        head_request: bool,
-        done: bool,
-        ctx: &RequestCtx,
-    ) -> Option<RawAnswer> {
-        let Client::Session(ServerSession::H1(session)) = self else { return None };
-        let resp = up.resp_header()?;
-        if !ctx.snapshot.header_names.splice || exchange::answer_replaced(ctx) {
-            return None;
-        }
-        let status = resp.status.as_u16();
-        let te = resp.headers.get_all(http::header::TRANSFER_ENCODING);
-        let chunked = te.iter().next_back().map(|v| last_token(v.as_bytes()).eq_ignore_ascii_case(b"chunked"));
-        let length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
-        let (body, add_chunked) = if head_request || matches!(status, 204 | 304) {
-            (BodyFraming::None, false)
-        } else {
-            match (chunked, length) {
-                (Some(true), _) => (BodyFraming::Chunked, false),
-                (None, true) if content_length(&resp.headers).is_some() => (BodyFraming::Length, false),
-                // A close-delimited answer goes out chunked, so the client's connection survives it.
-                (None, false) if !done => (BodyFraming::Chunked, true),
-                // Not chunked, an invalid length, or a close-delimited body
-                // already over: Pingora's session frames these.
-                _ => return None,
-            }
-        };
-        // As the session decides when it writes a head (the body is always
-        // read whole here first, so the second part holds).
-        let keepalive = session.will_keepalive() && session.is_body_done();
-        let fields = exchange::AnswerFields::new(ctx);
-        let date = pingora_core::protocols::http::date::get_cached_date();
-        let version_name = ctx.snapshot.config.server.version_header.as_ref();
-        let connection: &[u8] = if keepalive { b"keep-alive" } else { b"close" };
-        let mut edits: [Option<Edit<'_>>; 6] = [
-            add_chunked.then(|| Edit::insert(&TRANSFER_ENCODING, b"Transfer-Encoding", b"chunked")),
-            fields.cache_miss.then(|| Edit::insert(&X_GATEWAY_CACHE, b"x-gateway-cache", b"miss")),
-            None,
-            fields.cookie.map(|c| Edit::append(&SET_COOKIE, b"Set-Cookie", c.as_bytes())),
-            Some(Edit::insert(&DATE, b"Date", date.as_bytes())),
-            Some(Edit::insert(&CONNECTION, b"Connection", connection)),
-        ];
-        if let (Some((wire, value)), Some(name)) = (fields.version, version_name) {
-            edits[2] = Some(Edit::insert(name, wire, value.as_bytes()));
-        }
-        let edits: SmallVec<[Edit<'_>; 6]> = edits.into_iter().flatten().collect();
-        let mut head = Vec::with_capacity(512);
-        let version = if add_chunked { http::Version::HTTP_11 } else { resp.version };
-        if !head_splice::response_head(&mut head, resp, version, &edits) {
-            return None;
-        }
-        let timeout = ctx.snapshot.config.server.body_timeout;
-        // The session's head is taken, not copied: an empty one stands in.
-        let empty = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0)).ok()?;
-        // Matched above; nothing can fail from here on.
-        let Client::Session(ServerSession::H1(mut session)) = std::mem::replace(self, Client::Switching) else {
-            return None;
-        };
-        let req = Box::new(std::mem::replace(session.req_header_mut(), empty));
-        *self = Client::Raw(RawClient { stream: session.into_inner(), req, keepalive, status: 0, timeout });
-        Some(RawAnswer { head, body, status })
     }
 }
 
@@ -672,38 +536,12 @@ fn set_timeouts(up: &mut UpstreamSession, upstream: &HttpPeer) {
     up.write_timeout = upstream.options.write_timeout;
 }
 
-/// The last coding of a `Transfer-Encoding` value.
-fn last_token(value: &[u8]) -> &[u8] {
-    value.rsplit(|b| *b == b',').next().unwrap_or(value).trim_ascii()
-}
-
-/// A `Content-Length` that frames a body: every value (and every item of a
-/// list) the same number, as Pingora's `content_length_parse_all` reads it.
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(http::header::CONTENT_LENGTH) {
-        for item in value.to_str().ok()?.split(',') {
-            let item = item.trim();
-            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: u64 = item.parse().ok()?;
-            match length {
-                Some(previous) if previous != n => return None,
-                _ => length = Some(n),
-            }
-        }
-    }
-    length
-}
-
 /// `METHOD path, Host: host`, as Pingora's session summarises a request.
 fn request_summary(req: &RequestHeader) -> String {
     let host = req.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
     format!("{} {}, Host: {}", req.method, String::from_utf8_lossy(req.raw_path()), host.unwrap_or_default())
 }
 
-static X_GATEWAY_CACHE: HeaderName = HeaderName::from_static("x-gateway-cache");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -717,34 +555,4 @@ pub fn switched_off() {
 fn has_framing(resp: &ResponseHeader) -> bool {
     resp.headers.contains_key(http::header::TRANSFER_ENCODING)
         || resp.headers.contains_key(http::header::CONTENT_LENGTH)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_length_frames_a_body_only_when_every_value_agrees() {
-        let length = |values: &[&str]| {
-            let mut headers = http::HeaderMap::new();
-            for v in values {
-                headers.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_str(v).expect("value"));
-            }
-            content_length(&headers)
-        };
-        assert_eq!(length(&["5"]), Some(5));
-        assert_eq!(length(&["5", " 5 "]), Some(5));
-        assert_eq!(length(&["5, 5"]), Some(5));
-        assert_eq!(length(&[]), None);
-        for refused in [&["5", "6"][..], &["5, 6"], &["+5"], &["-1"], &["5 5"], &[""], &["99999999999999999999"]] {
-            assert_eq!(length(refused), None, "{refused:?}");
-        }
-    }
-
-    #[test]
-    fn the_last_coding_decides_whether_an_answer_is_chunked() {
-        assert_eq!(last_token(b"chunked"), b"chunked");
-        assert_eq!(last_token(b"gzip, Chunked "), b"Chunked");
-        assert_eq!(last_token(b"chunked, gzip"), b"gzip");
-    }
 }

@@ -46,14 +46,14 @@ async fn serve_backend(mut conn: TcpStream, record: Received) {
         let Some(request_end) = read_body(&mut conn, &mut buf, head_end, &head).await else { return };
         record.lock().expect("lock").entry(id).or_default().push(buf[..request_end].to_vec());
         buf.drain(..request_end);
-        let answer: &[u8] = match path.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("") {
+        let answer: Vec<u8> = match path.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("") {
             "early" => continue,
-            "chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-            "trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n",
-            "204" => b"HTTP/1.1 204 No Content\r\nX-Kind: empty\r\n\r\n",
-            "304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n",
-            "503" => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 8\r\n\r\nbusy now",
-            "hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(),
+            "trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n".to_vec(),
+            "204" => b"HTTP/1.1 204 No Content\r\nX-Kind: empty\r\n\r\n".to_vec(),
+            "304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n".to_vec(),
+            "503" => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 8\r\n\r\nbusy now".to_vec(),
+            "hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             "stray" => {
                 // An upstream that writes past the end of its answer: a whole
                 // second answer nobody asked for, after the first was read.
@@ -71,10 +71,50 @@ async fn serve_backend(mut conn: TcpStream, record: Received) {
                 let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..").await;
                 return;
             }
-            _ if method == "HEAD" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kind: len\r\n\r\n",
-            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kind: len\r\nSet-Cookie: a=1\r\n\r\nhello",
+            "len-big" => {
+                let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n".to_vec();
+                big.extend((0..300_000u32).map(|i| b'a' + (i % 26) as u8));
+                big
+            }
+            "len-zero" => b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Kind: zero\r\n\r\n".to_vec(),
+            "overread" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello!!".to_vec(),
+            "reason" => b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "no-reason" => b"HTTP/1.1 299 \r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "404" => b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nX-Kind: gone\r\n\r\nnope".to_vec(),
+            "spread" => b"HTTP/1.1 200 OK\r\nVary: a\r\nContent-Length: 2\r\nset-cookie: x=1\r\nVARY: b\r\nSet-Cookie: y=2\r\nDate: then\r\nConnection: keep-alive\r\n\r\nok".to_vec(),
+            "space-name" => b"HTTP/1.1 200 OK\r\nX-Spaced : v\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "bare-lf" => b"HTTP/1.1 200 OK\nContent-Length: 2\nX-Kind: lf\n\nok".to_vec(),
+            "http10-answer" => b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "upstream-close" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec(),
+            "dup-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "list-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok".to_vec(),
+            "bad-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok".to_vec(),
+            "both-framings" => b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+            "folded" => b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n two\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n".to_vec(),
+            "bad-head" => b"HTTP/1.1 200 OK\r\nBad Field: x\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "many-fields" => {
+                let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+                for i in 0..300 {
+                    head.extend(format!("X-F{i}: v\r\n").bytes());
+                }
+                head.extend(b"\r\nok");
+                head
+            }
+            "slow-head" => {
+                // The head in three pieces, apart: read in steps.
+                for piece in [&b"HTTP/1.1 200 OK\r\nContent-"[..], b"Length: 5\r\nX-Kind: slow\r", b"\n\r\nhel"] {
+                    if conn.write_all(piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                b"lo".to_vec()
+            }
+            _ if method == "HEAD" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kind: len\r\n\r\n".to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kind: len\r\nSet-Cookie: a=1\r\n\r\nhello".to_vec(),
         };
-        if conn.write_all(answer).await.is_err() {
+        if conn.write_all(&answer).await.is_err() {
             return;
         }
     }
@@ -264,6 +304,29 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         ("close-delimited", plain("GET", "close")),
         ("cut-off", plain("GET", "midbody")),
         ("client-close", "GET /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n".into()),
+        // Answers the lean path reads itself, and the edges where it leaves
+        // them to Pingora's client (`gateway/src/proxy/lean/upstream.rs`).
+        ("len-big", plain("GET", "len-big")),
+        ("len-zero", plain("GET", "len-zero")),
+        ("overread", plain("GET", "overread")),
+        ("reason", plain("GET", "reason")),
+        ("no-reason", plain("GET", "no-reason")),
+        ("404", plain("GET", "404")),
+        ("spread-names", plain("GET", "spread")),
+        ("space-name", plain("GET", "space-name")),
+        ("bare-lf", plain("GET", "bare-lf")),
+        ("http10-answer", plain("GET", "http10-answer")),
+        ("upstream-close", plain("GET", "upstream-close")),
+        ("dup-length", plain("GET", "dup-length")),
+        ("list-length", plain("GET", "list-length")),
+        ("bad-length", plain("GET", "bad-length")),
+        ("both-framings", plain("GET", "both-framings")),
+        ("folded", plain("GET", "folded")),
+        ("bad-chunk", plain("GET", "bad-chunk")),
+        ("bad-head", plain("GET", "bad-head")),
+        ("many-fields", plain("GET", "many-fields")),
+        ("slow-head", plain("GET", "slow-head")),
+        ("head-204", plain("HEAD", "204")),
     ];
     cases.into_iter().map(|(name, text)| (name.to_string(), text.into_bytes())).collect()
 }

@@ -180,9 +180,7 @@ pub fn upstream_response(resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<
     if let Some(capture) = ctx.shadow.as_mut() {
         capture.response_header(resp);
     }
-    if let Some(routed) = &ctx.routed {
-        failure::upstream_status(&ctx.snapshot.metrics, routed, &mut ctx.upstream, resp.status.as_u16());
-    }
+    upstream_status(resp.status.as_u16(), ctx);
     if let Some(c) = ctx.cache.as_mut() {
         let status = resp.status.as_u16();
         if let Some(fill) = c.fill.as_mut() {
@@ -201,6 +199,14 @@ pub fn upstream_response(resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<
         }
     }
     Ok(())
+}
+
+/// The upstream's answer status, counted: all that [`upstream_response`]
+/// does for an answer the lean path reads itself (no capture, no cache).
+pub fn upstream_status(status: u16, ctx: &mut RequestCtx) {
+    if let Some(routed) = &ctx.routed {
+        failure::upstream_status(&ctx.snapshot.metrics, routed, &mut ctx.upstream, status);
+    }
 }
 
 /// The fields the gateway adds to an upstream's answer, decided once for

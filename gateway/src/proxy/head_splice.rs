@@ -19,7 +19,7 @@
 //! repeated, separated, replaced, removed and absent names.
 
 use bytes::BufMut;
-use http::{HeaderName, HeaderValue, Version};
+use http::{HeaderName, Version};
 use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 
@@ -77,7 +77,14 @@ pub fn request_head(out: &mut Vec<u8>, req: &RequestHeader, edits: &[Edit<'_>]) 
     out.put_u8(b' ');
     out.put_slice(version);
     out.put_slice(b"\r\n");
-    fields(out, req.headers.iter().zip(req.case_header_iter()).map(|((n, v), (c, _))| (n, c.as_slice(), v)), edits);
+    fields(
+        out,
+        req.headers
+            .iter()
+            .zip(req.case_header_iter())
+            .map(|((n, v), (c, _))| (n.as_str().as_bytes(), c.as_slice(), v.as_bytes())),
+        edits,
+    );
     out.put_slice(b"\r\n");
     true
 }
@@ -89,19 +96,50 @@ pub fn response_head(out: &mut Vec<u8>, resp: &ResponseHeader, version: Version,
     if !resp.has_case() {
         return false;
     }
+    let reason = resp.get_reason_phrase().unwrap_or("").as_bytes();
+    let entries = resp
+        .headers
+        .iter()
+        .zip(resp.case_header_iter())
+        .map(|((n, v), (c, _))| (n.as_str().as_bytes(), c.as_slice(), v.as_bytes()));
+    answer_head(out, resp.status.as_str().as_bytes(), reason, version, entries, edits)
+}
+
+/// The same for an answer head as it came off the wire (`lean/upstream.rs`):
+/// its status code, its reason and its fields in the order they came,
+/// each `(name, value)` as the parser gave them. Written as Pingora's
+/// client would have read them into a `ResponseHeader` (the same slices,
+/// repeated names grouped) and its server session written that.
+pub fn raw_response_head<'h>(
+    out: &mut Vec<u8>,
+    status: &[u8],
+    reason: &[u8],
+    version: Version,
+    entries: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    edits: &[Edit<'_>],
+) -> bool {
+    answer_head(out, status, reason, version, entries.map(|(name, value)| (name, name, value)), edits)
+}
+
+fn answer_head<'h>(
+    out: &mut Vec<u8>,
+    status: &[u8],
+    reason: &[u8],
+    version: Version,
+    entries: impl Iterator<Item = (&'h [u8], &'h [u8], &'h [u8])>,
+    edits: &[Edit<'_>],
+) -> bool {
     let version: &[u8] = match version {
         Version::HTTP_10 => b"HTTP/1.0 ",
         Version::HTTP_11 => b"HTTP/1.1 ",
         _ => return false,
     };
     out.put_slice(version);
-    out.put_slice(resp.status.as_str().as_bytes());
+    out.put_slice(status);
     out.put_u8(b' ');
-    if let Some(reason) = resp.get_reason_phrase() {
-        out.put_slice(reason.as_bytes());
-    }
+    out.put_slice(reason);
     out.put_slice(b"\r\n");
-    fields(out, resp.headers.iter().zip(resp.case_header_iter()).map(|((n, v), (c, _))| (n, c.as_slice(), v)), edits);
+    fields(out, entries, edits);
     out.put_slice(b"\r\n");
     true
 }
@@ -112,24 +150,28 @@ pub fn response_head(out: &mut Vec<u8>, resp: &ResponseHeader, version: Version,
 /// an append adds a value after the name's others; a removal takes the
 /// name out and moves the *last* name into its place (`HeaderMap::remove`
 /// swaps, as the unit tests show).
-fn fields<'h>(
-    out: &mut Vec<u8>,
-    entries: impl Iterator<Item = (&'h HeaderName, &'h [u8], &'h HeaderValue)>,
-    edits: &[Edit<'_>],
-) {
-    // The head's fields by name, in order: where each name's values start
-    // in `values`, and how many it has.
+///
+/// `entries` are `(name as compared, name as written, value)`; names are
+/// compared without regard to case, and a name's values need not come
+/// together (a raw head's do not).
+fn fields<'h>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'h [u8], &'h [u8], &'h [u8])>, edits: &[Edit<'_>]) {
+    // The head's fields in order, and its names in order of first
+    // appearance, each with the indexes of its values.
     let mut values: SmallVec<[(&[u8], &[u8]); 24]> = SmallVec::new();
     let mut names: SmallVec<[Name<'_>; 24]> = SmallVec::new();
     for (name, wire, value) in entries {
-        match names.last_mut() {
-            Some(last) if last.name == name => last.count += 1,
-            _ => names.push(Name { name, first: values.len(), count: 1, with: With::Own, appended: SmallVec::new() }),
+        let index = values.len();
+        values.push((wire, value));
+        match names.iter_mut().rev().find(|n| n.name.eq_ignore_ascii_case(name)) {
+            Some(known) => known.own.push(index),
+            None => {
+                names.push(Name { name, own: smallvec::smallvec![index], with: With::Own, appended: SmallVec::new() })
+            }
         }
-        values.push((wire, value.as_bytes()));
     }
     for (i, edit) in edits.iter().enumerate() {
-        let at = names.iter().position(|n| n.name == edit.name);
+        let key = edit.name.as_str().as_bytes();
+        let at = names.iter().position(|n| n.name.eq_ignore_ascii_case(key));
         match (edit.kind, at) {
             (EditKind::Remove, Some(at)) => {
                 names.swap_remove(at);
@@ -141,20 +183,15 @@ fn fields<'h>(
             }
             (EditKind::Append, Some(at)) => names[at].appended.push(i),
             (EditKind::Insert | EditKind::Append, None) => {
-                names.push(Name {
-                    name: edit.name,
-                    first: 0,
-                    count: 0,
-                    with: With::Edit(i),
-                    appended: SmallVec::new(),
-                });
+                names.push(Name { name: key, own: SmallVec::new(), with: With::Edit(i), appended: SmallVec::new() });
             }
         }
     }
     for name in &names {
         match name.with {
             With::Own => {
-                for (wire, value) in &values[name.first..name.first + name.count] {
+                for &i in &name.own {
+                    let (wire, value) = values[i];
                     field(out, wire, value);
                 }
             }
@@ -168,10 +205,9 @@ fn fields<'h>(
 
 /// One name of a head being spliced.
 struct Name<'n> {
-    name: &'n HeaderName,
-    /// Its own values: `values[first..first + count]`.
-    first: usize,
-    count: usize,
+    name: &'n [u8],
+    /// Its own values: indexes into `values`.
+    own: SmallVec<[usize; 2]>,
     /// Whether its own values are written, or an edit's value instead.
     with: With,
     /// Edits whose values follow.
@@ -195,6 +231,7 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 mod tests {
     use super::*;
     use http::header::{CONNECTION, DATE, SET_COOKIE, TRANSFER_ENCODING};
+    use http::HeaderValue;
 
     /// Pingora's own way: the edits made on a copy, then serialised.
     fn by_copy_request(req: &RequestHeader, edits: &[Edit<'_>]) -> Vec<u8> {
@@ -306,6 +343,32 @@ mod tests {
             let resp = response(fields);
             let mut spliced = Vec::new();
             assert!(response_head(&mut spliced, &resp, Version::HTTP_11, &edits));
+            assert_eq!(String::from_utf8_lossy(&spliced), String::from_utf8_lossy(&by_copy_response(&resp, &edits)));
+        }
+    }
+
+    #[test]
+    fn a_raw_answer_head_spliced_is_the_head_read_changed_and_serialised() {
+        let version = HeaderName::from_static("x-version");
+        let edits = [
+            Edit::insert(&version, b"X-Version", b"v2"),
+            Edit::append(&SET_COOKIE, b"Set-Cookie", b"uid=7; Path=/"),
+            Edit::insert(&DATE, b"Date", b"Tue, 01 Dec 2026 10:00:00 GMT"),
+            Edit::insert(&CONNECTION, b"Connection", b"keep-alive"),
+        ];
+        // As they come off the wire: repeated names apart, in other cases.
+        let heads: &[&[(&str, &str)]] = &[
+            &[],
+            &[("Content-Length", "5"), ("content-type", "text/plain")],
+            &[("set-cookie", "a=1"), ("Date", "x"), ("SET-COOKIE", "b=2"), ("X-Version", "v1"), ("Set-Cookie", "c")],
+            &[("A", "1"), ("b", "2"), ("a", "3"), ("Connection", "close"), ("B", "4"), ("x-version", "a")],
+        ];
+        for fields in heads {
+            // Pingora's client reads each field into its model in turn.
+            let resp = response(fields);
+            let mut spliced = Vec::new();
+            let entries = fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+            assert!(raw_response_head(&mut spliced, b"200", b"OK", Version::HTTP_11, entries, &edits));
             assert_eq!(String::from_utf8_lossy(&spliced), String::from_utf8_lossy(&by_copy_response(&resp, &edits)));
         }
     }

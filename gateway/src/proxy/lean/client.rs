@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use http::header::{CONNECTION, DATE, SET_COOKIE, TRANSFER_ENCODING};
 use http::HeaderName;
-use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_error::{Error, ErrorType};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
+use super::upstream::AnswerHead;
 use crate::proxy::exchange;
 use crate::proxy::head_splice::{self, Edit};
 use crate::proxy::RequestCtx;
@@ -80,6 +80,13 @@ pub(super) enum BodyFraming {
     Chunked,
 }
 
+/// The upstream's answer head, as read by Pingora's client session or by
+/// the lean path itself (`upstream.rs`).
+pub(super) enum UpstreamAnswer<'a, 'b> {
+    Session(&'a ResponseHeader),
+    Lean(&'a AnswerHead<'b>),
+}
+
 /// An answer head ready to go, and how its body goes.
 pub(super) struct RawAnswer {
     pub(super) head: Vec<u8>,
@@ -96,23 +103,25 @@ impl Client {
     /// the session writes the answer, as before.
     pub(super) fn answer_raw(
         &mut self,
-        up: &UpstreamSession,
+        answer: UpstreamAnswer<'_, '_>,
         head_request: bool,
         done: bool,
         ctx: &RequestCtx,
     ) -> Option<RawAnswer> {
         let Client::Session(ServerSession::H1(session)) = self else { return None };
-        let resp = up.resp_header()?;
         if !ctx.snapshot.header_names.splice || exchange::answer_replaced(ctx) {
             return None;
         }
-        let status = resp.status.as_u16();
-        let te = resp.headers.get_all(http::header::TRANSFER_ENCODING);
-        let chunked = te.iter().next_back().map(|v| last_token(v.as_bytes()).eq_ignore_ascii_case(b"chunked"));
-        let length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
+        let (status, resp_version) = match &answer {
+            UpstreamAnswer::Session(resp) => (resp.status.as_u16(), resp.version),
+            UpstreamAnswer::Lean(head) => (head.status.as_u16(), head.version),
+        };
         let (body, add_chunked) = if head_request || matches!(status, 204 | 304) {
             (BodyFraming::None, false)
-        } else {
+        } else if let UpstreamAnswer::Session(resp) = &answer {
+            let te = resp.headers.get_all(http::header::TRANSFER_ENCODING);
+            let chunked = te.iter().next_back().map(|v| last_token(v.as_bytes()).eq_ignore_ascii_case(b"chunked"));
+            let length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
             match (chunked, length) {
                 (Some(true), _) => (BodyFraming::Chunked, false),
                 (None, true) if content_length(&resp.headers).is_some() => (BodyFraming::Length, false),
@@ -122,6 +131,9 @@ impl Client {
                 // already over: Pingora's session frames these.
                 _ => return None,
             }
+        } else {
+            // Read here only with one valid length (`upstream::parse`).
+            (BodyFraming::Length, false)
         };
         // As the session decides when it writes a head (the body is always
         // read whole here first, so the second part holds).
@@ -143,8 +155,22 @@ impl Client {
         }
         let edits: SmallVec<[Edit<'_>; 6]> = edits.into_iter().flatten().collect();
         let mut head = Vec::with_capacity(512);
-        let version = if add_chunked { http::Version::HTTP_11 } else { resp.version };
-        if !head_splice::response_head(&mut head, resp, version, &edits) {
+        let version = if add_chunked { http::Version::HTTP_11 } else { resp_version };
+        let written = match &answer {
+            UpstreamAnswer::Session(resp) => head_splice::response_head(&mut head, resp, version, &edits),
+            UpstreamAnswer::Lean(h) => {
+                let fields = h.fields.iter().copied();
+                head_splice::raw_response_head(
+                    &mut head,
+                    h.status.as_str().as_bytes(),
+                    h.reason,
+                    version,
+                    fields,
+                    &edits,
+                )
+            }
+        };
+        if !written {
             return None;
         }
         let timeout = ctx.snapshot.config.server.body_timeout;

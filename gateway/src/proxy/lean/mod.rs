@@ -1,10 +1,9 @@
 //! The lean HTTP/1 path: one request of a client connection proxied to an
 //! HTTP/1 upstream in a straight line, on Pingora's own building blocks
-//! (its HTTP/1 server and client sessions parse both heads and frame the
-//! bodies it reads, its connector makes upstream connections), without
-//! `pingora-proxy`'s generic pipeline: no per-request channel or task, no
-//! `try_join` of a downstream and an upstream future, no cache or module
-//! hooks.
+//! (its HTTP/1 server session parses the request and reads its body, its
+//! connector makes upstream connections), without `pingora-proxy`'s
+//! generic pipeline: no per-request channel or task, no `try_join` of a
+//! downstream and an upstream future, no cache or module hooks.
 //!
 //! The heads the gateway changes are written here, not by the sessions:
 //! the request head goes upstream, and the answer's head to the client,
@@ -14,6 +13,11 @@
 //! Pingora's session frames it. Whatever this does not cover (a `HEAD` or a
 //! mirrored request upstream; an answer replaced by a fallback page, or
 //! framed oddly) goes through the sessions as a changed copy, as before.
+//!
+//! The common upstream answer (2xx to 4xx, framed by one length, from a
+//! plain TCP upstream, on a route that does not cache) is read here too,
+//! without Pingora's client session (`upstream.rs`); any other is read by
+//! that session, from its first byte.
 //!
 //! Every decision is the same code as on Pingora's path (`exchange.rs`):
 //! the pipeline's verdict, the headers either side gets, failover and
@@ -46,11 +50,12 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod client;
+mod upstream;
 
-use client::{BodyFraming, Client, RawAnswer, RawClient};
+use client::{BodyFraming, Client, RawAnswer, RawClient, UpstreamAnswer};
 
 use super::exchange::{self, Begin};
 use super::head_splice::{self, Edit};
@@ -80,6 +85,28 @@ pub struct LeanPath {
 struct ExchangeError {
     error: Box<Error>,
     unsent: bool,
+}
+
+/// The upstream connection after an exchange.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request and taken apart at once; boxing would cost an allocation"
+)]
+enum Upstream {
+    /// Pingora's client session read the answer; whether the request went
+    /// out whole (else the connection is not kept).
+    Session(UpstreamSession, bool),
+    /// The lean path read it (`upstream.rs`); whether the connection may
+    /// carry another request.
+    Stream(Stream, bool),
+}
+
+/// What became of an answer the lean path began to read.
+enum LeanRead {
+    /// Read and written to the client; whether the connection may carry another request.
+    Done(bool),
+    /// Pingora's session reads it, from these bytes on.
+    Pingora(Vec<u8>),
 }
 
 impl ExchangeError {
@@ -260,13 +287,21 @@ impl LeanPath {
                 }
             };
             match self.exchange(client, stream, body.as_deref(), &upstream, peer, tls, ctx).await {
-                Ok((mut up, reusable)) => {
+                Ok(Upstream::Session(mut up, reusable)) => {
                     up.respect_keepalive();
                     if !reusable {
                         up.shutdown().await;
                     } else if let Some(stream) = up.reuse().await {
                         idle_upstreams::put(key, stream, self.idle_per_thread);
                     }
+                    return Ok(());
+                }
+                Ok(Upstream::Stream(stream, true)) => {
+                    idle_upstreams::put(key, stream, self.idle_per_thread);
+                    return Ok(());
+                }
+                Ok(Upstream::Stream(mut stream, false)) => {
+                    let _ = stream.shutdown().await;
                     return Ok(());
                 }
                 Err(ExchangeError { mut error, unsent }) => {
@@ -296,16 +331,20 @@ impl LeanPath {
         peer: IpAddr,
         tls: bool,
         ctx: &mut RequestCtx,
-    ) -> Result<(UpstreamSession, bool), ExchangeError> {
-        let Client::Session(session) = client else {
-            return Err(ExchangeError::lost("the lean path lost its session"));
-        };
+    ) -> Result<Upstream, ExchangeError> {
+        // Whether the lean path reads the answer itself (`upstream.rs`):
+        // not on a route that caches (the fill reads Pingora's head).
+        let lean_read = ctx.cache.is_none() && upstream::can_read(&stream);
         // An upstream may answer before it has read the whole body (a 413, a
         // 401) and stop reading: its answer is still read and passed on, as
         // on Pingora's path, and the connection is not kept.
         let mut send_failed = None;
         let mut head = Vec::new();
-        let mut up = if splice_request(&mut head, session.req_header(), peer, tls, ctx) {
+        let spliced = match &*client {
+            Client::Session(session) => splice_request(&mut head, session.req_header(), peer, tls, ctx),
+            _ => return Err(ExchangeError::lost("the lean path lost its session")),
+        };
+        let mut up = if spliced {
             if let Some(body) = body {
                 head.extend_from_slice(body);
             }
@@ -331,16 +370,31 @@ impl LeanPath {
                 }
                 send_failed = Some(e);
             }
+            if lean_read {
+                match self.lean_answer(client, &mut stream, upstream, &mut send_failed, ctx).await? {
+                    LeanRead::Done(reusable) => return Ok(Upstream::Stream(stream, reusable)),
+                    LeanRead::Pingora(read) => {
+                        stream =
+                            upstream::rewind(stream, &read).ok_or_else(|| ExchangeError::lost("no plain stream"))?;
+                    }
+                }
+            }
             let mut up = UpstreamSession::new_with_options(stream, upstream);
             set_timeouts(&mut up, upstream);
             up
         } else {
+            let Client::Session(session) = &*client else {
+                return Err(ExchangeError::lost("the lean path lost its session"));
+            };
             // Boxed, as the other rare paths: this path's future is moved to
             // the heap whole for every request, so its size is paid by all.
             let mut up = UpstreamSession::new_with_options(stream, upstream);
             set_timeouts(&mut up, upstream);
             send_failed = Box::pin(send_copy(&mut up, session.req_header(), body, peer, tls, ctx)).await?;
             up
+        };
+        let Client::Session(session) = client else {
+            return Err(ExchangeError::lost("the lean path lost its session"));
         };
         loop {
             if let Err(e) = up.read_response().await {
@@ -373,11 +427,55 @@ impl LeanPath {
         let no_body = session.req_header().method == http::Method::HEAD;
         let reusable = send_failed.is_none();
         let done = up.is_body_done();
-        match client.answer_raw(&up, no_body, done, ctx) {
+        let answer =
+            up.resp_header().and_then(|resp| client.answer_raw(UpstreamAnswer::Session(resp), no_body, done, ctx));
+        match answer {
             Some(framing) => self.relay_raw(client, &mut up, framing, ctx).await?,
             None => Box::pin(self.relay_session(client, &mut up, no_body, ctx)).await?,
         }
-        Ok((up, reusable))
+        Ok(Upstream::Session(up, reusable))
+    }
+
+    /// Read the upstream's answer head; when it is one the lean path reads
+    /// itself (`upstream::parse`), write it to the client with the
+    /// gateway's fields spliced in, then its body. Otherwise the bytes read
+    /// go back, for Pingora's session to read the answer from its start.
+    async fn lean_answer(
+        &self,
+        client: &mut Client,
+        stream: &mut Stream,
+        upstream: &HttpPeer,
+        send_failed: &mut Option<Box<Error>>,
+        ctx: &mut RequestCtx,
+    ) -> Result<LeanRead, ExchangeError> {
+        let timeout = upstream.options.read_timeout;
+        let mut read = Vec::new();
+        let mut searched = 0;
+        loop {
+            if let Err(e) = upstream::read_more(stream, &mut read, timeout).await {
+                return Err(match send_failed.take() {
+                    Some(send) => ExchangeError::up(send),
+                    // Nothing of the answer was written yet.
+                    None => ExchangeError { error: e.into_up(), unsent: true },
+                });
+            }
+            if upstream::head_ended(&read, &mut searched) || read.len() > upstream::MAX_HEAD_SIZE {
+                break;
+            }
+        }
+        // The parsed head borrows `read`; it is used up before the next await.
+        let Some((answer, head_len, length, keepalive)) = lean_head(client, &read, ctx) else {
+            return Ok(LeanRead::Pingora(read));
+        };
+        exchange::upstream_status(answer.status, ctx);
+        let Client::Raw(raw) = client else {
+            return Err(ExchangeError::lost("the lean path lost its stream"));
+        };
+        raw.write(&answer.head, false).await.map_err(ExchangeError::down)?;
+        // As the session records a head once it is written.
+        raw.status = answer.status;
+        let whole = relay_length(raw, stream, read, head_len, length, timeout).await?;
+        Ok(LeanRead::Done(whole && keepalive && send_failed.is_none()))
     }
 
     /// The answer through Pingora's session: its head changed as a copy.
@@ -466,6 +564,60 @@ impl LeanPath {
         let end: &[u8] = if body == BodyFraming::Chunked { b"0\r\n\r\n" } else { b"" };
         raw.write(end, true).await.map_err(ExchangeError::down)
     }
+}
+
+/// The answer head in `read` parsed and, when the lean path reads this
+/// answer itself, spliced for the client (which then holds the stream):
+/// the head to write, its length in `read`, the body's length, and whether
+/// the upstream lets the connection go on.
+fn lean_head(client: &mut Client, read: &[u8], ctx: &RequestCtx) -> Option<(RawAnswer, usize, u64, bool)> {
+    let head = upstream::parse(read)?;
+    let answer = client.answer_raw(UpstreamAnswer::Lean(&head), false, false, ctx)?;
+    Some((answer, head.len, head.body, head.keepalive))
+}
+
+/// The body of an answer framed by a length, from the upstream to the
+/// client: what came with the head, then pieces of at most
+/// `upstream::BODY_READ`, each sent on as it comes (as a close-delimited or
+/// chunked body is). `Ok(true)` when nothing came after its end: Pingora's
+/// client keeps a connection only then, since more bytes than promised
+/// likely mean more are coming.
+async fn relay_length(
+    raw: &mut RawClient,
+    stream: &mut Stream,
+    mut read: Vec<u8>,
+    head_len: usize,
+    length: u64,
+    timeout: Option<Duration>,
+) -> Result<bool, ExchangeError> {
+    let with_head = read.get(head_len..).unwrap_or_default();
+    let first = with_head.len().min(usize::try_from(length).unwrap_or(usize::MAX));
+    let mut overread = with_head.len() > first;
+    let mut remaining = length - first as u64;
+    raw.write(&with_head[..first], true).await.map_err(ExchangeError::down)?;
+    if remaining > 0 {
+        read.clear();
+        read.resize(upstream::BODY_READ, 0);
+    }
+    while remaining > 0 {
+        let piece = stream.read(&mut read);
+        let n = match timeout {
+            Some(t) => pingora_timeout::timeout(t, piece).await.map_err(|_| {
+                ExchangeError::up(Error::explain(ErrorType::ReadTimedout, format!("reading body, timeout: {t:?}")))
+            })?,
+            None => piece.await,
+        }
+        .map_err(|e| ExchangeError::up(Error::because(ErrorType::ReadError, "when reading body", e)))?;
+        if n == 0 {
+            let what = format!("Peer prematurely closed connection with {remaining} bytes of body remaining to read");
+            return Err(ExchangeError::up(Error::explain(ErrorType::ConnectionClosed, what)));
+        }
+        let take = n.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        overread |= n > take;
+        remaining -= take as u64;
+        raw.write(&read[..take], true).await.map_err(ExchangeError::down)?;
+    }
+    Ok(!overread)
 }
 
 /// The request head sent upstream by Pingora's client, as a changed copy (a

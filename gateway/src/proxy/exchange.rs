@@ -7,7 +7,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -23,9 +22,6 @@ use crate::edge::client_ip;
 use crate::pipeline::{self, failure, LocalAnswer, Mode, RequestFacts, Verdict};
 use crate::proxy::respond::LocalResponse;
 use crate::shadow::engine::ShadowEngine;
-
-/// How long an idle upstream connection is kept for reuse.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the gateway does with a request once its head is read.
 pub enum Begin {
@@ -90,23 +86,17 @@ pub fn begin(runtime: &RuntimeState, req: &mut RequestHeader, peer: IpAddr, tls:
 }
 
 /// The next backend to try for the routed version.
-pub fn next_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+pub fn next_peer(ctx: &mut RequestCtx) -> Result<Arc<HttpPeer>> {
     let Some(routed) = &ctx.routed else {
         return Err(Error::explain(ErrorType::InternalError, "upstream_peer without a route"));
     };
-    let pool = Arc::clone(routed.pool());
+    let pool = routed.pool();
     let tried = &ctx.upstream.tried;
     let Some(backend) = pool.select(|addr| tried.contains(&addr)) else {
         return Err(failure::no_backend(&ctx.snapshot.metrics, routed, &mut ctx.upstream));
     };
     ctx.upstream.tried.push(backend.addr);
-    let mut peer = crate::tls::upstream_peer(backend.addr, pool.tls.as_ref());
-    peer.options.connection_timeout = Some(pool.connect_timeout);
-    peer.options.read_timeout = Some(pool.read_timeout);
-    // A write to an upstream that stopped reading waits as long as a read.
-    peer.options.write_timeout = Some(pool.read_timeout);
-    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-    Ok(Box::new(peer))
+    Ok(Arc::clone(&backend.peer))
 }
 
 /// A connection to a backend failed: counted; marked for a retry when
@@ -422,7 +412,8 @@ pub(super) fn forwarded_for(previous: http::header::GetAll<'_, HeaderValue>, pee
         xff.extend_from_slice(b", ");
     }
     push_ip(&mut xff, peer);
-    HeaderValue::from_bytes(&xff).ok()
+    // Taken as it is, not copied (`Bytes` from a `Vec` keeps its buffer).
+    HeaderValue::from_maybe_shared(Bytes::from(xff)).ok()
 }
 
 /// An address as text: IPv4 by hand (`Display` goes through the formatting

@@ -96,7 +96,7 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        exchange::next_peer(ctx)
+        exchange::next_peer(ctx).map(|peer| Box::new(HttpPeer::clone(&peer)))
     }
 
     fn fail_to_connect(

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pingora_core::upstreams::peer::HttpPeer;
+
 use crate::config::{HealthCheckSpec, UpstreamSpec};
 
 /// Up/down state of one backend, shared across snapshots.
@@ -58,6 +60,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub weight: u32,
     pub health: Arc<HealthState>,
+    /// How to reach it, with the pool's timeouts: built once per snapshot,
+    /// not per request (it was a clone and a box for every request).
+    pub peer: Arc<HttpPeer>,
 }
 
 #[derive(Debug)]
@@ -84,6 +89,7 @@ impl Pool {
                 addr: b.addr,
                 weight: b.weight,
                 health: book.state(&spec.name, b.addr, spec.health_check.as_ref()),
+                peer: Arc::new(peer(b.addr, spec)),
             })
             .collect();
         let schedule = smooth_wrr(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
@@ -115,6 +121,20 @@ impl Pool {
     pub fn healthy_count(&self) -> usize {
         self.backends.iter().filter(|b| b.health.is_healthy()).count()
     }
+}
+
+/// How long an idle upstream connection is kept for reuse.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The peer a request to `addr` goes to, with the pool's TLS and timeouts.
+fn peer(addr: SocketAddr, spec: &UpstreamSpec) -> HttpPeer {
+    let mut peer = crate::tls::upstream_peer(addr, spec.tls.as_ref());
+    peer.options.connection_timeout = Some(spec.connect_timeout);
+    peer.options.read_timeout = Some(spec.read_timeout);
+    // A write to an upstream that stopped reading waits as long as a read.
+    peer.options.write_timeout = Some(spec.read_timeout);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    peer
 }
 
 /// Nginx's smooth weighted round robin, unrolled into one full cycle.

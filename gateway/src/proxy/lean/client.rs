@@ -37,8 +37,9 @@ pub(super) enum Client {
 
 pub(super) struct RawClient {
     pub(super) stream: Stream,
-    /// The request, taken out of the session.
-    pub(super) req: Box<RequestHeader>,
+    /// The request, taken out of the session (not boxed: this variant is
+    /// smaller than the session's anyway).
+    pub(super) req: RequestHeader,
     /// What the session decided (the client's `Connection`, the keep-alive
     /// request limit, shutdown, pipelining), and whether the answer's
     /// framing lets the connection go on.
@@ -174,13 +175,15 @@ impl Client {
             return None;
         }
         let timeout = ctx.snapshot.config.server.body_timeout;
-        // The session's head is taken, not copied: an empty one stands in.
-        let empty = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0)).ok()?;
+        // The session's head is taken, not copied: an empty one stands in,
+        // made without parsing a target or allocating (`Request::new`'s
+        // parts: `GET /`, no fields).
+        let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
         // Matched above; nothing can fail from here on.
         let Client::Session(ServerSession::H1(mut session)) = std::mem::replace(self, Client::Switching) else {
             return None;
         };
-        let req = Box::new(std::mem::replace(session.req_header_mut(), empty));
+        let req = std::mem::replace(session.req_header_mut(), empty);
         *self = Client::Raw(RawClient { stream: session.into_inner(), req, keepalive, status: 0, timeout });
         Some(RawAnswer { head, body, status })
     }

@@ -101,6 +101,35 @@ async fn serve_backend(mut conn: TcpStream, record: Received) {
                 head.extend(b"\r\nok");
                 head
             }
+            "chunked-ext" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;name=\"v\"\r\nabc\r\nA\r\n0123456789\r\n0;end\r\n\r\n".to_vec(),
+            "chunked-big" => {
+                let mut big = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for i in 0..40u8 {
+                    big.extend(b"1F40\r\n");
+                    big.extend(std::iter::repeat_n(b'a' + i % 26, 8000));
+                    big.extend(b"\r\n");
+                }
+                big.extend(b"0\r\n\r\n");
+                big
+            }
+            "chunked-slow" => {
+                // Chunks, and a size line, torn across writes.
+                for piece in [&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"[..], b"lo\r\n1", b"0\r\n0123456789abcdef\r", b"\n0\r\nx-t: 1\r"] {
+                    if conn.write_all(piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                b"\n\r\n".to_vec()
+            }
+            "chunked-overread" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nEXTRA".to_vec(),
+            "chunk-no-crlf" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXY0\r\n\r\n".to_vec(),
+            "trailer-bare-lf" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx: 1\n\r\n".to_vec(),
+            "chunked-cut" => {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
+                return;
+            }
+            "chunked-gzip" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
             "slow-head" => {
                 // The head in three pieces, apart: read in steps.
                 for piece in [&b"HTTP/1.1 200 OK\r\nContent-"[..], b"Length: 5\r\nX-Kind: slow\r", b"\n\r\nhel"] {
@@ -327,6 +356,14 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         ("many-fields", plain("GET", "many-fields")),
         ("slow-head", plain("GET", "slow-head")),
         ("head-204", plain("HEAD", "204")),
+        ("chunked-ext", plain("GET", "chunked-ext")),
+        ("chunked-big", plain("GET", "chunked-big")),
+        ("chunked-slow", plain("GET", "chunked-slow")),
+        ("chunked-overread", plain("GET", "chunked-overread")),
+        ("chunk-no-crlf", plain("GET", "chunk-no-crlf")),
+        ("trailer-bare-lf", plain("GET", "trailer-bare-lf")),
+        ("chunked-cut", plain("GET", "chunked-cut")),
+        ("chunked-gzip", plain("GET", "chunked-gzip")),
     ];
     cases.into_iter().map(|(name, text)| (name.to_string(), text.into_bytes())).collect()
 }

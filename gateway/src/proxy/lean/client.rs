@@ -15,7 +15,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
-use super::upstream::AnswerHead;
+use super::upstream::{AnswerHead, Framing};
 use crate::proxy::exchange;
 use crate::proxy::head_splice::{self, Edit};
 use crate::proxy::RequestCtx;
@@ -132,9 +132,13 @@ impl Client {
                 // already over: Pingora's session frames these.
                 _ => return None,
             }
+        } else if let UpstreamAnswer::Lean(head) = &answer {
+            match head.body {
+                Framing::Length(_) => (BodyFraming::Length, false),
+                Framing::Chunked => (BodyFraming::Chunked, false),
+            }
         } else {
-            // Read here only with one valid length (`upstream::parse`).
-            (BodyFraming::Length, false)
+            return None;
         };
         // As the session decides when it writes a head (the body is always
         // read whole here first, so the second part holds).

@@ -14,8 +14,9 @@
 //! mirrored request upstream; an answer replaced by a fallback page, or
 //! framed oddly) goes through the sessions as a changed copy, as before.
 //!
-//! The common upstream answer (2xx to 4xx, framed by one length, from a
-//! plain TCP upstream, on a route that does not cache) is read here too,
+//! The common upstream answer (2xx to 4xx, framed by one length or by
+//! chunks, from a plain TCP upstream, on a route that does not cache) is
+//! read here too,
 //! without Pingora's client session (`upstream.rs`); any other is read by
 //! that session, from its first byte.
 //!
@@ -50,12 +51,14 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
+mod chunked;
 mod client;
 mod upstream;
 
 use client::{BodyFraming, Client, RawAnswer, RawClient, UpstreamAnswer};
+use upstream::Framing;
 
 use super::exchange::{self, Begin};
 use super::head_splice::{self, Edit};
@@ -464,7 +467,7 @@ impl LeanPath {
             }
         }
         // The parsed head borrows `read`; it is used up before the next await.
-        let Some((answer, head_len, length, keepalive)) = lean_head(client, &read, ctx) else {
+        let Some((answer, head_len, framing, keepalive)) = lean_head(client, &read, ctx) else {
             return Ok(LeanRead::Pingora(read));
         };
         exchange::upstream_status(answer.status, ctx);
@@ -474,7 +477,10 @@ impl LeanPath {
         raw.write(&answer.head, false).await.map_err(ExchangeError::down)?;
         // As the session records a head once it is written.
         raw.status = answer.status;
-        let whole = relay_length(raw, stream, read, head_len, length, timeout).await?;
+        let whole = match framing {
+            Framing::Length(length) => relay_length(raw, stream, read, head_len, length, timeout).await?,
+            Framing::Chunked => relay_chunked(raw, stream, read, head_len, timeout).await?,
+        };
         Ok(LeanRead::Done(whole && keepalive && send_failed.is_none()))
     }
 
@@ -570,7 +576,7 @@ impl LeanPath {
 /// answer itself, spliced for the client (which then holds the stream):
 /// the head to write, its length in `read`, the body's length, and whether
 /// the upstream lets the connection go on.
-fn lean_head(client: &mut Client, read: &[u8], ctx: &RequestCtx) -> Option<(RawAnswer, usize, u64, bool)> {
+fn lean_head(client: &mut Client, read: &[u8], ctx: &RequestCtx) -> Option<(RawAnswer, usize, Framing, bool)> {
     let head = upstream::parse(read)?;
     let answer = client.answer_raw(UpstreamAnswer::Lean(&head), false, false, ctx)?;
     Some((answer, head.len, head.body, head.keepalive))
@@ -595,19 +601,9 @@ async fn relay_length(
     let mut overread = with_head.len() > first;
     let mut remaining = length - first as u64;
     raw.write(&with_head[..first], true).await.map_err(ExchangeError::down)?;
-    if remaining > 0 {
-        read.clear();
-        read.resize(upstream::BODY_READ, 0);
-    }
     while remaining > 0 {
-        let piece = stream.read(&mut read);
-        let n = match timeout {
-            Some(t) => pingora_timeout::timeout(t, piece).await.map_err(|_| {
-                ExchangeError::up(Error::explain(ErrorType::ReadTimedout, format!("reading body, timeout: {t:?}")))
-            })?,
-            None => piece.await,
-        }
-        .map_err(|e| ExchangeError::up(Error::because(ErrorType::ReadError, "when reading body", e)))?;
+        read.clear();
+        let n = upstream::read_body_more(stream, &mut read, timeout).await.map_err(ExchangeError::up)?;
         if n == 0 {
             let what = format!("Peer prematurely closed connection with {remaining} bytes of body remaining to read");
             return Err(ExchangeError::up(Error::explain(ErrorType::ConnectionClosed, what)));
@@ -618,6 +614,62 @@ async fn relay_length(
         raw.write(&read[..take], true).await.map_err(ExchangeError::down)?;
     }
     Ok(!overread)
+}
+
+/// A chunked body, from the upstream to the client: decoded as Pingora's
+/// client decodes it (`chunked.rs`), and framed again as its server
+/// session frames one, a chunk for each piece of data found, then the last
+/// chunk (trailers are dropped, as there). What was found in one read goes
+/// out in one write. `Ok(true)` when nothing came after the body's end.
+async fn relay_chunked(
+    raw: &mut RawClient,
+    stream: &mut Stream,
+    mut read: Vec<u8>,
+    head_len: usize,
+    timeout: Option<Duration>,
+) -> Result<bool, ExchangeError> {
+    let mut decoder = chunked::Decoder::new();
+    let mut out = Vec::new();
+    let mut at = head_len;
+    let mut total = 0u64;
+    loop {
+        let found = match decoder.decode(&read[at..]) {
+            Ok(found) => found,
+            Err(e) => {
+                // What was found before goes out first: Pingora's reader hands
+                // on each piece before it reads the next.
+                raw.write(&out, true).await.map_err(ExchangeError::down)?;
+                return Err(ExchangeError::up(e));
+            }
+        };
+        match found {
+            chunked::Found::Data { start, end } => {
+                let data = &read[at + start..at + end];
+                let _ = write!(out, "{:X}\r\n", data.len());
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+                total += data.len() as u64;
+                at += end;
+            }
+            chunked::Found::More { consumed } => {
+                // What was found goes out (the head too, the first time), then more is read.
+                raw.write(&out, true).await.map_err(ExchangeError::down)?;
+                out.clear();
+                read.drain(..at + consumed);
+                at = 0;
+                if upstream::read_body_more(stream, &mut read, timeout).await.map_err(ExchangeError::up)? == 0 {
+                    let what =
+                        format!("Connection prematurely closed without the termination chunk, read {total} bytes");
+                    return Err(ExchangeError::up(Error::explain(ErrorType::ConnectionClosed, what)));
+                }
+            }
+            chunked::Found::End { consumed } => {
+                out.extend_from_slice(b"0\r\n\r\n");
+                raw.write(&out, true).await.map_err(ExchangeError::down)?;
+                return Ok(at + consumed == read.len());
+            }
+        }
+    }
 }
 
 /// The request head sent upstream by Pingora's client, as a changed copy (a

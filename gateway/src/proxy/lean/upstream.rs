@@ -1,6 +1,7 @@
 //! The upstream's answer read by the lean path itself, when it is the
 //! common kind: a final answer from 200 to 499, its body framed by one
-//! valid `Content-Length` (or none at all: 204, 304), from a plain TCP
+//! valid `Content-Length` (or none at all: 204, 304) or by
+//! `Transfer-Encoding: chunked` alone (`chunked.rs`), from a plain TCP
 //! upstream, on a route that neither mirrors nor caches. Its head is parsed
 //! by httparse with the settings and limits of Pingora's client, into
 //! slices of the bytes read, and spliced out to the client from them
@@ -17,8 +18,9 @@
 //! bytes read so far are put back in front of the stream
 //! (`l4::Stream::rewind`), and the session reads the answer as it did
 //! before this file existed: interim answers, 5xx (a fallback page or a
-//! cached copy may stand in), chunked or close-delimited bodies, a
-//! `Content-Length` that is repeated or a list, an obs-folded value (which
+//! cached copy may stand in), close-delimited bodies or other codings, a
+//! `Content-Length` that is repeated or a list, or beside a coding (which
+//! Pingora drops), an obs-folded value (which
 //! Pingora rewrites), a head httparse refuses or that is too large (whose
 //! error Pingora gives, as before). So whatever the lean path reads itself
 //! is read exactly as Pingora would, and the rest is Pingora's.
@@ -56,12 +58,43 @@ pub(super) struct AnswerHead<'b> {
     pub version: Version,
     /// `(name, value)`, in the order they came.
     pub fields: SmallVec<[(&'b [u8], &'b [u8]); 24]>,
-    /// The body's length (0: 204, 304).
-    pub body: u64,
+    /// How its body is framed.
+    pub body: Framing,
     /// Whether the upstream lets the connection carry another request, as
     /// Pingora's client judges it (`respect_keepalive`): its first
     /// `Connection` value, else HTTP/1.1's default.
     pub keepalive: bool,
+}
+
+/// How the body of an answer read here is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// This many bytes (0: 204, 304).
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (`chunked.rs`).
+    Chunked,
+}
+
+/// Read more of an answer's body into `buf`, after what it holds (room
+/// for up to [`BODY_READ`] made first); errors as Pingora's body reader
+/// gives them. `Ok(0)`: the upstream closed the connection.
+pub(super) async fn read_body_more(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    timeout: Option<Duration>,
+) -> Result<usize, Box<Error>> {
+    if buf.capacity() - buf.len() < BODY_READ / 2 {
+        buf.reserve(BODY_READ);
+    }
+    let read = stream.read_buf(buf);
+    let read = match timeout {
+        Some(t) => match pingora_timeout::timeout(t, read).await {
+            Ok(read) => read,
+            Err(_) => return Err(Error::explain(ErrorType::ReadTimedout, format!("reading body, timeout: {t:?}"))),
+        },
+        None => read.await,
+    };
+    read.map_err(|e| Error::because(ErrorType::ReadError, "when reading body", e))
 }
 
 /// Read more of an answer head into `buf`; errors as Pingora's client
@@ -137,6 +170,7 @@ pub(super) fn parse(buf: &[u8]) -> Option<AnswerHead<'_>> {
     };
     let mut fields = SmallVec::new();
     let (mut lengths, mut length, mut connection) = (0, None, None);
+    let (mut codings, mut chunked) = (0, false);
     for field in resp.headers.iter() {
         let (name, value) = (field.name.as_bytes(), field.value);
         // Pingora rewrites a folded value (CR, LF and NUL become spaces).
@@ -144,7 +178,8 @@ pub(super) fn parse(buf: &[u8]) -> Option<AnswerHead<'_>> {
             return None;
         }
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            return None;
+            codings += 1;
+            chunked = value.eq_ignore_ascii_case(b"chunked");
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
@@ -155,11 +190,15 @@ pub(super) fn parse(buf: &[u8]) -> Option<AnswerHead<'_>> {
         }
         fields.push((name, value));
     }
-    let body = match (status.as_u16(), lengths, length) {
+    let body = match (status.as_u16(), codings, lengths, length) {
         // No body by definition; Pingora still refuses an invalid length.
-        (204 | 304, 0, _) => 0,
-        (204 | 304, 1, Some(_)) => 0,
-        (_, 1, Some(n)) => n,
+        (204 | 304, 0, 0, _) => Framing::Length(0),
+        (204 | 304, 0, 1, Some(_)) => Framing::Length(0),
+        (_, 0, 1, Some(n)) => Framing::Length(n),
+        // Exactly `chunked`, no length (Pingora drops a length beside it),
+        // and HTTP/1.1 (an HTTP/1.0 answer with a coding ends its connection).
+        (204 | 304, ..) => return None,
+        (_, 1, 0, _) if chunked && version == Version::HTTP_11 => Framing::Chunked,
         _ => return None,
     };
     let keepalive = connection.and_then(connection_keepalive).unwrap_or(version == Version::HTTP_11);
@@ -225,20 +264,29 @@ mod tests {
         let raw = b"HTTP/1.1 200 Fine\r\nContent-Length: 5\r\nX-A: 1\r\nconnection: close\r\n\r\nhello";
         let head = parse(raw).expect("read here");
         let read = (head.len, head.status.as_u16(), head.reason, head.body, head.keepalive);
-        assert_eq!(read, (raw.len() - 5, 200, &b"Fine"[..], 5, false));
+        assert_eq!(read, (raw.len() - 5, 200, &b"Fine"[..], Framing::Length(5), false));
         assert_eq!(head.fields.len(), 3);
         let ok = |raw: &str| parse(raw.as_bytes()).map(|h| (h.body, h.keepalive));
-        assert_eq!(ok("HTTP/1.1 204 No Content\r\n\r\n"), Some((0, true)));
-        assert_eq!(ok("HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"), Some((0, true)));
-        assert_eq!(ok("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"), Some((0, false)));
-        assert_eq!(ok("HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: Keep-Alive\r\n\r\n"), Some((0, true)));
-        assert_eq!(ok("HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\nConnection: x, close\r\n\r\n"), Some((3, false)));
-        assert_eq!(ok("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, x\r\n\r\n"), Some((3, true)));
+        let length = Framing::Length;
+        assert_eq!(ok("HTTP/1.1 204 No Content\r\n\r\n"), Some((length(0), true)));
+        assert_eq!(ok("HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"), Some((length(0), true)));
+        assert_eq!(ok("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"), Some((length(0), false)));
+        let http10_keepalive = "HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: Keep-Alive\r\n\r\n";
+        assert_eq!(ok(http10_keepalive), Some((length(0), true)));
+        let closing = "HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\nConnection: x, close\r\n\r\n";
+        assert_eq!(ok(closing), Some((length(3), false)));
+        let listed = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, x\r\n\r\n";
+        assert_eq!(ok(listed), Some((length(3), true)));
+        assert_eq!(ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"), Some((Framing::Chunked, true)));
         for pingora in [
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",
             "HTTP/1.1 100 Continue\r\n\r\n",
             "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",

@@ -23,7 +23,8 @@ const MAX_ATTEMPTS: usize = 2;
 #[derive(Default)]
 pub struct UpstreamState {
     /// Backends tried for this request, in order; the last one is current.
-    pub tried: Vec<SocketAddr>,
+    /// Inline: at most [`MAX_ATTEMPTS`] and a failover, and no allocation per request.
+    pub tried: smallvec::SmallVec<[SocketAddr; 3]>,
     pub error: Option<UpstreamErrorKind>,
     /// The canary could not be reached and the request went to the default version instead.
     pub failed_over: bool,

@@ -406,22 +406,29 @@ fn strip_client_controls(
 pub(super) fn forwarded_for(previous: http::header::GetAll<'_, HeaderValue>, peer: IpAddr) -> Option<HeaderValue> {
     let entries = || previous.iter().map(|v| v.as_bytes().trim_ascii()).filter(|v| !v.is_empty());
     // 39 bytes: the longest textual IPv6 address.
-    let mut xff = Vec::with_capacity(entries().map(|v| v.len() + 2).sum::<usize>() + 39);
+    let mut ip = smallvec::SmallVec::<[u8; 40]>::new();
+    push_ip(&mut ip, peer);
+    // Exactly the length: a `Bytes` then takes the buffer as it is, where a
+    // spare byte would make it allocate a shared header for it.
+    let mut xff = Vec::with_capacity(entries().map(|v| v.len() + 2).sum::<usize>() + ip.len());
     for entry in entries() {
         xff.extend_from_slice(entry);
         xff.extend_from_slice(b", ");
     }
-    push_ip(&mut xff, peer);
-    // Taken as it is, not copied (`Bytes` from a `Vec` keeps its buffer).
+    xff.extend_from_slice(&ip);
     HeaderValue::from_maybe_shared(Bytes::from(xff)).ok()
 }
 
 /// An address as text: IPv4 by hand (`Display` goes through the formatting
 /// machinery, 2k instructions per request), IPv6 through `Display`.
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+fn push_ip(out: &mut smallvec::SmallVec<[u8; 40]>, ip: IpAddr) {
     use std::io::Write;
     let IpAddr::V4(v4) = ip else {
-        let _ = write!(out, "{ip}");
+        // Room for the longest form (45: six groups and a dotted quad).
+        let mut text = std::io::Cursor::new([0u8; 64]);
+        let _ = write!(text, "{ip}");
+        let len = usize::try_from(text.position()).unwrap_or(0);
+        out.extend_from_slice(&text.get_ref()[..len]);
         return;
     };
     for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -466,11 +473,12 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_the_peer_written_as_display_writes_it() {
-        for ip in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "127.0.0.1", "::1", "2001:db8::7"] {
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        for ip in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "127.0.0.1", "::1", "2001:db8::7", longest] {
             let ip: IpAddr = ip.parse().expect("address");
-            let mut text = Vec::new();
+            let mut text = smallvec::SmallVec::new();
             push_ip(&mut text, ip);
-            assert_eq!(String::from_utf8(text).expect("text"), ip.to_string());
+            assert_eq!(String::from_utf8(text.to_vec()).expect("text"), ip.to_string());
         }
         let mut req = RequestHeader::build("GET", b"/", None).expect("head");
         req.append_header("x-forwarded-for", " 10.0.0.1 ").expect("append");

@@ -13,7 +13,7 @@ pub struct RequestCtx {
     /// The config this request is served under, from start to end.
     pub snapshot: Arc<Snapshot>,
     pub started: Instant,
-    pub request_id: String,
+    pub request_id: super::request_id::RequestId,
     pub client_ip: Option<IpAddr>,
     pub routed: Option<Routed>,
     /// Why the gateway answered itself, when it did.
@@ -34,7 +34,7 @@ impl RequestCtx {
         Self {
             snapshot,
             started: Instant::now(),
-            request_id: String::new(),
+            request_id: super::request_id::RequestId::default(),
             client_ip: None,
             routed: None,
             answered: None,

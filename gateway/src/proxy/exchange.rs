@@ -12,9 +12,10 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::request_id::RequestId;
 use super::{cached, request_head, shadow_capture, RequestCtx};
 use crate::cache::{CacheOutcome, CachedResponse};
 use crate::control::runtime::RuntimeState;
@@ -114,8 +115,10 @@ pub fn connect_failed(ctx: &mut RequestCtx, idempotent: bool, peer: &HttpPeer, m
 /// once for both ways of writing them: inserted into the head
 /// ([`upstream_request`]) or spliced in as the head is written (`lean/`).
 pub struct UpstreamFields {
-    /// The client's `X-Forwarded-For` entries with the peer appended.
-    pub forwarded_for: HeaderValue,
+    /// The client's `X-Forwarded-For` entries with the peer appended: kept
+    /// inline when short (a client that sent none: the peer alone), since
+    /// the lean path splices the bytes and needs no `HeaderValue`.
+    pub forwarded_for: ForwardedFor,
     pub proto: HeaderValue,
     /// `server.version_request_header` (as written) and the routed version.
     pub lane: Option<(Bytes, HeaderValue)>,
@@ -123,9 +126,7 @@ pub struct UpstreamFields {
 
 impl UpstreamFields {
     pub fn new(req: &RequestHeader, peer: IpAddr, tls: bool, ctx: &RequestCtx) -> Self {
-        let forwarded_for = forwarded_for(req.headers.get_all(&X_FORWARDED_FOR), peer)
-            // Unreachable: the client's entries were already a header value.
-            .unwrap_or_else(|| HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("")));
+        let forwarded_for = forwarded_for(req.headers.get_all(&X_FORWARDED_FOR), peer);
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         let lane = match (&ctx.snapshot.header_names.lane, &ctx.routed) {
             // The client's own value was removed in `strip_client_controls`.
@@ -145,7 +146,10 @@ pub fn upstream_request(req: &mut RequestHeader, peer: IpAddr, tls: bool, ctx: &
     // Names go in as `&'static str`, or as `Bytes` made at load for the
     // configured ones: given a `HeaderName`, Pingora would title-case a
     // copy of it on every request.
-    req.insert_header("x-forwarded-for", fields.forwarded_for)?;
+    let forwarded_for = HeaderValue::from_bytes(&fields.forwarded_for)
+        // Unreachable: the client's entries were already header values.
+        .or_err(ErrorType::InvalidHTTPHeader, "X-Forwarded-For is not a header value")?;
+    req.insert_header("x-forwarded-for", forwarded_for)?;
     req.insert_header("x-forwarded-proto", fields.proto)?;
     if let Some((name, value)) = fields.lane {
         req.insert_header(name, value)?;
@@ -400,28 +404,29 @@ fn strip_client_controls(
     }
 }
 
-/// `X-Forwarded-For` for the upstream: the client's entries (all its
+/// The `X-Forwarded-For` the upstream gets: the client's entries (all its
 /// headers, as bytes: an entry that is not text is kept, not dropped) with
-/// the peer appended, built in one allocation.
-pub(super) fn forwarded_for(previous: http::header::GetAll<'_, HeaderValue>, peer: IpAddr) -> Option<HeaderValue> {
+/// the peer appended.
+pub(super) fn forwarded_for(previous: http::header::GetAll<'_, HeaderValue>, peer: IpAddr) -> ForwardedFor {
     let entries = || previous.iter().map(|v| v.as_bytes().trim_ascii()).filter(|v| !v.is_empty());
-    // 39 bytes: the longest textual IPv6 address.
-    let mut ip = smallvec::SmallVec::<[u8; 40]>::new();
-    push_ip(&mut ip, peer);
-    // Exactly the length: a `Bytes` then takes the buffer as it is, where a
-    // spare byte would make it allocate a shared header for it.
-    let mut xff = Vec::with_capacity(entries().map(|v| v.len() + 2).sum::<usize>() + ip.len());
+    let mut xff = ForwardedFor::new();
+    // Room for the longest address too (45: six groups and a dotted quad).
+    xff.reserve(entries().map(|v| v.len() + 2).sum::<usize>() + 45);
     for entry in entries() {
         xff.extend_from_slice(entry);
         xff.extend_from_slice(b", ");
     }
-    xff.extend_from_slice(&ip);
-    HeaderValue::from_maybe_shared(Bytes::from(xff)).ok()
+    push_ip(&mut xff, peer);
+    xff
 }
+
+/// An `X-Forwarded-For` value; 64 bytes inline: the longest textual IPv6
+/// address (39) behind a short chain of proxies.
+pub type ForwardedFor = smallvec::SmallVec<[u8; 64]>;
 
 /// An address as text: IPv4 by hand (`Display` goes through the formatting
 /// machinery, 2k instructions per request), IPv6 through `Display`.
-fn push_ip(out: &mut smallvec::SmallVec<[u8; 40]>, ip: IpAddr) {
+fn push_ip(out: &mut ForwardedFor, ip: IpAddr) {
     use std::io::Write;
     let IpAddr::V4(v4) = ip else {
         // Room for the longest form (45: six groups and a dotted quad).
@@ -448,13 +453,9 @@ fn push_ip(out: &mut smallvec::SmallVec<[u8; 40]>, ip: IpAddr) {
 /// Keep the client's `X-Request-Id` when it is short and printable (1 to 128
 /// visible ASCII characters, so it cannot break a log line or a header);
 /// otherwise make one.
-fn ensure_request_id(req: &mut RequestHeader) -> String {
-    let existing = req
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
-    if let Some(id) = existing.map(str::to_string) {
+fn ensure_request_id(req: &mut RequestHeader) -> RequestId {
+    let existing = req.headers.get("x-request-id").and_then(|v| RequestId::usable(v.as_bytes()));
+    if let Some(id) = existing {
         // One id upstream, like the one we log: drop any further copies.
         if req.headers.get_all("x-request-id").iter().nth(1).is_some() {
             let _ = req.insert_header("x-request-id", id.as_str());
@@ -485,6 +486,6 @@ mod tests {
         req.append_header("x-forwarded-for", "").expect("append");
         req.append_header("x-forwarded-for", "10.0.0.2").expect("append");
         let xff = forwarded_for(req.headers.get_all("x-forwarded-for"), "192.168.1.20".parse().expect("ip"));
-        assert_eq!(xff.expect("value").as_bytes(), b"10.0.0.1, 10.0.0.2, 192.168.1.20");
+        assert_eq!(&xff[..], b"10.0.0.1, 10.0.0.2, 192.168.1.20");
     }
 }

@@ -33,7 +33,47 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// A fresh request ID.
-pub fn new_request_id() -> String {
+/// A request's id: the client's `X-Request-Id` when it is a usable one,
+/// else one the gateway made. Printable ASCII, at most 128 bytes; kept
+/// inline up to 32 (the gateway's own are 32 hex digits), so most requests
+/// need no allocation for it.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct RequestId(smallvec::SmallVec<[u8; 32]>);
+
+impl RequestId {
+    /// `value` when it may be a request id: 1 to 128 printable ASCII bytes.
+    pub fn usable(value: &[u8]) -> Option<Self> {
+        let ok = !value.is_empty() && value.len() <= 128 && value.iter().all(u8::is_ascii_graphic);
+        ok.then(|| Self(smallvec::SmallVec::from_slice(value)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Printable ASCII only (`usable`, `new_request_id`): always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+pub fn new_request_id() -> RequestId {
     let (prefix, counter) = STATE.with(|s| {
         let (prefix, counter) = s.get();
         s.set((prefix, counter.wrapping_add(1)));
@@ -46,9 +86,8 @@ pub fn new_request_id() -> String {
     for (i, digit) in hex.iter_mut().enumerate() {
         *digit = b"0123456789abcdef"[((value >> (124 - 4 * i)) & 0xf) as usize];
     }
-    // Hex digits are ASCII, so this cannot fail; `from_utf8_lossy` scanned
-    // the digits for replacements at ten times the cost.
-    String::from_utf8(hex.to_vec()).unwrap_or_default()
+    // Inline: no allocation (hex digits are printable ASCII).
+    RequestId(smallvec::SmallVec::from_buf(hex))
 }
 
 #[cfg(test)]
@@ -64,6 +103,16 @@ mod tests {
             assert_eq!(id.len(), 32);
             assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
             assert!(seen.insert(id), "a repeated id");
+        }
+    }
+
+    #[test]
+    fn a_client_id_is_kept_only_when_it_is_printable_and_short() {
+        assert_eq!(RequestId::usable(b"order-42").as_deref(), Some("order-42"));
+        let longest = "x".repeat(128);
+        assert_eq!(RequestId::usable(longest.as_bytes()).as_deref(), Some(longest.as_str()));
+        for refused in [&b""[..], b"a b", b"a\tb", b"caf\xc3\xa9", &[b'x'; 129]] {
+            assert!(RequestId::usable(refused).is_none(), "{refused:?}");
         }
     }
 

@@ -483,7 +483,7 @@ fn splice_request(out: &mut Vec<u8>, req: &RequestHeader, peer: IpAddr, tls: boo
     let lane_name = ctx.snapshot.config.server.version_request_header.as_ref();
     let mut edits = [
         Some(Edit::remove(&CONNECTION)),
-        Some(Edit::insert(&X_FORWARDED_FOR, b"x-forwarded-for", fields.forwarded_for.as_bytes())),
+        Some(Edit::insert(&X_FORWARDED_FOR, b"x-forwarded-for", &fields.forwarded_for)),
         Some(Edit::insert(&X_FORWARDED_PROTO, b"x-forwarded-proto", fields.proto.as_bytes())),
         None,
     ];

@@ -237,22 +237,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
                 // a local whose scope spans two waits is kept in every state of
                 // the task, the idle wait's included (`benches/README.md`,
                 // session 9).
-                let (arrived, extra, lean, read) = {
-                    let (back, arrival) = {
+                let (arrived, extra, lean, read, gather_writes) = {
+                    let (back, arrival, gather_writes) = {
                         let Some(mut waiting) = Waiting::new(stream) else { return };
                         let limits = Limits { idle, header_timeout, head_clock_from_start: first };
                         let head = read_head(&mut waiting, &mut shutdown, &limits).await;
-                        let back = waiting.into_stream(&head, self.gather_writes);
+                        // The lean path gathers its own writes: its plain TCP
+                        // stream is not wrapped (one allocation fewer per request).
+                        let lean = matches!(head, Head::Complete { lean: true, .. }) && self.lean_switched_on();
+                        let gather_writes = self.gather_writes && !lean;
+                        let back = waiting.into_stream(&head, gather_writes);
                         let arrival = match head {
                             Head::Complete { extra, lean, read, .. } => Ok((extra, lean, read)),
                             Head::Closed => return,
                             Head::Late => Err(Refusal::HeadTimeout),
                             Head::BadFraming => Err(Refusal::BadFraming),
                         };
-                        (back, arrival)
+                        (back, arrival, self.gather_writes && lean)
                     };
                     match arrival {
-                        Ok((extra, lean, read)) => (back, extra, lean, read),
+                        Ok((extra, lean, read)) => (back, extra, lean, read, gather_writes),
                         Err(refusal) => {
                             let mut refused = back;
                             Box::pin(self.refuse(&mut refused, refusal, started)).await;
@@ -263,20 +267,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
                 first = false;
                 // Kept for the access line of a head the parser refuses (an Arc clone).
                 let digest = arrived.get_socket_digest();
-                let session = self.session(arrived, read, served, &shutdown);
                 // The request's future is boxed (async_trait) and made here, so
                 // the block below holds a pointer, not the session: every idle
                 // connection's task is as large as its largest state.
-                let switched_on = self.snapshots.load().config.server.lean_http1;
+                let switched_on = self.lean_switched_on();
                 if self.lean.is_some() && !switched_on {
                     crate::proxy::lean::switched_off();
                 }
                 let lean = self.lean.as_ref().filter(|_| lean && switched_on);
                 let request = match lean {
                     // The lean path's future owns what it borrows: a block around
-                    // it would keep a second copy of the session.
-                    Some(lean) => Box::pin(Arc::clone(lean).serve(session, shutdown.clone())),
-                    None => self.inner.process_new_http(session, &shutdown),
+                    // it would keep a second copy of the stream. It reads the
+                    // head itself, or makes the session.
+                    Some(lean) => {
+                        let arrival = self.arrival(arrived, read, served, &shutdown, gather_writes);
+                        Box::pin(Arc::clone(lean).serve(arrival, shutdown.clone()))
+                    }
+                    None => self.inner.process_new_http(self.session(arrived, read, served, &shutdown), &shutdown),
                 };
                 let serve = async move {
                     let reused = request.await;
@@ -324,6 +331,32 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
         session
     }
 
+    /// What the lean path needs to read a request or make its session, set
+    /// as [`Self::session`] sets a session.
+    fn arrival(
+        &self,
+        stream: Stream,
+        read: Option<BytesMut>,
+        served: u32,
+        shutdown: &ShutdownWatch,
+        gather_writes: bool,
+    ) -> crate::proxy::lean::Arrival {
+        let limit = self.inner.server_options().and_then(|o| o.keepalive_request_limit);
+        crate::proxy::lean::Arrival {
+            stream,
+            read,
+            keepalive: (!*shutdown.borrow()).then_some(KEEPALIVE_SECS),
+            reuses_remaining: limit.map(|limit| limit.saturating_sub(served)),
+            read_timeout: self.snapshots.load().config.server.body_timeout,
+            gather_writes,
+        }
+    }
+
+    /// Whether this listener serves on the lean path now (`server.lean_http1`).
+    fn lean_switched_on(&self) -> bool {
+        self.lean.is_some() && self.snapshots.load().config.server.lean_http1
+    }
+
     /// Answer a request refused before any session exists, then account for it.
     async fn refuse(&self, stream: &mut Stream, refusal: Refusal, started: Instant) {
         let page = refusal.page();
@@ -354,6 +387,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
         // The TCP peer: X-Forwarded-For is not read from a head that was refused.
         let peer = digest.and_then(|d| d.peer_addr()).and_then(|a| a.as_inet()).map(|a| client_ip::canonical(a.ip()));
         crate::telemetry::access_log::refused(&snapshot, peer, status, refusal.label(), started.elapsed());
+    }
+}
+
+/// A plain TCP stream of a listener whose streams have no write buffer,
+/// wrapped to gather an answer's writes, as the loop wraps it for
+/// Pingora's path (`Arrived::gathering_writes`).
+pub fn gathering_writes(stream: Stream) -> Stream {
+    if stream.as_any().is::<TcpStream>() {
+        Box::new(super::arrived::Arrived::gathering_writes(stream))
+    } else {
+        stream
     }
 }
 

@@ -1,10 +1,12 @@
-//! The client's side of a request on the lean path: Pingora's session
-//! until the upstream's answer is ready, then, when the lean path writes
-//! that answer itself, the stream, its head spliced (`head_splice`) and
-//! its body framed as Pingora's session frames it.
+//! The client's side of a request on the lean path: the stream and the
+//! request head the lean path read itself (`request.rs`), or Pingora's
+//! session when it read the head or must write the answer; when the lean
+//! path writes the upstream's answer itself, the stream, its head spliced
+//! (`head_splice`) and its body framed as Pingora's session frames it.
 
-use std::io;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::header::{CONNECTION, DATE, SET_COOKIE, TRANSFER_ENCODING};
 use http::HeaderName;
@@ -13,8 +15,9 @@ use pingora_core::protocols::Stream;
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::buffers::Buffer;
 use super::upstream::{AnswerHead, Framing};
 use crate::proxy::exchange;
 use crate::proxy::head_splice::{self, Edit};
@@ -26,10 +29,12 @@ use crate::proxy::RequestCtx;
     reason = "one per request, in place of the session it holds; boxing would cost an allocation"
 )]
 pub(super) enum Client {
-    /// Pingora's session: it read the request, and writes interim answers
-    /// and whatever the gateway answers itself.
+    /// Pingora's session: it read the request, or took it over to write
+    /// interim answers and whatever the gateway answers itself.
     Session(ServerSession),
-    /// The stream, once the lean path writes the upstream's answer itself.
+    /// The stream: with the request the lean path read itself (until an
+    /// answer head is written, a session may still take it over), or once
+    /// the lean path writes the upstream's answer itself.
     Raw(RawClient),
     /// Only inside [`Client::answer_raw`], never seen outside it.
     Switching,
@@ -47,28 +52,117 @@ pub(super) struct RawClient {
     /// The answer's status once its head is written (0 before), for the
     /// log and the metrics.
     pub(super) status: u16,
-    /// `server.body_timeout`, for each write.
+    /// `server.body_timeout`, for each read and write.
     pub(super) timeout: Duration,
+    /// Until an answer head is written to a request the lean path read
+    /// itself: what a session needs to take it over.
+    pub(super) unanswered: Option<Unanswered>,
+    /// Small writes gathered until a flush (see [`RawClient::write`]).
+    pub(super) gathered: Option<Buffer>,
+    /// Whether a session made for this request gathers its writes (a plain
+    /// TCP stream of a listener whose streams have no write buffer).
+    pub(super) gather_writes: bool,
+}
+
+/// The most [`RawClient::write`] gathers: a head with the body that came
+/// with it, in one write.
+const GATHER: usize = 16 * 1024;
+
+/// The bytes of a request the lean path read itself, for a session to
+/// read again (`Client::session`), and what that session is told.
+pub(super) struct Unanswered {
+    /// Every byte the connection's wait read: the head, then what followed.
+    pub(super) arrived: Bytes,
+    pub(super) head_len: usize,
+    pub(super) body_len: usize,
+    /// The body's bytes read from the stream after `arrived`.
+    pub(super) from_stream: Bytes,
+    /// Requests the connection may still carry (the keep-alive request limit).
+    pub(super) reuses_remaining: Option<u32>,
 }
 
 impl RawClient {
-    /// Write `bytes` (bounded like the session's writes), then send what is
-    /// gathered when `flush`.
+    /// The body of a request read here (at most `MAX_BODY` bytes, by
+    /// `Content-Length`): what came with the head, then reads bounded by
+    /// what is left of it (nothing of a next request is read), each within
+    /// `timeout`, failing as Pingora's session's body reads fail.
+    pub(super) async fn read_body(&mut self) -> Result<Option<Bytes>, Box<Error>> {
+        let Some(u) = self.unanswered.as_mut() else {
+            return Err(Error::explain(ErrorType::InternalError, "the lean path lost the request's bytes"));
+        };
+        if u.body_len == 0 {
+            return Ok(None);
+        }
+        let start = u.head_len;
+        let came = (u.arrived.len() - start).min(u.body_len);
+        if came == u.body_len {
+            return Ok(Some(u.arrived.slice(start..start + came)));
+        }
+        let mut body = Vec::with_capacity(u.body_len);
+        body.extend_from_slice(&u.arrived[start..start + came]);
+        while body.len() < u.body_len {
+            let left = u.body_len - body.len();
+            let mut rest = (&mut self.stream).take(left as u64);
+            match pingora_timeout::timeout(self.timeout, rest.read_buf(&mut body)).await {
+                Ok(Ok(0)) => {
+                    return Error::e_explain(
+                        ErrorType::ConnectionClosed,
+                        format!("Peer prematurely closed connection with {left} bytes of body remaining to read"),
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Error::because(ErrorType::ReadError, "when reading body", e)),
+                Err(_) => {
+                    let message = format!("reading body, timeout: {:?}", self.timeout);
+                    return Error::e_explain(ErrorType::ReadTimedout, message);
+                }
+            }
+        }
+        let body = Bytes::from(body);
+        u.from_stream = body.slice(came..);
+        Ok(Some(body))
+    }
+
+    /// Write `bytes` (bounded like the session's writes); small writes are
+    /// gathered until one that `flush`es, so that an answer's head and the
+    /// body that came with it go out in one write. The client's stream
+    /// gathers nothing itself (the connection loop wraps none for the lean
+    /// path: `listener::connections`).
     pub(super) async fn write(&mut self, bytes: &[u8], flush: bool) -> Result<(), Box<Error>> {
+        let mut gathered = self.gathered.take();
+        let fits = gathered.as_ref().map_or(0, |g| g.len()) + bytes.len() <= GATHER;
+        let mut rest = bytes;
+        if fits && (!flush || gathered.is_some()) {
+            gathered.get_or_insert_with(|| Buffer::take(GATHER)).extend_from_slice(bytes);
+            if !flush {
+                self.gathered = gathered;
+                return Ok(());
+            }
+            rest = &[];
+        }
+        let first = gathered.as_deref().map_or(&[][..], Vec::as_slice);
         let write = async {
-            if !bytes.is_empty() {
-                self.stream.write_all(bytes).await?;
+            for part in [first, rest] {
+                if !part.is_empty() {
+                    self.stream.write_all(part).await?;
+                }
             }
-            if flush {
-                self.stream.flush().await?;
-            }
-            Ok::<_, io::Error>(())
+            self.stream.flush().await
         };
         match pingora_timeout::timeout(self.timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::because(ErrorType::WriteError, "while writing the answer", e)),
             Err(_) => Err(Error::explain(ErrorType::WriteTimedout, "while writing the answer")),
         }
+    }
+
+    /// End the connection: what was gathered goes out first, as a write
+    /// buffer's would (bounded like any write).
+    pub(super) async fn close(&mut self) {
+        if self.gathered.as_ref().is_some_and(|g| !g.is_empty()) {
+            let _ = self.write(&[], true).await;
+        }
+        let _ = pingora_timeout::timeout(self.timeout, self.stream.shutdown()).await;
     }
 }
 
@@ -90,12 +184,73 @@ pub(super) enum UpstreamAnswer<'a, 'b> {
 
 /// An answer head ready to go, and how its body goes.
 pub(super) struct RawAnswer {
-    pub(super) head: Vec<u8>,
+    pub(super) head: Buffer,
     pub(super) body: BodyFraming,
     pub(super) status: u16,
 }
 
 impl Client {
+    /// The request's head, as the gateway has changed it so far.
+    pub(super) fn req(&self) -> Option<&RequestHeader> {
+        match self {
+            Client::Session(session) => Some(session.req_header()),
+            Client::Raw(raw) => Some(&raw.req),
+            Client::Switching => None,
+        }
+    }
+
+    pub(super) fn req_mut(&mut self) -> Option<&mut RequestHeader> {
+        match self {
+            Client::Session(session) => Some(session.req_header_mut()),
+            Client::Raw(raw) => Some(&mut raw.req),
+            Client::Switching => None,
+        }
+    }
+
+    /// Whether an answer head was written (nothing can be said after it).
+    pub(super) fn answer_started(&self) -> bool {
+        match self {
+            Client::Session(session) => session.response_written().is_some(),
+            Client::Raw(raw) => raw.unanswered.is_none(),
+            Client::Switching => true,
+        }
+    }
+
+    /// The request's body, whole (the lean path takes at most `MAX_BODY`).
+    pub(super) async fn read_body(&mut self, ctx: &mut RequestCtx) -> Result<Option<Bytes>, Box<Error>> {
+        let body = match self {
+            Client::Raw(raw) => raw.read_body().await.map_err(|e| e.into_down())?,
+            Client::Session(session) => Box::pin(read_session_body(session, ctx)).await?,
+            Client::Switching => return Err(Error::explain(ErrorType::InternalError, "the lean path lost its client")),
+        };
+        if let (Client::Raw(_), Some(bytes)) = (&*self, &body) {
+            exchange::request_body(&Some(bytes.clone()), ctx);
+            exchange::request_body(&None, ctx);
+        }
+        Ok(body)
+    }
+
+    /// Pingora's session, for what only it writes. A request the lean path
+    /// read itself is handed over: the session reads the same bytes again
+    /// (the head, and the body as far as it was read), then takes the head
+    /// as the gateway changed it and the keep-alive decided for it. Only
+    /// before an answer head was written.
+    pub(super) async fn session(&mut self) -> Result<&mut ServerSession, Box<Error>> {
+        if let Client::Raw(raw) = self {
+            if raw.unanswered.is_none() {
+                return Err(Error::explain(ErrorType::InternalError, "an answer was written without the session"));
+            }
+            let Client::Raw(raw) = std::mem::replace(self, Client::Switching) else {
+                return Err(Error::explain(ErrorType::InternalError, "the lean path lost its client"));
+            };
+            *self = Client::Session(Box::pin(take_over(raw)).await?);
+        }
+        match self {
+            Client::Session(session) => Ok(session),
+            _ => Err(Error::explain(ErrorType::InternalError, "the lean path lost its client")),
+        }
+    }
+
     /// When the lean path can write the upstream's answer itself, its head
     /// spliced, and switch to the stream to do it: the session's plain
     /// HTTP/1 stream, an answer no fallback page replaces, framed by a
@@ -109,7 +264,13 @@ impl Client {
         done: bool,
         ctx: &RequestCtx,
     ) -> Option<RawAnswer> {
-        let Client::Session(ServerSession::H1(session)) = self else { return None };
+        // As the session decides when it writes a head (the body is always
+        // read whole here first, so the second part holds).
+        let keepalive = match self {
+            Client::Session(ServerSession::H1(session)) => session.will_keepalive() && session.is_body_done(),
+            Client::Raw(raw) if raw.unanswered.is_some() => raw.keepalive,
+            _ => return None,
+        };
         if !ctx.snapshot.header_names.splice || exchange::answer_replaced(ctx) {
             return None;
         }
@@ -140,9 +301,6 @@ impl Client {
         } else {
             return None;
         };
-        // As the session decides when it writes a head (the body is always
-        // read whole here first, so the second part holds).
-        let keepalive = session.will_keepalive() && session.is_body_done();
         let fields = exchange::AnswerFields::new(ctx);
         let date = pingora_core::protocols::http::date::get_cached_date();
         let version_name = ctx.snapshot.config.server.version_header.as_ref();
@@ -159,7 +317,7 @@ impl Client {
             edits[2] = Some(Edit::insert(name, wire, value.as_bytes()));
         }
         let edits: SmallVec<[Edit<'_>; 6]> = edits.into_iter().flatten().collect();
-        let mut head = Vec::with_capacity(512);
+        let mut head = Buffer::take(512);
         let version = if add_chunked { http::Version::HTTP_11 } else { resp_version };
         let written = match &answer {
             UpstreamAnswer::Session(resp) => head_splice::response_head(&mut head, resp, version, &edits),
@@ -178,6 +336,11 @@ impl Client {
         if !written {
             return None;
         }
+        if let Client::Raw(raw) = self {
+            // The head goes out now: no session can take the request over.
+            raw.unanswered = None;
+            return Some(RawAnswer { head, body, status });
+        }
         let timeout = ctx.snapshot.config.server.body_timeout;
         // The session's head is taken, not copied: an empty one stands in,
         // made without parsing a target or allocating (`Request::new`'s
@@ -188,8 +351,65 @@ impl Client {
             return None;
         };
         let req = std::mem::replace(session.req_header_mut(), empty);
-        *self = Client::Raw(RawClient { stream: session.into_inner(), req, keepalive, status: 0, timeout });
+        let stream = session.into_inner();
+        *self = Client::Raw(RawClient {
+            stream,
+            req,
+            keepalive,
+            status: 0,
+            timeout,
+            unanswered: None,
+            gathered: None,
+            gather_writes: false,
+        });
         Some(RawAnswer { head, body, status })
+    }
+}
+
+/// A session made for a request the lean path read itself: it reads the
+/// same bytes again (its own checks pass, as `request.rs` read only what
+/// Pingora reads the same way), then takes over the head as changed.
+async fn take_over(raw: RawClient) -> Result<ServerSession, Box<Error>> {
+    let RawClient { mut stream, req, keepalive, timeout, unanswered, gather_writes, .. } = raw;
+    let Some(u) = unanswered else {
+        return Err(Error::explain(ErrorType::InternalError, "the lean path lost the request's bytes"));
+    };
+    let mut again = bytes::BytesMut::with_capacity(u.arrived.len() + u.from_stream.len());
+    again.extend_from_slice(&u.arrived);
+    again.extend_from_slice(&u.from_stream);
+    if gather_writes {
+        // As the connection loop wraps a stream for Pingora's path.
+        stream = crate::listener::connections::gathering_writes(stream);
+    }
+    let mut session = ServerSession::new_http1(stream);
+    session.set_pipelined_prefix(again);
+    if !session.read_request().await? {
+        return Err(Error::explain(ErrorType::InternalError, "the session could not read the request again"));
+    }
+    *session.req_header_mut() = req;
+    if !keepalive {
+        session.set_keepalive(None);
+    }
+    session.set_keepalive_reuses_remaining(u.reuses_remaining);
+    session.set_read_timeout(Some(timeout));
+    session.set_total_drain_timeout(Some(timeout));
+    session.set_write_timeout(Some(timeout));
+    Ok(session)
+}
+
+/// Read the client's whole body through the session.
+async fn read_session_body(session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<Option<Bytes>, Box<Error>> {
+    if session.is_body_empty() {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = session.read_request_body().await.map_err(|e| e.into_down())?;
+        exchange::request_body(&chunk, ctx);
+        match chunk {
+            Some(bytes) => body.extend_from_slice(&bytes),
+            None => return Ok(Some(Bytes::from(body))),
+        }
     }
 }
 

@@ -53,12 +53,16 @@ use pingora_http::RequestHeader;
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
+mod buffers;
 mod chunked;
 mod client;
 mod relay;
+mod request;
 mod upstream;
 
-use client::{Client, RawClient, UpstreamAnswer};
+use buffers::Buffer;
+use bytes::{Bytes, BytesMut};
+use client::{Client, RawClient, Unanswered, UpstreamAnswer};
 
 use super::exchange::{self, Begin};
 use super::head_splice::{self, Edit};
@@ -133,10 +137,10 @@ impl LeanPath {
         }
     }
 
-    /// Serve the request whose head has arrived on `session`; the stream
-    /// comes back when the connection may carry another request.
+    /// Serve the request whose head has arrived; the stream comes back when
+    /// the connection may carry another request.
     ///
-    /// A block, not an `async fn`, and the session kept in one place
+    /// A block, not an `async fn`, and the client kept in one place
     /// (`client`), used there: an `async fn` keeps its arguments twice, and
     /// every move of the 680-byte session into a new binding is another copy
     /// kept in the future, which is moved to the heap whole for every
@@ -144,48 +148,73 @@ impl LeanPath {
     #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice (above)")]
     pub fn serve(
         self: Arc<Self>,
-        session: ServerSession,
+        arrival: Arrival,
         shutdown: ShutdownWatch,
     ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'static {
-        let mut client = Client::Session(session);
+        let mut client = arrival.into_client(&shutdown);
         async move {
-            let Client::Session(session) = &mut client else { return None };
-            match session.read_request().await {
-                Ok(true) => {}
-                Ok(false) => return None,
-                Err(e) => {
-                    // As Pingora's path: a head its parser refuses gets 400 (logged and
-                    // counted by the connection loop); anything else is a broken connection.
-                    if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                        let _ = session.respond_error(400).await;
+            if let Client::Session(session) = &mut client {
+                // Pingora's session reads the head (see `request.rs`).
+                match session.read_request().await {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(e) => {
+                        // As Pingora's path: a head its parser refuses gets 400 (logged and
+                        // counted by the connection loop); anything else is a broken connection.
+                        if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                            let _ = session.respond_error(400).await;
+                        }
+                        session.shutdown().await;
+                        return None;
                     }
-                    session.shutdown().await;
-                    return None;
+                }
+                if *shutdown.borrow() {
+                    // Stop the client from reusing a connection of a process going away.
+                    session.set_keepalive(None);
                 }
             }
             connections::head_parsed();
-            if *shutdown.borrow() {
-                // Stop the client from reusing a connection of a process going away.
-                session.set_keepalive(None);
-            }
             let mut ctx = RequestCtx::new(self.proxy.snapshots.load_full());
             ctx.snapshot.metrics.lean_requests.inc();
             let body_timeout = ctx.snapshot.config.server.body_timeout;
-            session.set_read_timeout(Some(body_timeout));
-            session.set_total_drain_timeout(Some(body_timeout));
-            session.set_write_timeout(Some(body_timeout));
-            if connections::pipelined_after(session.req_header()) {
-                // Pipelined requests are not served (as on Pingora's path): say so.
-                session.set_keepalive(None);
-            }
-            let (peer, tls) = (exchange::peer_ip(session), exchange::is_tls(session));
-            let failure = match exchange::begin(&self.proxy.runtime, session.req_header_mut(), peer, tls, &mut ctx) {
-                Begin::Proxy => self.proxy_request(&mut client, peer, tls, &mut ctx).await.err(),
-                answer => respond::local_answer(session, answer, &ctx).await.err(),
+            let (peer, tls) = match &mut client {
+                Client::Session(session) => {
+                    session.set_read_timeout(Some(body_timeout));
+                    session.set_total_drain_timeout(Some(body_timeout));
+                    session.set_write_timeout(Some(body_timeout));
+                    if connections::pipelined_after(session.req_header()) {
+                        // Pipelined requests are not served (as on Pingora's path): say so.
+                        session.set_keepalive(None);
+                    }
+                    (exchange::peer_ip(session), exchange::is_tls(session))
+                }
+                Client::Raw(raw) => {
+                    raw.timeout = body_timeout;
+                    raw.keepalive &= !connections::pipelined_after(&raw.req);
+                    (stream_peer_ip(&raw.stream), raw.stream.get_ssl_digest().is_some())
+                }
+                Client::Switching => return None,
             };
+            let begin = match client.req_mut() {
+                Some(req) => exchange::begin(&self.proxy.runtime, req, peer, tls, &mut ctx),
+                None => return None,
+            };
+            let mut failure = match begin {
+                Begin::Proxy => self.proxy_request(&mut client, peer, tls, &mut ctx).await.err(),
+                answer => match client.session().await {
+                    Ok(session) => respond::local_answer(session, answer, &ctx).await.err(),
+                    Err(e) => Some(e),
+                },
+            };
+            if failure.is_some() && !client.answer_started() {
+                // The failure is answered through the session (a page, a stale copy).
+                if let Err(e) = client.session().await {
+                    tracing::debug!(error = %e, "no session to answer a failed request");
+                }
+            }
             let Client::Session(session) = &mut client else {
                 let Client::Raw(raw) = std::mem::replace(&mut client, Client::Switching) else { return None };
-                return self.end_raw(raw, failure, &mut ctx).await;
+                return self.end_raw(raw, failure.take(), &mut ctx).await;
             };
             if let Some(e) = &failure {
                 respond::failure(session, e, &mut ctx).await;
@@ -227,11 +256,11 @@ impl LeanPath {
             if !exchange::quiet_error(ctx, &e) {
                 tracing::error!(error = %e, request = %request_summary(&raw.req), "fail to proxy");
             }
-            let _ = pingora_timeout::timeout(raw.timeout, raw.stream.shutdown()).await;
+            raw.close().await;
             return None;
         }
         if !raw.keepalive {
-            let _ = pingora_timeout::timeout(raw.timeout, raw.stream.shutdown()).await;
+            raw.close().await;
             return None;
         }
         Some(ReusedHttpStream::new(raw.stream, None))
@@ -248,13 +277,13 @@ impl LeanPath {
         tls: bool,
         ctx: &mut RequestCtx,
     ) -> Result<(), Box<Error>> {
-        let Client::Session(session) = client else {
-            return Err(Error::explain(ErrorType::InternalError, "the lean path lost its session"));
+        let Some(req) = client.req() else {
+            return Err(Error::explain(ErrorType::InternalError, "the lean path lost its client"));
         };
-        let idempotent = session.req_header().method.is_idempotent();
+        let idempotent = req.method.is_idempotent();
         // The body (at most `MAX_BODY`, see `lean_eligible`) is read whole
         // first, so the request goes upstream in one write.
-        let body = if session.is_body_empty() { None } else { Box::pin(read_body(session, ctx)).await? };
+        let body = client.read_body(ctx).await?;
         let has_body = body.is_some();
         let mut retried_reused = false;
         loop {
@@ -334,10 +363,10 @@ impl LeanPath {
         // 401) and stop reading: its answer is still read and passed on, as
         // on Pingora's path, and the connection is not kept.
         let mut send_failed = None;
-        let mut head = Vec::new();
-        let spliced = match &*client {
-            Client::Session(session) => splice_request(&mut head, session.req_header(), peer, tls, ctx),
-            _ => return Err(ExchangeError::lost("the lean path lost its session")),
+        let mut head = Buffer::take(512 + body.map_or(0, <[u8]>::len));
+        let spliced = match client.req() {
+            Some(req) => splice_request(&mut head, req, peer, tls, ctx),
+            None => return Err(ExchangeError::lost("the lean path lost its client")),
         };
         let mut up = if spliced {
             if let Some(body) = body {
@@ -378,25 +407,22 @@ impl LeanPath {
             set_timeouts(&mut up, upstream);
             up
         } else {
-            let Client::Session(session) = &*client else {
-                return Err(ExchangeError::lost("the lean path lost its session"));
+            let Some(req) = client.req() else {
+                return Err(ExchangeError::lost("the lean path lost its client"));
             };
             // Boxed, as the other rare paths: this path's future is moved to
             // the heap whole for every request, so its size is paid by all.
             let mut up = UpstreamSession::new_with_options(stream, upstream);
             set_timeouts(&mut up, upstream);
-            send_failed = Box::pin(send_copy(&mut up, session.req_header(), body, peer, tls, ctx)).await?;
+            send_failed = Box::pin(send_copy(&mut up, req, body, peer, tls, ctx)).await?;
             up
-        };
-        let Client::Session(session) = client else {
-            return Err(ExchangeError::lost("the lean path lost its session"));
         };
         loop {
             if let Err(e) = up.read_response().await {
                 if let Some(send) = send_failed {
                     return Err(ExchangeError::up(send));
                 }
-                let unsent = session.response_written().is_none();
+                let unsent = !client.answer_started();
                 return Err(ExchangeError { error: e.into_up(), unsent });
             }
             let Some(resp) = up.resp_header() else {
@@ -417,16 +443,20 @@ impl LeanPath {
             // same filters, as on Pingora's path.
             let mut interim = Box::new(resp.clone());
             exchange::response(&mut interim, ctx).map_err(ExchangeError::ours)?;
+            let session = client.session().await.map_err(ExchangeError::ours)?;
             session.write_response_header(interim).await.map_err(ExchangeError::down)?;
         }
-        let no_body = session.req_header().method == http::Method::HEAD;
+        let no_body = client.req().is_some_and(|req| req.method == http::Method::HEAD);
         let reusable = send_failed.is_none();
         let done = up.is_body_done();
         let answer =
             up.resp_header().and_then(|resp| client.answer_raw(UpstreamAnswer::Session(resp), no_body, done, ctx));
         match answer {
             Some(framing) => relay::relay_raw(client, &mut up, framing, ctx).await?,
-            None => Box::pin(relay::relay_session(client, &mut up, no_body, ctx)).await?,
+            None => {
+                client.session().await.map_err(ExchangeError::ours)?;
+                Box::pin(relay::relay_session(client, &mut up, no_body, ctx)).await?
+            }
         }
         Ok(Upstream::Session(up, reusable))
     }
@@ -458,19 +488,6 @@ async fn send_copy(
     Ok(up.finish_body().await.err())
 }
 
-/// Read the client's whole body (the lean path takes at most `MAX_BODY`).
-async fn read_body(session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<Option<Vec<u8>>, Box<Error>> {
-    let mut body = Vec::new();
-    loop {
-        let chunk = session.read_request_body().await.map_err(|e| e.into_down())?;
-        exchange::request_body(&chunk, ctx);
-        match chunk {
-            Some(bytes) => body.extend_from_slice(&bytes),
-            None => return Ok(Some(body)),
-        }
-    }
-}
-
 /// The request head for the upstream written into `out` with the gateway's
 /// fields spliced in, as `exchange::upstream_request` would set them.
 /// `false` when it must go as a changed copy through Pingora's client (see
@@ -491,8 +508,75 @@ fn splice_request(out: &mut Vec<u8>, req: &RequestHeader, peer: IpAddr, tls: boo
         edits[3] = Some(Edit::insert(name, wire, value.as_bytes()));
     }
     let edits: SmallVec<[Edit<'_>; 6]> = edits.into_iter().flatten().collect();
-    out.reserve(512);
     head_splice::request_head(out, req, &edits)
+}
+
+/// The client's address, as `exchange::peer_ip` reads it from a session.
+fn stream_peer_ip(stream: &Stream) -> IpAddr {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| crate::edge::client_ip::canonical(a.ip())))
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// A request head that arrived for the lean path: the stream, the bytes
+/// the connection's wait read (`None`: they went back into the stream),
+/// and what a session for it is told.
+pub struct Arrival {
+    pub stream: Stream,
+    pub read: Option<BytesMut>,
+    /// Pingora's keep-alive timeout; `None` when the process is stopping.
+    pub keepalive: Option<u64>,
+    /// Requests the connection may still carry (the keep-alive request limit).
+    pub reuses_remaining: Option<u32>,
+    /// `server.body_timeout`.
+    pub read_timeout: Duration,
+    /// The stream is a plain TCP stream without a write buffer, left
+    /// unwrapped: the lean path gathers its own writes, and a session made
+    /// for the request gathers through the connection loop's wrapper.
+    pub gather_writes: bool,
+}
+
+impl Arrival {
+    /// The request's client: the head read here (`request.rs`), or
+    /// Pingora's session, which then reads it.
+    fn into_client(self, shutdown: &ShutdownWatch) -> Client {
+        let Arrival { stream, read, keepalive, reuses_remaining, read_timeout, gather_writes } = self;
+        let read = match read.map(request::parse) {
+            Some(Ok(own)) => {
+                let stopping = *shutdown.borrow();
+                let unanswered = Unanswered {
+                    arrived: own.arrived,
+                    head_len: own.head_len,
+                    body_len: own.body_len,
+                    from_stream: Bytes::new(),
+                    reuses_remaining,
+                };
+                return Client::Raw(RawClient {
+                    stream,
+                    req: own.req,
+                    keepalive: own.keepalive && !stopping && keepalive.is_some() && reuses_remaining != Some(0),
+                    status: 0,
+                    timeout: read_timeout,
+                    unanswered: Some(unanswered),
+                    gathered: None,
+                    gather_writes,
+                });
+            }
+            Some(Err(read)) => Some(read),
+            None => None,
+        };
+        let stream = if gather_writes { connections::gathering_writes(stream) } else { stream };
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(head) = read {
+            // Parsed before the stream is read again.
+            session.set_pipelined_prefix(head);
+        }
+        session.set_keepalive(keepalive);
+        session.set_keepalive_reuses_remaining(reuses_remaining);
+        session.set_read_timeout(Some(read_timeout));
+        Client::Session(session)
+    }
 }
 
 fn set_timeouts(up: &mut UpstreamSession, upstream: &HttpPeer) {

@@ -15,6 +15,7 @@ use pingora_error::{Error, ErrorType};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_http::ResponseHeader;
 
+use super::buffers::Buffer;
 use super::client::{BodyFraming, Client, RawAnswer, RawClient, UpstreamAnswer};
 use super::upstream::{self, Framing};
 use super::{chunked, ExchangeError};
@@ -25,7 +26,7 @@ pub(super) enum LeanRead {
     /// Read and written to the client; whether the connection may carry another request.
     Done(bool),
     /// Pingora's session reads it, from these bytes on.
-    Pingora(Vec<u8>),
+    Pingora(Buffer),
 }
 
 /// Read the upstream's answer head; when it is one the lean path reads
@@ -40,7 +41,7 @@ pub(super) async fn lean_answer(
     ctx: &mut RequestCtx,
 ) -> Result<LeanRead, ExchangeError> {
     let timeout = upstream.options.read_timeout;
-    let mut read = Vec::new();
+    let mut read = Buffer::take(0);
     let mut searched = 0;
     loop {
         if let Err(e) = upstream::read_more(stream, &mut read, timeout).await {
@@ -91,7 +92,7 @@ fn lean_head(client: &mut Client, read: &[u8], ctx: &RequestCtx) -> Option<(RawA
 async fn relay_length(
     raw: &mut RawClient,
     stream: &mut Stream,
-    mut read: Vec<u8>,
+    mut read: Buffer,
     head_len: usize,
     length: u64,
     timeout: Option<Duration>,
@@ -124,12 +125,12 @@ async fn relay_length(
 async fn relay_chunked(
     raw: &mut RawClient,
     stream: &mut Stream,
-    mut read: Vec<u8>,
+    mut read: Buffer,
     head_len: usize,
     timeout: Option<Duration>,
 ) -> Result<bool, ExchangeError> {
     let mut decoder = chunked::Decoder::new();
-    let mut out = Vec::new();
+    let mut out = Buffer::take(0);
     let mut at = head_len;
     let mut total = 0u64;
     loop {
@@ -243,7 +244,7 @@ pub(super) async fn relay_raw(
         match (body, chunk) {
             (BodyFraming::Chunked, Some(bytes)) if !bytes.is_empty() => {
                 // As Pingora's chunked writer: one chunk per piece read.
-                let mut piece = Vec::with_capacity(bytes.len() + 20);
+                let mut piece = Buffer::take(bytes.len() + 20);
                 let _ = write!(piece, "{:X}\r\n", bytes.len());
                 piece.extend_from_slice(&bytes);
                 piece.extend_from_slice(b"\r\n");

@@ -216,7 +216,7 @@ pub(super) fn rewind(stream: Stream, read: &[u8]) -> Option<Stream> {
 }
 
 /// A `Content-Length` value as Pingora reads one: ASCII digits only.
-fn from_digits(value: &[u8]) -> Option<u64> {
+pub(super) fn from_digits(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
         return None;
     }
@@ -229,7 +229,7 @@ fn from_digits(value: &[u8]) -> Option<u64> {
 /// A `Connection` value as Pingora's client reads it for keep-alive:
 /// exactly `keep-alive`, or a `close` token among others; `None` leaves it
 /// to the version.
-fn connection_keepalive(value: &[u8]) -> Option<bool> {
+pub(super) fn connection_keepalive(value: &[u8]) -> Option<bool> {
     if value.eq_ignore_ascii_case(b"close") {
         return Some(false);
     }

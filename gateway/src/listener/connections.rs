@@ -318,21 +318,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
     /// request limit, the session may be reused that many times fewer (as
     /// Pingora's `HttpPersistentSettings::apply_to_session` counts).
     fn session(&self, stream: Stream, read: Option<BytesMut>, served: u32, shutdown: &ShutdownWatch) -> ServerSession {
-        let mut session = ServerSession::new_http1(stream);
-        if let Some(head) = read {
-            // Parsed before the stream is read again.
-            session.set_pipelined_prefix(head);
-        }
-        session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
-        let limit = self.inner.server_options().and_then(|o| o.keepalive_request_limit);
-        session.set_keepalive_reuses_remaining(limit.map(|limit| limit.saturating_sub(served)));
-        // The admin listener's body reads; the proxy sets it again per request.
-        session.set_read_timeout(Some(self.snapshots.load().config.server.body_timeout));
-        session
+        // The stream is already wrapped as Pingora's path needs it.
+        self.arrival(stream, read, served, shutdown, false).into_session()
     }
 
-    /// What the lean path needs to read a request or make its session, set
-    /// as [`Self::session`] sets a session.
+    /// What a request's session is told (the lean path reads the head
+    /// itself, or makes the session from it too).
     fn arrival(
         &self,
         stream: Stream,
@@ -347,6 +338,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLoop<A> {
             read,
             keepalive: (!*shutdown.borrow()).then_some(KEEPALIVE_SECS),
             reuses_remaining: limit.map(|limit| limit.saturating_sub(served)),
+            // The admin listener's body reads; the proxy sets it again per request.
             read_timeout: self.snapshots.load().config.server.body_timeout,
             gather_writes,
         }

@@ -358,9 +358,12 @@ pub fn local_header(page: &LocalResponse, request_id: &str, retry_after: Option<
 /// The client's TCP peer (or the one its PROXY protocol header named), an
 /// IPv4-mapped IPv6 address as its IPv4 address.
 pub fn peer_ip(session: &ServerSession) -> IpAddr {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
+    peer_ip_of(session.client_addr())
+}
+
+/// The same, from the connection's peer address (the lean path's stream).
+pub fn peer_ip_of(addr: Option<&pingora_core::protocols::l4::socket::SocketAddr>) -> IpAddr {
+    addr.and_then(|a| a.as_inet())
         .map(|a| client_ip::canonical(a.ip()))
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }

@@ -191,7 +191,13 @@ impl LeanPath {
                 Client::Raw(raw) => {
                     raw.timeout = body_timeout;
                     raw.keepalive &= !connections::pipelined_after(&raw.req);
-                    (stream_peer_ip(&raw.stream), raw.stream.get_ssl_digest().is_some())
+                    {
+                        let digest = raw.stream.get_socket_digest();
+                        (
+                            exchange::peer_ip_of(digest.as_deref().and_then(|d| d.peer_addr())),
+                            raw.stream.get_ssl_digest().is_some(),
+                        )
+                    }
                 }
                 Client::Switching => return None,
             };
@@ -511,14 +517,6 @@ fn splice_request(out: &mut Vec<u8>, req: &RequestHeader, peer: IpAddr, tls: boo
     head_splice::request_head(out, req, &edits)
 }
 
-/// The client's address, as `exchange::peer_ip` reads it from a session.
-fn stream_peer_ip(stream: &Stream) -> IpAddr {
-    stream
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| crate::edge::client_ip::canonical(a.ip())))
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
 /// A request head that arrived for the lean path: the stream, the bytes
 /// the connection's wait read (`None`: they went back into the stream),
 /// and what a session for it is told.
@@ -566,6 +564,14 @@ impl Arrival {
             Some(Err(read)) => Some(read),
             None => None,
         };
+        let arrival = Arrival { stream, read, keepalive, reuses_remaining, read_timeout, gather_writes };
+        Client::Session(arrival.into_session())
+    }
+
+    /// Pingora's session for this request, set as the connection decided:
+    /// it then reads the head from `read` (or the stream).
+    pub fn into_session(self) -> ServerSession {
+        let Arrival { stream, read, keepalive, reuses_remaining, read_timeout, gather_writes } = self;
         let stream = if gather_writes { connections::gathering_writes(stream) } else { stream };
         let mut session = ServerSession::new_http1(stream);
         if let Some(head) = read {
@@ -575,7 +581,7 @@ impl Arrival {
         session.set_keepalive(keepalive);
         session.set_keepalive_reuses_remaining(reuses_remaining);
         session.set_read_timeout(Some(read_timeout));
-        Client::Session(session)
+        session
     }
 }
 

@@ -371,6 +371,11 @@ def parse_kv(line):
     return out
 
 
+# A run during which the hypervisor took more than this share of the
+# machine's CPU time (`steal` in /proc/stat) is left out of the medians.
+STEAL_LIMIT = 5.0
+
+
 def med(rows, key):
     vals = [float(r[key]) for r in rows if key in r]
     return statistics.median(vals) if vals else None
@@ -397,6 +402,21 @@ def cmd_report(a):
     by = {p: [r for r in rows if r["proxy"] == p] for p in order}
     print()
     print(a.title)
+    noisy = [r for r in rows if float(r.get("steal_pct", 0)) > STEAL_LIMIT]
+    if noisy and a.variant != "d":
+        quiet = {p: [r for r in rs if float(r.get("steal_pct", 0)) <= STEAL_LIMIT] for p, rs in by.items()}
+        rounds = sorted({int(r["round"]) for r in noisy})
+        if all(quiet.values()):
+            print(
+                f"left out: {len(noisy)} of {len(rows)} runs (rounds {', '.join(map(str, rounds))}) during which the"
+                f" host stole more than {STEAL_LIMIT}% of the CPUs; the figures are medians over the rest"
+            )
+            by = quiet
+        else:
+            print(
+                f"WARNING: the host stole more than {STEAL_LIMIT}% of the CPUs during {len(noisy)} of {len(rows)} runs"
+                f" (rounds {', '.join(map(str, rounds))}), and some proxy has no other run: the figures rank nothing"
+            )
     if a.variant == "d":
         print(f"{'proxy':<16}{'opened':>8}{'failed':>8}{'still':>8}{'RSS before':>12}{'RSS after':>12}{'KiB/conn':>10}")
         print(f"{'':<16}{'':>8}{'':>8}{'open':>8}{'MiB':>12}{'MiB':>12}{'(median)':>10}")
@@ -425,8 +445,10 @@ def cmd_report(a):
     total_errors = 0
     for p, rs in by.items():
         s = {k: med(rs, k) for k in ("rps", "p50_us", "p99_us", "p999_us", "fanout")}
-        s["non2xx"] = sum(int(r.get("err_status", 0)) for r in rs)
-        s["sock"] = sum(int(r.get(k, 0)) for r in rs for k in ("err_connect", "err_read", "err_write", "err_timeout"))
+        # Errors count in every run, left out or not.
+        every = [r for r in rows if r["proxy"] == p]
+        s["non2xx"] = sum(int(r.get("err_status", 0)) for r in every)
+        s["sock"] = sum(int(r.get(k, 0)) for r in every for k in ("err_connect", "err_read", "err_write", "err_timeout"))
         s["pss"] = max(int(r.get("peak_pss_kib", 0)) for r in rs) / 1024
         s["hwm"] = max(int(r.get("peak_hwm_kib", 0)) for r in rs) / 1024
         total_errors += s["non2xx"] + s["sock"]
@@ -439,7 +461,13 @@ def cmd_report(a):
         if reloads:
             line += f"{sum(int(r.get('reloads_ok', 0)) for r in rs):>9}{sum(int(r.get('reloads_failed', 0)) for r in rs):>8}"
         print(line)
-    print("per round req/s: " + "; ".join(f"{p} " + " ".join(r["rps"] for r in rs) for p, rs in by.items()))
+    def mark(r):
+        return r["rps"] + ("*" if float(r.get("steal_pct", 0)) > STEAL_LIMIT else "")
+
+    print("per round req/s: " + "; ".join(f"{p} " + " ".join(mark(r) for r in rows if r["proxy"] == p) for p in order))
+    if any("steal_pct" in r for r in rows):
+        steal = "; ".join(f"{p} " + " ".join(r.get("steal_pct", "-") for r in rows if r["proxy"] == p) for p in order)
+        print(f"per round host steal %: {steal} (* left out)" if noisy else f"per round host steal %: {steal}")
     base = "gateway"
     for peer in [p for p in order if p != base]:
         if base in summary:

@@ -105,6 +105,11 @@ PYTHON="$(python3 -c 'import sys; print(sys.executable)')"
 PYB=("$PYTHON" "$HERE/bench.py")
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# Ticks so far, all CPUs: the hypervisor's steal, then every kind of time.
+# A round during which the host took the CPUs away measures the host, not
+# the proxy: its share of steal goes into the results, and the report
+# leaves such rounds out (bench.py, STEAL_LIMIT).
+cpu_ticks() { awk '/^cpu /{t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t}' /proc/stat; }
 
 # --- ports --------------------------------------------------------------------
 STABLE_PORT=$((BASE_PORT + 1)) CANARY_PORT=$((BASE_PORT + 2)) SHADOW_PORT=$((BASE_PORT + 3))
@@ -432,7 +437,10 @@ for round in $(seq "$ROUNDS"); do
                     HELPERS+=("$reloader")
                 fi
             fi
+            read -r steal0 ticks0 < <(cpu_ticks)
             wrk_run "$p" "$DURATION" "$d/wrk-$round.txt"
+            read -r steal1 ticks1 < <(cpu_ticks)
+            steal=$(awk "BEGIN{ d = $ticks1 - $ticks0; printf \"%.1f\", d > 0 ? 100 * ($steal1 - $steal0) / d : 0 }")
             reloads=""
             if [[ -n "$reloader" ]]; then
                 kill -TERM "$reloader"; wait "$reloader" || true
@@ -443,7 +451,7 @@ for round in $(seq "$ROUNDS"); do
             res=$(grep '^BENCH_RESULT' "$d/wrk-$round.txt" | cut -d' ' -f2-)
             reqs=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$res")
             fanout=$(awk "BEGIN{ if ($reqs > 0) printf \"%.3f\", ($after - $before - 1) / $reqs; else print 0 }")
-            echo "proxy=$p round=$round $res $(cat "$d/rss-$round.txt") fanout=$fanout $reloads" >>"$RESULTS"
+            echo "proxy=$p round=$round $res $(cat "$d/rss-$round.txt") fanout=$fanout steal_pct=$steal $reloads" >>"$RESULTS"
         fi
         stop_proxy "$p" "$pid"
     done

@@ -327,8 +327,8 @@ async fn read_rest<S: HeadSource + ?Sized>(
 }
 
 /// A whole head found in `read`, ending at `end`: the bytes go to the
-/// session as they are (one allocation, and the session's parser reads no
-/// stream), or, for a chunked body, back into the stream.
+/// session as they are (in storage the thread reuses, and the session's
+/// parser reads no stream), or, for a chunked body, back into the stream.
 fn arrived<S: HeadSource + ?Sized>(source: &mut S, read: &[u8], end: usize) -> Head {
     let mut head = complete(read, end);
     match &mut head {
@@ -336,7 +336,7 @@ fn arrived<S: HeadSource + ?Sized>(source: &mut S, read: &[u8], end: usize) -> H
         // it, body bytes included; such a read goes back into the stream,
         // whose reads the parser takes in pieces, as before.
         Head::Complete { chunked: None, read: bytes, .. } if read.len() < MAX_HEAD => {
-            *bytes = Some(BytesMut::from(read))
+            *bytes = Some(crate::proxy::lean::arrived::copy(read))
         }
         _ => source.give_back(read),
     }

@@ -253,7 +253,7 @@ fn answer_for(
         }),
         rollout: None,
         client_ip,
-        user_id: routed.and_then(|r| r.user_id.clone()),
+        user_id: routed.and_then(|r| r.user_id.as_deref().map(str::to_string)),
         text,
     }
 }

@@ -11,4 +11,4 @@ pub mod verdict;
 mod tests;
 
 pub use phases::{run, Mode, RequestFacts};
-pub use verdict::{AnswerReason, LocalAnswer, Routed, Verdict};
+pub use verdict::{AnswerReason, LocalAnswer, Routed, UserId, Verdict};

@@ -23,7 +23,7 @@ use crate::proxy::respond::LocalResponse;
 use crate::routing::overrides::{self, OverrideOutcome};
 use crate::routing::{find_user_id, sticky, DecisionInput, RequestView};
 
-use super::verdict::{AnswerReason, LocalAnswer, Routed, Verdict};
+use super::verdict::{AnswerReason, LocalAnswer, Routed, UserId, Verdict};
 use crate::cache::CacheOutcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +233,7 @@ fn version(
     Routed {
         route: Arc::clone(route),
         decision,
-        user_id: user_id.map(str::to_string),
+        user_id: user_id.map(UserId::new),
         override_outcome,
         set_cookie: issued.map(|(_, header)| header),
     }

@@ -43,7 +43,7 @@ pub fn begin(runtime: &RuntimeState, req: &mut RequestHeader, peer: IpAddr, tls:
     let server = &snapshot.config.server;
     let ip = client_ip::resolve(peer, &req.headers, &snapshot.config.client_ip.trusted_proxies);
     ctx.client_ip = Some(ip);
-    ctx.request_id = ensure_request_id(req);
+    ctx.request_id = request_id_of(req);
     if let Err(page) = request_head::check(req, server.normalize_path) {
         ctx.answered = Some(pipeline::AnswerReason::BadRequest);
         return Begin::Page { page: Arc::new(page), retry_after: None, close: true };
@@ -139,9 +139,13 @@ impl UpstreamFields {
     }
 }
 
-/// The request head as the upstream gets it: `X-Forwarded-For` and
-/// `-Proto`, the version lane header. `req` already carries the request id.
+/// The request head as the upstream gets it: the request id,
+/// `X-Forwarded-For` and `-Proto`, the version lane header.
 pub fn upstream_request(req: &mut RequestHeader, peer: IpAddr, tls: bool, ctx: &mut RequestCtx) -> Result<()> {
+    if request_id_to_set(req, ctx).is_some() {
+        // Printable ASCII (`RequestId`): always a valid header value.
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+    }
     let fields = UpstreamFields::new(req, peer, tls, ctx);
     // Names go in as `&'static str`, or as `Bytes` made at load for the
     // configured ones: given a `HeaderName`, Pingora would title-case a
@@ -456,19 +460,22 @@ fn push_ip(out: &mut ForwardedFor, ip: IpAddr) {
 /// Keep the client's `X-Request-Id` when it is short and printable (1 to 128
 /// visible ASCII characters, so it cannot break a log line or a header);
 /// otherwise make one.
-fn ensure_request_id(req: &mut RequestHeader) -> RequestId {
-    let existing = req.headers.get("x-request-id").and_then(|v| RequestId::usable(v.as_bytes()));
-    if let Some(id) = existing {
-        // One id upstream, like the one we log: drop any further copies.
-        if req.headers.get_all("x-request-id").iter().nth(1).is_some() {
-            let _ = req.insert_header("x-request-id", id.as_str());
-        }
-        return id;
-    }
-    let id = super::request_id::new_request_id();
-    // A fresh hex id is always a valid header value.
-    let _ = req.insert_header("x-request-id", id.as_str());
-    id
+fn request_id_of(req: &RequestHeader) -> RequestId {
+    let existing = req.headers.get(&X_REQUEST_ID).and_then(|v| RequestId::usable(v.as_bytes()));
+    existing.unwrap_or_else(super::request_id::new_request_id)
+}
+
+/// The request id to set on the request on its way upstream: `None` when
+/// the client's head already carries it, once. Set there, with the other
+/// fields the gateway sets, and not when the request arrives: the lean
+/// path then splices it in as it writes the head, where an insert into the
+/// head cost three allocations (its name, that name's copy for the case
+/// map, its value; `benches/README.md`, session 14). One id upstream, like
+/// the one logged: further copies the client sent are dropped.
+pub fn request_id_to_set<'c>(req: &RequestHeader, ctx: &'c RequestCtx) -> Option<&'c [u8]> {
+    let mut sent = req.headers.get_all(&X_REQUEST_ID).iter();
+    let once = sent.next().is_some_and(|v| v.as_bytes() == ctx.request_id.as_bytes()) && sent.next().is_none();
+    (!once).then(|| ctx.request_id.as_bytes())
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::arrived::Storage;
 use super::buffers::Buffer;
+use super::deadline::within;
 use super::upstream::{AnswerHead, Framing};
 use crate::proxy::exchange;
 use crate::proxy::head_splice::{self, Edit};
@@ -62,6 +64,11 @@ pub(super) struct RawClient {
     /// Whether a session made for this request gathers its writes (a plain
     /// TCP stream of a listener whose streams have no write buffer).
     pub(super) gather_writes: bool,
+    /// The storage of the bytes the head arrived in, given back to the
+    /// thread when the request is over (`arrived.rs`). Last, so that it is
+    /// dropped after `req` and `unanswered`, which point into it.
+    #[allow(dead_code, reason = "held for what its drop does")]
+    pub(super) storage: Option<Storage>,
 }
 
 /// The most [`RawClient::write`] gathers: a head with the body that came
@@ -103,7 +110,7 @@ impl RawClient {
         while body.len() < u.body_len {
             let left = u.body_len - body.len();
             let mut rest = (&mut self.stream).take(left as u64);
-            match pingora_timeout::timeout(self.timeout, rest.read_buf(&mut body)).await {
+            match within(self.timeout, rest.read_buf(&mut body)).await {
                 Ok(Ok(0)) => {
                     return Error::e_explain(
                         ErrorType::ConnectionClosed,
@@ -149,7 +156,7 @@ impl RawClient {
             }
             self.stream.flush().await
         };
-        match pingora_timeout::timeout(self.timeout, write).await {
+        match within(self.timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::because(ErrorType::WriteError, "while writing the answer", e)),
             Err(_) => Err(Error::explain(ErrorType::WriteTimedout, "while writing the answer")),
@@ -162,7 +169,7 @@ impl RawClient {
         if self.gathered.as_ref().is_some_and(|g| !g.is_empty()) {
             let _ = self.write(&[], true).await;
         }
-        let _ = pingora_timeout::timeout(self.timeout, self.stream.shutdown()).await;
+        let _ = within(self.timeout, self.stream.shutdown()).await;
     }
 }
 
@@ -361,6 +368,7 @@ impl Client {
             unanswered: None,
             gathered: None,
             gather_writes: false,
+            storage: None,
         });
         Some(RawAnswer { head, body, status })
     }

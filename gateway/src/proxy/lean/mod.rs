@@ -53,9 +53,11 @@ use pingora_http::RequestHeader;
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
+pub mod arrived;
 mod buffers;
 mod chunked;
 mod client;
+mod deadline;
 mod relay;
 mod request;
 mod upstream;
@@ -63,6 +65,7 @@ mod upstream;
 use buffers::Buffer;
 use bytes::{Bytes, BytesMut};
 use client::{Client, RawClient, Unanswered, UpstreamAnswer};
+use deadline::within;
 
 use super::exchange::{self, Begin};
 use super::head_splice::{self, Edit};
@@ -233,7 +236,7 @@ impl LeanPath {
                 }
                 // As on Pingora's path, a failed request ends its connection, after
                 // what was written of the answer went out (bounded like any write).
-                let _ = pingora_timeout::timeout(body_timeout, session.shutdown()).await;
+                let _ = within(body_timeout, session.shutdown()).await;
                 return None;
             }
             let settings = HttpPersistentSettings::for_session(session);
@@ -383,9 +386,7 @@ impl LeanPath {
                 stream.flush().await
             };
             let written = match upstream.options.write_timeout {
-                Some(t) => {
-                    pingora_timeout::timeout(t, write).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-                }
+                Some(t) => within(t, write).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
                 None => write.await,
             }
             .err();
@@ -504,14 +505,17 @@ fn splice_request(out: &mut Vec<u8>, req: &RequestHeader, peer: IpAddr, tls: boo
     }
     let fields = exchange::UpstreamFields::new(req, peer, tls, ctx);
     let lane_name = ctx.snapshot.config.server.version_request_header.as_ref();
+    // In the order `exchange::upstream_request` makes them, after Pingora
+    // removed `Connection` (`sanitize_h1_upstream_request`).
     let mut edits = [
         Some(Edit::remove(&CONNECTION)),
+        exchange::request_id_to_set(req, ctx).map(|id| Edit::insert(&X_REQUEST_ID, b"x-request-id", id)),
         Some(Edit::insert(&X_FORWARDED_FOR, b"x-forwarded-for", &fields.forwarded_for)),
         Some(Edit::insert(&X_FORWARDED_PROTO, b"x-forwarded-proto", fields.proto.as_bytes())),
         None,
     ];
     if let (Some((wire, value)), Some(name)) = (&fields.lane, lane_name) {
-        edits[3] = Some(Edit::insert(name, wire, value.as_bytes()));
+        edits[4] = Some(Edit::insert(name, wire, value.as_bytes()));
     }
     let edits: SmallVec<[Edit<'_>; 6]> = edits.into_iter().flatten().collect();
     head_splice::request_head(out, req, &edits)
@@ -559,6 +563,7 @@ impl Arrival {
                     unanswered: Some(unanswered),
                     gathered: None,
                     gather_writes,
+                    storage: Some(own.storage),
                 });
             }
             Some(Err(read)) => Some(read),
@@ -596,6 +601,7 @@ fn request_summary(req: &RequestHeader) -> String {
     format!("{} {}, Host: {}", req.method, String::from_utf8_lossy(req.raw_path()), host.unwrap_or_default())
 }
 
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 

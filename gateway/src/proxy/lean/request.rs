@@ -35,6 +35,7 @@ use http::Version;
 use pingora_core::protocols::http::authority::validate_request_authority;
 use pingora_http::RequestHeader;
 
+use super::arrived::{self, Storage};
 use super::upstream::{connection_keepalive, from_digits};
 
 /// Pingora's limit on a request head's fields (`MAX_HEADERS`).
@@ -47,6 +48,9 @@ pub(super) struct OwnRequest {
     /// body's start, or a pipelined request). A session that must take
     /// the request over reads them again.
     pub(super) arrived: Bytes,
+    /// This thread's handle on the storage of `arrived`: given back when
+    /// the request is over (`arrived.rs`).
+    pub(super) storage: Storage,
     /// Where the head ends in `arrived`.
     pub(super) head_len: usize,
     /// The body's length (`Content-Length`; 0 without one).
@@ -59,14 +63,14 @@ pub(super) struct OwnRequest {
 /// The request head at the start of `read`, when the lean path reads it
 /// itself; the bytes back, untouched, when Pingora's session must.
 pub(super) fn parse(read: BytesMut) -> Result<OwnRequest, BytesMut> {
-    let arrived = read.freeze();
+    let (arrived, storage) = arrived::split(read);
     match build(&arrived) {
         Some((req, head_len, body_len)) => {
             let connection = req.headers.get(CONNECTION).and_then(|v| connection_keepalive(v.as_bytes()));
-            Ok(OwnRequest { req, arrived, head_len, body_len, keepalive: connection.unwrap_or(true) })
+            Ok(OwnRequest { req, arrived, storage, head_len, body_len, keepalive: connection.unwrap_or(true) })
         }
-        // Unique (nothing was sliced from it): no copy.
-        None => Err(arrived.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))),
+        // Nothing was sliced from it: the same bytes back, no copy.
+        None => Err(storage.unsplit(arrived)),
     }
 }
 

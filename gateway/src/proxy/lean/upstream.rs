@@ -34,6 +34,8 @@ use pingora_error::{Error, ErrorType, RetryType};
 use smallvec::SmallVec;
 use tokio::io::AsyncReadExt;
 
+use super::deadline::within;
+
 /// As Pingora's client: at most this many fields in an answer head,
 const MAX_HEADERS: usize = 256;
 /// a head read in steps of at least this much room,
@@ -88,7 +90,7 @@ pub(super) async fn read_body_more(
     }
     let read = stream.read_buf(buf);
     let read = match timeout {
-        Some(t) => match pingora_timeout::timeout(t, read).await {
+        Some(t) => match within(t, read).await {
             Ok(read) => read,
             Err(_) => return Err(Error::explain(ErrorType::ReadTimedout, format!("reading body, timeout: {t:?}"))),
         },
@@ -110,7 +112,7 @@ pub(super) async fn read_more(
     let already = buf.len();
     let read = stream.read_buf(buf);
     let read = match timeout {
-        Some(t) => match pingora_timeout::timeout(t, read).await {
+        Some(t) => match within(t, read).await {
             Ok(read) => read,
             Err(_) => return Err(Error::explain(ErrorType::ReadTimedout, "while reading response headers")),
         },

@@ -376,6 +376,14 @@ def parse_kv(line):
 STEAL_LIMIT = 5.0
 
 
+def steal_pct(row):
+    """The run's share of stolen CPU time; 0 when not recorded."""
+    try:
+        return float(row.get("steal_pct") or 0)
+    except ValueError:
+        return 0.0
+
+
 def med(rows, key):
     vals = [float(r[key]) for r in rows if key in r]
     return statistics.median(vals) if vals else None
@@ -402,9 +410,9 @@ def cmd_report(a):
     by = {p: [r for r in rows if r["proxy"] == p] for p in order}
     print()
     print(a.title)
-    noisy = [r for r in rows if float(r.get("steal_pct", 0)) > STEAL_LIMIT]
+    noisy = [r for r in rows if steal_pct(r) > STEAL_LIMIT]
     if noisy and a.variant != "d":
-        quiet = {p: [r for r in rs if float(r.get("steal_pct", 0)) <= STEAL_LIMIT] for p, rs in by.items()}
+        quiet = {p: [r for r in rs if steal_pct(r) <= STEAL_LIMIT] for p, rs in by.items()}
         rounds = sorted({int(r["round"]) for r in noisy})
         if all(quiet.values()):
             print(
@@ -462,7 +470,7 @@ def cmd_report(a):
             line += f"{sum(int(r.get('reloads_ok', 0)) for r in rs):>9}{sum(int(r.get('reloads_failed', 0)) for r in rs):>8}"
         print(line)
     def mark(r):
-        return r["rps"] + ("*" if float(r.get("steal_pct", 0)) > STEAL_LIMIT else "")
+        return r["rps"] + ("*" if steal_pct(r) > STEAL_LIMIT else "")
 
     print("per round req/s: " + "; ".join(f"{p} " + " ".join(mark(r) for r in rows if r["proxy"] == p) for p in order))
     if any("steal_pct" in r for r in rows):

@@ -440,7 +440,8 @@ for round in $(seq "$ROUNDS"); do
             read -r steal0 ticks0 < <(cpu_ticks)
             wrk_run "$p" "$DURATION" "$d/wrk-$round.txt"
             read -r steal1 ticks1 < <(cpu_ticks)
-            steal=$(awk "BEGIN{ d = $ticks1 - $ticks0; printf \"%.1f\", d > 0 ? 100 * ($steal1 - $steal0) / d : 0 }")
+            # Parenthesised: a bare `>` in awk's printf would redirect its output.
+            steal=$(awk "BEGIN{ d = $ticks1 - $ticks0; printf \"%.1f\", (d > 0 ? 100 * ($steal1 - $steal0) / d : 0) }")
             reloads=""
             if [[ -n "$reloader" ]]; then
                 kill -TERM "$reloader"; wait "$reloader" || true

@@ -77,14 +77,12 @@ pub fn request_head(out: &mut Vec<u8>, req: &RequestHeader, edits: &[Edit<'_>]) 
     out.put_u8(b' ');
     out.put_slice(version);
     out.put_slice(b"\r\n");
-    fields(
-        out,
-        req.headers
-            .iter()
-            .zip(req.case_header_iter())
-            .map(|((n, v), (c, _))| (n.as_str().as_bytes(), c.as_slice(), v.as_bytes())),
-        edits,
-    );
+    let entries = req
+        .headers
+        .iter()
+        .zip(req.case_header_iter())
+        .map(|((n, v), (c, _))| (n.as_str().as_bytes(), c.as_slice(), v.as_bytes()));
+    fields(out, entries, Grouping::ByMap, edits);
     out.put_slice(b"\r\n");
     true
 }
@@ -102,7 +100,7 @@ pub fn response_head(out: &mut Vec<u8>, resp: &ResponseHeader, version: Version,
         .iter()
         .zip(resp.case_header_iter())
         .map(|((n, v), (c, _))| (n.as_str().as_bytes(), c.as_slice(), v.as_bytes()));
-    answer_head(out, resp.status.as_str().as_bytes(), reason, version, entries, edits)
+    answer_head(out, resp.status.as_str().as_bytes(), reason, version, entries, Grouping::ByMap, edits)
 }
 
 /// The same for an answer head as it came off the wire (`lean/upstream.rs`):
@@ -118,7 +116,8 @@ pub fn raw_response_head<'h>(
     entries: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     edits: &[Edit<'_>],
 ) -> bool {
-    answer_head(out, status, reason, version, entries.map(|(name, value)| (name, name, value)), edits)
+    let entries = entries.map(|(name, value)| (name, name, value));
+    answer_head(out, status, reason, version, entries, Grouping::AsArrived, edits)
 }
 
 fn answer_head<'h>(
@@ -127,6 +126,7 @@ fn answer_head<'h>(
     reason: &[u8],
     version: Version,
     entries: impl Iterator<Item = (&'h [u8], &'h [u8], &'h [u8])>,
+    grouping: Grouping,
     edits: &[Edit<'_>],
 ) -> bool {
     let version: &[u8] = match version {
@@ -139,7 +139,7 @@ fn answer_head<'h>(
     out.put_u8(b' ');
     out.put_slice(reason);
     out.put_slice(b"\r\n");
-    fields(out, entries, edits);
+    fields(out, entries, grouping, edits);
     out.put_slice(b"\r\n");
     true
 }
@@ -152,9 +152,13 @@ fn answer_head<'h>(
 /// swaps, as the unit tests show).
 ///
 /// `entries` are `(name as compared, name as written, value)`; names are
-/// compared without regard to case, and a name's values need not come
-/// together (a raw head's do not).
-fn fields<'h>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'h [u8], &'h [u8], &'h [u8])>, edits: &[Edit<'_>]) {
+/// compared without regard to case.
+fn fields<'h>(
+    out: &mut Vec<u8>,
+    entries: impl Iterator<Item = (&'h [u8], &'h [u8], &'h [u8])>,
+    grouping: Grouping,
+    edits: &[Edit<'_>],
+) {
     // The head's fields in order, and its names in order of first
     // appearance, each with the indexes of its values.
     let mut values: SmallVec<[(&[u8], &[u8]); 24]> = SmallVec::new();
@@ -162,7 +166,11 @@ fn fields<'h>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'h [u8], &'h [u
     for (name, wire, value) in entries {
         let index = values.len();
         values.push((wire, value));
-        match names.iter_mut().rev().find(|n| n.name.eq_ignore_ascii_case(name)) {
+        let known = match grouping {
+            Grouping::ByMap => names.last_mut().filter(|n| n.name == name),
+            Grouping::AsArrived => names.iter_mut().rev().find(|n| n.name.eq_ignore_ascii_case(name)),
+        };
+        match known {
             Some(known) => known.own.push(index),
             None => {
                 names.push(Name { name, own: smallvec::smallvec![index], with: With::Own, appended: SmallVec::new() })
@@ -201,6 +209,17 @@ fn fields<'h>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'h [u8], &'h [u
             field(out, edits[i].wire, edits[i].value);
         }
     }
+}
+
+/// How a head's fields come.
+#[derive(Clone, Copy)]
+enum Grouping {
+    /// From a `HeaderMap`: each name once, in lowercase, its values
+    /// together. A name is new unless it is the one before, where a head as
+    /// it arrived needs a search of the earlier names for each field.
+    ByMap,
+    /// As they arrived: a name's values may be apart, in any case.
+    AsArrived,
 }
 
 /// One name of a head being spliced.
@@ -298,8 +317,10 @@ mod tests {
         let xff = HeaderName::from_static("x-forwarded-for");
         let proto = HeaderName::from_static("x-forwarded-proto");
         let lane = HeaderName::from_static("x-lane");
+        let id = HeaderName::from_static("x-request-id");
         let edits = [
             Edit::remove(&CONNECTION),
+            Edit::insert(&id, b"x-request-id", b"0123456789abcdef"),
             Edit::insert(&xff, b"x-forwarded-for", b"10.0.0.1, 127.0.0.1"),
             Edit::insert(&proto, b"x-forwarded-proto", b"http"),
             Edit::insert(&lane, b"X-Lane", b"canary"),
@@ -311,6 +332,8 @@ mod tests {
             // Repeated names, one of them apart from the others: grouped at its first place.
             &[("Cookie", "a=1"), ("x-forwarded-for", "1.1.1.1"), ("Cookie", "b=2"), ("X-FORWARDED-FOR", "2.2.2.2")],
             &[("x-lane", "stable"), ("Host", "shop"), ("X-Forwarded-Proto", "https"), ("connection", "close")],
+            // The client's id twice, apart, and a field after the one removed.
+            &[("X-Request-Id", "a"), ("Connection", "close"), ("x-request-id", "b"), ("Accept", "*/*")],
         ];
         for fields in heads {
             let req = request(fields);

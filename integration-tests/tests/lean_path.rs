@@ -373,6 +373,14 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         // Pingora's session (`gateway/src/proxy/lean/request.rs`); answers
         // the gateway writes itself after reading a head here.
         ("no-route", "GET /nothing HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
+        // Pages the lean path writes itself (no body), and one it leaves to
+        // the session (a body to read).
+        ("no-route-head", "HEAD /nothing HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
+        ("no-route-close", "GET /nothing HTTP/1.1\r\nHost: shop\r\nConnection: close\r\nX-Request-Id: {id}\r\n\r\n".into()),
+        ("no-route-body", "POST /nothing HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nContent-Length: 3\r\n\r\nabc".into()),
+        // A rate limit's 429, with `Retry-After` and the limit's name.
+        ("limited-first", "GET /limited/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
+        ("limited-again", "GET /limited/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
         ("no-host", "GET /cart/len HTTP/1.1\r\nX-Request-Id: {id}\r\n\r\n".into()),
         ("host-userinfo", "GET /cart/len HTTP/1.1\r\nHost: u@shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
         ("two-hosts", "GET /cart/len HTTP/1.1\r\nHost: shop\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
@@ -411,6 +419,14 @@ read_timeout = "5s"
 name = "cart"
 path_prefix = "/cart"
 stable = "cart-v1"
+
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+stable = "cart-v1"
+
+[routes.rate_limit]
+per_ip = {{ rate = "1/h", burst = 1 }}
 "#
     )
 }

@@ -210,10 +210,21 @@ impl LeanPath {
             };
             let mut failure = match begin {
                 Begin::Proxy => self.proxy_request(&mut client, peer, tls, &mut ctx).await.err(),
-                answer => match client.session().await {
-                    Ok(session) => respond::local_answer(session, answer, &ctx).await.err(),
-                    Err(e) => Some(e),
-                },
+                answer => {
+                    let written = match &answer {
+                        Begin::Page { page, retry_after, close } => {
+                            client.answer_page(page, &ctx.request_id, *retry_after, *close).await
+                        }
+                        _ => None,
+                    };
+                    match written {
+                        Some(written) => written.err(),
+                        None => match client.session().await {
+                            Ok(session) => respond::local_answer(session, answer, &ctx).await.err(),
+                            Err(e) => Some(e),
+                        },
+                    }
+                }
             };
             if failure.is_some() && !client.answer_started() {
                 // The failure is answered through the session (a page, a stale copy).

@@ -244,3 +244,41 @@ async fn an_edited_fallback_page_is_served_without_a_config_change() {
     assert!(gateway.generation().await > generation, "it was a reload");
     assert_eq!(v1.requests(), 0, "degraded all along: no upstream contact");
 }
+
+/// A degraded route whose fallback page says 204 (no content): the page's
+/// bytes never follow the head, so the next answer on the keep-alive
+/// connection starts right after it (a body there would be read as the
+/// start of the next answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_page_with_a_status_without_a_body_sends_none() {
+    let (v1, v2) = (Backend::start("cart-v1").await, Backend::start("cart-v2").await);
+    let fallback = FALLBACK.replace("status = 503", "status = 204");
+    let config = cart_config_with(&[&v1], &[&v2], 0.0, &format!("degrade_at = 1\n{fallback}"));
+    let gateway = Gateway::start_in(dir_with_page(), "gateway.toml", &config).await;
+    let put = gateway.admin_request(reqwest::Method::PUT, "/api/degrade").body("{\"level\": 1}").send();
+    assert_eq!(put.await.expect("put").status(), 200);
+    let mut conn = tokio::net::TcpStream::connect(gateway.listen_addr()).await.expect("connect");
+    let mut seen = Vec::new();
+    for path in ["/cart/a", "/cart/b"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: shop\r\n\r\n");
+        conn.write_all(req.as_bytes()).await.expect("write");
+        // The answer's head, then whatever else comes before the gateway
+        // goes quiet (a body would come in the same write as the head).
+        let heads = seen.windows(4).filter(|w| w == b"\r\n\r\n").count();
+        let mut chunk = [0u8; 4096];
+        while seen.windows(4).filter(|w| w == b"\r\n\r\n").count() == heads {
+            let n = conn.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the gateway closed the keep-alive connection");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), conn.read(&mut chunk)).await {
+            assert!(n > 0, "the gateway closed the keep-alive connection");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    let answers: Vec<&str> = text.split_inclusive("\r\n\r\n").collect();
+    assert_eq!(answers.len(), 2, "two heads and nothing else: {text}");
+    assert!(answers.iter().all(|a| a.starts_with("HTTP/1.1 204 ")), "{text}");
+    assert_eq!(v1.requests(), 0, "a degraded route does not contact its upstream");
+}

@@ -327,16 +327,20 @@ async fn read_rest<S: HeadSource + ?Sized>(
 }
 
 /// A whole head found in `read`, ending at `end`: the bytes go to the
-/// session as they are (in storage the thread reuses, and the session's
-/// parser reads no stream), or, for a chunked body, back into the stream.
+/// session as they are (one allocation, or storage the thread reuses for
+/// the lean path, and the session's parser reads no stream), or, for a chunked body, back into the stream.
 fn arrived<S: HeadSource + ?Sized>(source: &mut S, read: &[u8], end: usize) -> Head {
     let mut head = complete(read, end);
     match &mut head {
         // Pingora refuses a prefix longer than its head limit before parsing
         // it, body bytes included; such a read goes back into the stream,
         // whose reads the parser takes in pieces, as before.
-        Head::Complete { chunked: None, read: bytes, .. } if read.len() < MAX_HEAD => {
-            *bytes = Some(crate::proxy::lean::arrived::copy(read))
+        Head::Complete { chunked: None, read: bytes, lean, .. } if read.len() < MAX_HEAD => {
+            *bytes = Some(match lean {
+                // In storage the thread reuses (`proxy::lean::arrived`).
+                true => crate::proxy::lean::arrived::copy(read),
+                false => BytesMut::from(read),
+            })
         }
         _ => source.give_back(read),
     }

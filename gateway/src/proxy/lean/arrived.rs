@@ -1,18 +1,22 @@
-//! The storage a request head arrives in, reused by the next request a
-//! proxy thread reads once nothing of the last one points into it.
+//! The storage request heads arrive in, reused by the next heads a proxy
+//! thread reads.
 //!
 //! Why: the connection's wait copied every head into a fresh `BytesMut`,
 //! and the lean path's first slice of it (`request.rs`: the head's names,
 //! values and target are slices) made the storage shared, a second
 //! allocation: two of the 16 a proxied request cost (`benches/README.md`,
-//! session 14). Here the storage is split: the request gets the bytes,
-//! as a `Bytes` its head slices, and the thread keeps a handle on the rest
-//! (`Storage`). When the request is over the handle goes back to this
-//! thread's few, and the next head is copied into the rest, or into the
-//! whole storage again once nothing points into it (`BytesMut::try_reclaim`),
-//! and into new storage when neither has room. The handle owns only what
-//! no slice covers, so bytes kept longer (a cached head, a mirrored
-//! request) are never written over.
+//! session 14). Here the storage is split: the request gets its bytes, as
+//! a `Bytes` its head slices, and the thread gets back at once a handle on
+//! the rest (`Storage`). The next head is copied into that rest, or into
+//! the whole storage again once nothing points into it
+//! (`BytesMut::try_reclaim`), or into new storage when neither has room.
+//! The handle owns only what no slice covers, so bytes still in use (a
+//! request in flight, a cached head, a mirrored request) are never written
+//! over; heads in flight at once share a storage, as far as it goes.
+//!
+//! Only heads the lean path reads come here (`listener::head_wait`): a
+//! head left to Pingora's session is kept by it for the connection's life
+//! (an upgrade), and gets storage of its own size, as before.
 
 use std::cell::RefCell;
 
@@ -22,8 +26,9 @@ use bytes::{Bytes, BytesMut};
 const KEPT: usize = 8;
 /// The least storage made: a common head and a small body fit.
 const LEAST: usize = 4 * 1024;
-/// Storage larger than this (a head with a large body) is not kept.
-const KEPT_CAPACITY: usize = 64 * 1024;
+/// Storage larger than this (a head with a large body) is not kept, so a
+/// request in flight keeps at most this much of it alive.
+const KEPT_CAPACITY: usize = 16 * 1024;
 
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -41,17 +46,18 @@ pub fn copy(read: &[u8]) -> BytesMut {
     bytes
 }
 
-/// The thread's handle on the storage of a request's bytes: given back
-/// when the request is over.
+/// The thread's handle on the rest of the storage of a request's bytes:
+/// given back to the thread when dropped.
 pub struct Storage {
     handle: BytesMut,
-    /// The storage's whole size (the handle sees only what is left after
-    /// the request's bytes).
+    /// The capacity the bytes were split from: the storage's size, or less
+    /// for reused storage (which is never larger than `KEPT_CAPACITY`).
+    /// Larger only for storage made for a large read, which is not kept.
     size: usize,
 }
 
-/// The bytes of `read`, for the request to slice, and the handle on their
-/// storage, to give back when the request is over.
+/// The bytes of `read`, for the request to slice, and the handle on the
+/// rest of their storage.
 pub(super) fn split(mut read: BytesMut) -> (Bytes, Storage) {
     let size = read.capacity();
     let bytes = read.split().freeze();
@@ -60,7 +66,8 @@ pub(super) fn split(mut read: BytesMut) -> (Bytes, Storage) {
 
 impl Storage {
     /// The handle and the bytes it was split from, together again: a
-    /// `BytesMut` of exactly those bytes, without a copy.
+    /// `BytesMut` of exactly those bytes, without a copy unless other
+    /// requests' bytes share the storage.
     pub(super) fn unsplit(mut self, bytes: Bytes) -> BytesMut {
         // The handle is let go of first, so the bytes are the storage's
         // only user and can be written to again.

@@ -19,7 +19,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::arrived::Storage;
 use super::buffers::Buffer;
 use super::deadline::within;
 use super::upstream::{AnswerHead, Framing};
@@ -67,11 +66,6 @@ pub(super) struct RawClient {
     /// Whether a session made for this request gathers its writes (a plain
     /// TCP stream of a listener whose streams have no write buffer).
     pub(super) gather_writes: bool,
-    /// The storage of the bytes the head arrived in, given back to the
-    /// thread when the request is over (`arrived.rs`). Last, so that it is
-    /// dropped after `req` and `unanswered`, which point into it.
-    #[allow(dead_code, reason = "held for what its drop does")]
-    pub(super) storage: Option<Storage>,
 }
 
 /// The most [`RawClient::write`] gathers: a head with the body that came
@@ -371,7 +365,6 @@ impl Client {
             unanswered: None,
             gathered: None,
             gather_writes: false,
-            storage: None,
         });
         Some(RawAnswer { head, body, status })
     }
@@ -397,8 +390,9 @@ impl Client {
         close: bool,
     ) -> Option<Result<(), Box<Error>>> {
         let Client::Raw(raw) = self else { return None };
-        if raw.unanswered.as_ref()?.body_len != 0 {
-            // The session reads or drains the body as it always did.
+        if raw.unanswered.as_ref()?.body_len != 0 || matches!(page.status, 204 | 304) {
+            // The session reads or drains a body as it always did, and
+            // leaves out the body of a page whose status has none.
             return None;
         }
         let keepalive = raw.keepalive && !close;
@@ -409,7 +403,6 @@ impl Client {
         // The head goes out now: no session can take the request over.
         raw.unanswered = None;
         raw.keepalive = keepalive;
-        raw.status = page.status;
         let written = if raw.req.method == http::Method::HEAD {
             raw.write(&head, true).await
         } else {
@@ -418,6 +411,11 @@ impl Client {
                 Err(e) => Err(e),
             }
         };
+        // As the session's: a status once the head went out (head and body
+        // go out in one write here).
+        if written.is_ok() {
+            raw.status = page.status;
+        }
         Some(written.map_err(|e| e.into_down()))
     }
 }

@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use tokio::task::Unconstrained;
 use tokio::time::Sleep;
 
 /// The wait took longer than its limit.
@@ -30,8 +31,10 @@ pin_project! {
     pub(super) struct Within<F> {
         #[pin]
         wait: F,
+        // Unconstrained, as tokio's own `Timeout` polls its timer: a wait
+        // whose every poll spends the task's budget still meets its limit.
         #[pin]
-        timer: Option<Sleep>,
+        timer: Option<Unconstrained<Sleep>>,
         limit: Duration,
     }
 }
@@ -51,7 +54,7 @@ impl<F: Future> Future for Within<F> {
             return Poll::Ready(Ok(done));
         }
         if me.timer.is_none() {
-            me.timer.set(Some(tokio::time::sleep(*me.limit)));
+            me.timer.set(Some(tokio::task::unconstrained(tokio::time::sleep(*me.limit))));
         }
         match me.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed)),

@@ -574,7 +574,6 @@ impl Arrival {
                     unanswered: Some(unanswered),
                     gathered: None,
                     gather_writes,
-                    storage: Some(own.storage),
                 });
             }
             Some(Err(read)) => Some(read),

@@ -35,7 +35,7 @@ use http::Version;
 use pingora_core::protocols::http::authority::validate_request_authority;
 use pingora_http::RequestHeader;
 
-use super::arrived::{self, Storage};
+use super::arrived;
 use super::upstream::{connection_keepalive, from_digits};
 
 /// Pingora's limit on a request head's fields (`MAX_HEADERS`).
@@ -48,9 +48,6 @@ pub(super) struct OwnRequest {
     /// body's start, or a pipelined request). A session that must take
     /// the request over reads them again.
     pub(super) arrived: Bytes,
-    /// This thread's handle on the storage of `arrived`: given back when
-    /// the request is over (`arrived.rs`).
-    pub(super) storage: Storage,
     /// Where the head ends in `arrived`.
     pub(super) head_len: usize,
     /// The body's length (`Content-Length`; 0 without one).
@@ -66,8 +63,11 @@ pub(super) fn parse(read: BytesMut) -> Result<OwnRequest, BytesMut> {
     let (arrived, storage) = arrived::split(read);
     match build(&arrived) {
         Some((req, head_len, body_len)) => {
+            // The rest of the storage goes back to the thread at once, for
+            // the next heads (`arrived.rs`).
+            drop(storage);
             let connection = req.headers.get(CONNECTION).and_then(|v| connection_keepalive(v.as_bytes()));
-            Ok(OwnRequest { req, arrived, storage, head_len, body_len, keepalive: connection.unwrap_or(true) })
+            Ok(OwnRequest { req, arrived, head_len, body_len, keepalive: connection.unwrap_or(true) })
         }
         // Nothing was sliced from it: the same bytes back, no copy.
         None => Err(storage.unsplit(arrived)),

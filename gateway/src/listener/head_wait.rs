@@ -328,7 +328,8 @@ async fn read_rest<S: HeadSource + ?Sized>(
 
 /// A whole head found in `read`, ending at `end`: the bytes go to the
 /// session as they are (one allocation, or storage the thread reuses for
-/// the lean path, and the session's parser reads no stream), or, for a chunked body, back into the stream.
+/// the lean path, and the session's parser reads no stream), or, for a
+/// chunked body, back into the stream.
 fn arrived<S: HeadSource + ?Sized>(source: &mut S, read: &[u8], end: usize) -> Head {
     let mut head = complete(read, end);
     match &mut head {

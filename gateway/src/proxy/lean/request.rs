@@ -69,7 +69,8 @@ pub(super) fn parse(read: BytesMut) -> Result<OwnRequest, BytesMut> {
             let connection = req.headers.get(CONNECTION).and_then(|v| connection_keepalive(v.as_bytes()));
             Ok(OwnRequest { req, arrived, head_len, body_len, keepalive: connection.unwrap_or(true) })
         }
-        // Nothing was sliced from it: the same bytes back, no copy.
+        // Nothing was sliced from it: the same bytes back (a copy only
+        // when other requests' bytes share its storage).
         None => Err(storage.unsplit(arrived)),
     }
 }

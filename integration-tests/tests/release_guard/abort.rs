@@ -37,8 +37,14 @@ async fn a_version_answering_5xx_at_the_second_step_is_aborted_and_users_leave_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latency_regression_aborts() {
-    let s = Setup::start(QUICK, "").await;
-    let r = break_at_second_step(&s, Fault { delay_ms: 60, ..Fault::default() }).await;
+    // Two failed checks are needed within the step's hold: a 3 s hold gives
+    // three checks, and a slowness well past the gate (×3), so that the
+    // stable version's own tail on a busy machine (25 to 50 ms of p99 on 2
+    // cores with the suite running) cannot hide it. With 60 ms and a 2 s
+    // hold, a ratio of 2.4 passed and the rollout went on to 100%.
+    let rollout_cfg = QUICK.replace("hold = \"2s\"", "hold = \"3s\"");
+    let s = Setup::start(&rollout_cfg, "").await;
+    let r = break_at_second_step(&s, Fault { delay_ms: 250, ..Fault::default() }).await;
     assert!(r["events"][0]["reason"].as_str().is_some_and(|w| w.contains("p99_ratio")), "{r:#}");
 }
 

@@ -36,7 +36,8 @@ thread_local! {
 
 /// `read` copied into storage this thread reuses when it can.
 pub fn copy(read: &[u8]) -> BytesMut {
-    let mut reused = FREE.with_borrow_mut(Vec::pop);
+    // A read larger than any storage kept leaves the thread's handles be.
+    let mut reused = if read.len() <= KEPT_CAPACITY { FREE.with_borrow_mut(Vec::pop) } else { None };
     let mut bytes = match reused.as_mut().is_some_and(|handle| handle.try_reclaim(read.len())) {
         true => reused.unwrap_or_default(),
         // Still pointed into (or too small): a new one; the old handle goes.
@@ -159,6 +160,11 @@ mod tests {
         let big = vec![b'x'; KEPT_CAPACITY + 1];
         drop(split(copy(&big)));
         assert_eq!(FREE.with_borrow(Vec::len), 0);
+        // Nor does a large read take a kept handle away.
+        drop(split(copy(b"small")));
+        drop(split(copy(&big)));
+        assert_eq!(FREE.with_borrow(Vec::len), 1);
+        FREE.with_borrow_mut(Vec::clear);
         let many: Vec<_> = (0..KEPT + 3).map(|_| split(copy(b"x"))).collect();
         drop(many);
         assert_eq!(FREE.with_borrow(Vec::len), KEPT);

@@ -236,16 +236,42 @@ async fn a_slow_client_does_not_hold_a_shadow_slot() {
     slow.write_all(head.as_bytes()).await.expect("write");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Meanwhile every complete request is still mirrored, one after the other.
+    // The next request goes once the previous shadow is counted: that is when
+    // its slot is free again (seeing the copy at the canary is too early, the
+    // lane still has to read its answer and compare).
     for i in 0..3 {
         assert_eq!(get(&gateway, &format!("u{i}")).await, 200);
-        let mirrored = integration_tests::wait_until(
-            || async { canary_shop.shadow_requests().len() > i },
-            Duration::from_secs(10),
+        let done = integration_tests::wait_until(
+            || async { shadows_counted(&gateway).await.0 > i as u64 },
+            Duration::from_secs(20),
         )
         .await;
-        assert!(mirrored, "request {i} was mirrored although a slow client is mid-body");
+        let (finished, dropped) = shadows_counted(&gateway).await;
+        assert_eq!(dropped, 0, "no shadow was dropped for want of a slot (request {i})");
+        assert!(done, "request {i}'s shadow finished ({finished} did) although a slow client is mid-body");
+        assert!(canary_shop.shadow_requests().len() > i, "request {i} reached the canary");
     }
     drop(slow);
+}
+
+/// The route's shadows counted so far: those that ran to an outcome, and
+/// those dropped for want of a `max_in_flight` slot.
+async fn shadows_counted(gateway: &Gateway) -> (u64, u64) {
+    let text =
+        gateway.admin_request(reqwest::Method::GET, "/metrics").send().await.expect("m").text().await.expect("t");
+    let (mut finished, mut dropped) = (0, 0);
+    for line in text.lines().filter(|l| l.starts_with("gateway_shadow_requests_total{")) {
+        let n: u64 = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        match ["identical", "different", "noise-only", "error", "timeout"]
+            .iter()
+            .any(|o| line.contains(&format!("outcome=\"{o}\"")))
+        {
+            true => finished += n,
+            false if line.contains("outcome=\"dropped\"") => dropped += n,
+            false => {}
+        }
+    }
+    (finished, dropped)
 }
 
 /// The mirrored copy travels in the lane of the version it is sent to: a

@@ -120,10 +120,7 @@ impl ShadowEngine {
         match self.runtime.get() {
             Some(rt) => {
                 let engine = Arc::clone(self);
-                rt.spawn(async move {
-                    run_job(&engine, job).await;
-                    drop(reservation);
-                });
+                rt.spawn(async move { run_job(&engine, job, reservation).await });
                 true
             }
             None => false,

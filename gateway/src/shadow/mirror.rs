@@ -14,7 +14,7 @@ use crate::config::ShadowSpec;
 use crate::telemetry::metrics::ShadowMetrics;
 use crate::upstream::Pool;
 
-use super::engine::ShadowEngine;
+use super::engine::{Reservation, ShadowEngine};
 use super::{body_text, diff, Answer, DiffRecord, FieldClass, FieldDiff, StoredDiff};
 
 /// Everything a shadow needs, captured from the client's request and answer.
@@ -52,7 +52,12 @@ enum Failure {
     Error(String),
 }
 
-pub async fn run_job(engine: &ShadowEngine, job: ShadowJob) {
+/// Run one shadow. The route's `max_in_flight` slot (`reservation`) is given
+/// back before the outcome is counted: once a shadow shows in
+/// `gateway_shadow_requests_total`, its slot is free for the next request.
+/// Counting first left a moment in which a shadow was counted as done while
+/// the next one was still dropped for want of its slot.
+pub async fn run_job(engine: &ShadowEngine, job: ShadowJob, reservation: Reservation) {
     let other_version = job.other_version;
     let other = send(engine, &job, &job.other_pool, &job.other_lane).await;
     if let Ok(a) = &other {
@@ -88,6 +93,7 @@ pub async fn run_job(engine: &ShadowEngine, job: ShadowJob) {
             (outcome, stored, answer)
         }
     };
+    drop(reservation);
     job.metrics.outcome(outcome);
     let record = record(&job, outcome, diffs, &other_answer);
     engine.save(record);

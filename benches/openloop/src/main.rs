@@ -8,10 +8,13 @@
 //! meanwhile: no coordinated omission. One thread (tokio current_thread), so
 //! `taskset` pins all of it.
 //!
-//! stdout: one `BENCH_RESULT` line in the format of benches/load/bench.lua.
+//! stdout: one `BENCH_RESULT` line in the format of benches/load/bench.lua,
+//! with the tails also over the requests clear of the host's CPU thefts
+//! (`steal.rs`).
 
 mod args;
 mod http;
+mod steal;
 mod timer;
 
 use std::io::Write as _;
@@ -23,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::args::{Args, Parsed};
+use crate::steal::StealWatch;
 use crate::timer::Timer;
 
 /// A request that goes out later than this after it could have is "late".
@@ -43,6 +47,8 @@ struct Errors {
 struct Tally {
     /// Due time to end of the response, microseconds, one per response.
     latencies_us: Vec<u32>,
+    /// The due time of each of those responses' requests, in the same order.
+    dues: Vec<Instant>,
     errors: Errors,
     sent: u64,
     /// Sent > 1 ms after both the due time and the connection's previous
@@ -58,6 +64,7 @@ struct Tally {
 impl Tally {
     fn merge(&mut self, o: Tally) {
         self.latencies_us.extend_from_slice(&o.latencies_us);
+        self.dues.extend_from_slice(&o.dues);
         let (e, f) = (&mut self.errors, o.errors);
         (e.connect, e.read, e.write) = (e.connect + f.connect, e.read + f.read, e.write + f.write);
         (e.timeout, e.status) = (e.timeout + f.timeout, e.status + f.status);
@@ -155,6 +162,7 @@ async fn connection(k: u64, plan: Arc<Plan>, mut stream: Option<TcpStream>) -> T
     let mut timer = Timer::new();
     let mut t = Tally {
         latencies_us: Vec::with_capacity(plan.total.div_ceil(conns) as usize),
+        dues: Vec::with_capacity(plan.total.div_ceil(conns) as usize),
         coarse_timer: !timer.precise(),
         ..Tally::default()
     };
@@ -200,6 +208,7 @@ async fn connection(k: u64, plan: Arc<Plan>, mut stream: Option<TcpStream>) -> T
         match tokio::time::timeout_at(limit, exchange(&mut s, &req, &mut buf)).await {
             Ok(Ok((status, close))) => {
                 t.latencies_us.push(micros(due.elapsed()));
+                t.dues.push(due);
                 if status >= 400 {
                     t.errors.status += 1;
                 }
@@ -237,7 +246,11 @@ async fn run(args: Args) -> (Tally, Duration, u64) {
     let stop = start + args.duration + args.timeout;
     let plan = Arc::new(Plan { args, total, start, stop });
     let tasks: Vec<_> = (0u64..).zip(streams).map(|(k, s)| tokio::spawn(connection(k, plan.clone(), s))).collect();
-    let mut sum = Tally { latencies_us: Vec::with_capacity(total as usize), ..Tally::default() };
+    let mut sum = Tally {
+        latencies_us: Vec::with_capacity(total as usize),
+        dues: Vec::with_capacity(total as usize),
+        ..Tally::default()
+    };
     for h in tasks {
         match h.await {
             Ok(t) => sum.merge(t),
@@ -268,7 +281,15 @@ fn main() {
         }
     };
     let rate = args.rate;
+    let watch = StealWatch::start();
     let (mut sum, elapsed, total) = rt.block_on(run(args));
+    let thefts = watch.map(StealWatch::finish);
+    // Before the sort below, while each latency still sits beside its due time.
+    let mut quiet: Option<Vec<u32>> = thefts.as_ref().map(|thefts| {
+        let spans = sum.latencies_us.iter().zip(&sum.dues);
+        let done = |due: Instant, us: u32| due + Duration::from_micros(u64::from(us));
+        spans.filter(|(&us, &due)| steal::quiet(due, done(due, us), thefts)).map(|(&us, _)| us).collect()
+    });
     let lat = &mut sum.latencies_us;
     lat.sort_unstable();
     let n = lat.len();
@@ -276,9 +297,26 @@ fn main() {
     let rps = if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let p = |q: f64| percentile(lat, q);
     let e = sum.errors;
+    let quiet_fields = match (&thefts, &mut quiet) {
+        (Some(thefts), Some(quiet)) => {
+            quiet.sort_unstable();
+            format!(
+                " thefts={} stolen_ms={} quiet_requests={} quiet_p50_us={} quiet_p99_us={} quiet_p999_us={} \
+                 quiet_max_us={}",
+                thefts.len(),
+                thefts.iter().map(|t| t.ticks * 10).sum::<u64>(),
+                quiet.len(),
+                percentile(quiet, 50.0),
+                percentile(quiet, 99.0),
+                percentile(quiet, 99.9),
+                quiet.last().copied().unwrap_or(0)
+            )
+        }
+        _ => String::new(),
+    };
     println!(
         "BENCH_RESULT requests={n} duration_us={} rps={rps:.1} p50_us={} p90_us={} p99_us={} p999_us={} max_us={} \
-         err_connect={} err_read={} err_write={} err_timeout={} err_status={}",
+         err_connect={} err_read={} err_write={} err_timeout={} err_status={}{quiet_fields}",
         elapsed.as_micros(),
         p(50.0),
         p(90.0),

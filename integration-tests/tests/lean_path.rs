@@ -48,6 +48,9 @@ async fn serve_backend(mut conn: TcpStream, record: Received) {
         buf.drain(..request_end);
         let answer: Vec<u8> = match path.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("") {
             "early" => continue,
+            // Read, then the connection dies without an answer: what a pooled
+            // connection the backend closed as it was reused looks like.
+            "vanish" => return,
             "chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(),
             "trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n".to_vec(),
             "204" => b"HTTP/1.1 204 No Content\r\nX-Kind: empty\r\n\r\n".to_vec(),
@@ -332,6 +335,9 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         ("early-answer", with_body("POST", "early", &huge)),
         ("early-answer-small", with_body("POST", "early", &big)),
         ("hints", plain("GET", "hints")),
+        // An interim answer after a body the lean path read: the session that
+        // writes it must know the request is over, and keep the connection.
+        ("hints-post", with_body("POST", "hints", "abc")),
         ("keep-alive", "GET /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nConnection: keep-alive\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n".into()),
         ("http10", "GET /cart/len HTTP/1.0\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
         ("upstream-5xx", plain("GET", "503")),
@@ -542,5 +548,38 @@ async fn bytes_an_upstream_writes_past_its_answer_never_reach_the_next_client() 
         let (answer, _) = read_answer(&mut next, &mut Vec::new(), false).await;
         let text = String::from_utf8_lossy(&answer);
         assert!(text.ends_with("hello") && !text.contains("STRAY"), "another request's bytes: {text}");
+    }
+}
+
+/// A pooled upstream connection that dies once the request is on it (the
+/// backend read it and closed): an idempotent request goes again on a new
+/// connection to the same backend, a `POST` never goes twice, on both paths.
+/// Before, the lean path sent the `POST` twice, and Pingora's path answered
+/// the `GET` with 503 "no healthy backend" instead of sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lost_with_a_pooled_connection_goes_again_only_when_idempotent() {
+    for lean in [true, false] {
+        let (backend, received) = raw_backend().await;
+        let gateway = Gateway::start(&config(backend, lean)).await;
+        let send = |request: String| {
+            let addr = gateway.listen_addr();
+            async move {
+                let mut conn = TcpStream::connect(addr).await.expect("connect");
+                conn.write_all(request.as_bytes()).await.expect("write");
+                let (answer, _) = read_answer(&mut conn, &mut Vec::new(), false).await;
+                String::from_utf8_lossy(&answer).to_string()
+            }
+        };
+        let times = |id: &str| received.lock().expect("lock").get(id).map_or(0, Vec::len);
+        for (method, id) in [("POST", "lost-post"), ("GET", "lost-get"), ("DELETE", "lost-delete")] {
+            // An answered request leaves its upstream connection in the pool.
+            let warm = send(format!("GET /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: warm-{id}\r\n\r\n")).await;
+            assert!(warm.ends_with("hello"), "lean {lean}: {warm}");
+            let lost = format!("{method} /cart/vanish HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n");
+            let answer = send(lost).await;
+            assert!(answer.starts_with("HTTP/1.1 502 "), "lean {lean}, {method}: {answer}");
+            let expected = if method == "POST" { 1 } else { 2 };
+            assert_eq!(times(id), expected, "lean {lean}: how often the backend got the {method}");
+        }
     }
 }

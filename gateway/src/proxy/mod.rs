@@ -110,6 +110,34 @@ impl ProxyHttp for GatewayProxy {
         exchange::connect_failed(ctx, idempotent, peer, e)
     }
 
+    /// An upstream failed after its connection was made. Whether the request
+    /// may go again is Pingora's own rule: never for a method that is not
+    /// idempotent or a body no longer buffered, otherwise only when the
+    /// connection came from the pool (it died while idle, or as it was
+    /// reused). Such a retry goes to the same backend on a new connection,
+    /// as on the lean path: the pooled connection failed, not the backend,
+    /// so it is taken off `tried`. Without that, a version with one backend
+    /// answered 503 "no healthy backend" to a dead pooled connection.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() {
+            ctx.upstream.tried.pop();
+        }
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,

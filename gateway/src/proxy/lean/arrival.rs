@@ -42,6 +42,7 @@ impl Arrival {
                     head_len: own.head_len,
                     body_len: own.body_len,
                     from_stream: Bytes::new(),
+                    body_read: false,
                     reuses_remaining,
                 };
                 return Client::Raw(RawClient {

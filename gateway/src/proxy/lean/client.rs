@@ -81,6 +81,8 @@ pub(super) struct Unanswered {
     pub(super) body_len: usize,
     /// The body's bytes read from the stream after `arrived`.
     pub(super) from_stream: Bytes,
+    /// Whether the body was read whole (`RawClient::read_body`).
+    pub(super) body_read: bool,
     /// Requests the connection may still carry (the keep-alive request limit).
     pub(super) reuses_remaining: Option<u32>,
 }
@@ -100,6 +102,7 @@ impl RawClient {
         let start = u.head_len;
         let came = (u.arrived.len() - start).min(u.body_len);
         if came == u.body_len {
+            u.body_read = true;
             return Ok(Some(u.arrived.slice(start..start + came)));
         }
         let mut body = Vec::with_capacity(u.body_len);
@@ -124,6 +127,7 @@ impl RawClient {
         }
         let body = Bytes::from(body);
         u.from_stream = body.slice(came..);
+        u.body_read = true;
         Ok(Some(body))
     }
 
@@ -496,6 +500,13 @@ async fn take_over(raw: RawClient) -> Result<ServerSession, Box<Error>> {
     session.set_read_timeout(Some(timeout));
     session.set_total_drain_timeout(Some(timeout));
     session.set_write_timeout(Some(timeout));
+    if u.body_read {
+        // The lean path read the body whole: the session reads it again
+        // from the same bytes (no read from the stream), so that it knows
+        // the request is over. Otherwise it would close a connection that
+        // can carry the next request (an interim answer, a fallback page).
+        while session.read_request_body().await?.is_some() {}
+    }
     Ok(session)
 }
 

@@ -288,8 +288,9 @@ impl LeanPath {
 
     /// Proxy to a backend of the routed version: retried on another
     /// backend (or the default version) when a connection cannot be made,
-    /// and once on a new connection when a pooled one turns out dead before
-    /// any of the request's body or the answer passed, as on Pingora's path.
+    /// and, for an idempotent method, once on a new connection when a pooled
+    /// one turns out dead before any of the request's body or the answer
+    /// passed, as on Pingora's path.
     async fn proxy_request(
         &self,
         client: &mut Client,
@@ -350,7 +351,12 @@ impl LeanPath {
                 }
                 Err(ExchangeError { mut error, unsent }) => {
                     error.retry.decide_reuse(reused);
-                    let retry = unsent && error.retry() && !has_body && !retried_reused;
+                    // A method that is not idempotent never goes twice: the
+                    // backend may have read it before the connection died (a
+                    // `POST` would be applied twice). As Pingora's path decides
+                    // (`ProxyHttp::error_while_proxy`), and nginx's
+                    // `proxy_next_upstream` without `non_idempotent`.
+                    let retry = unsent && idempotent && error.retry() && !has_body && !retried_reused;
                     if !retry {
                         return Err(error);
                     }

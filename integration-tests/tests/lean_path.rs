@@ -51,6 +51,7 @@ async fn serve_backend(mut conn: TcpStream, record: Received) {
             // Read, then the connection dies without an answer: what a pooled
             // connection the backend closed as it was reused looks like.
             "vanish" => return,
+            "switch" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_vec(),
             "chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(),
             "trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n".to_vec(),
             "204" => b"HTTP/1.1 204 No Content\r\nX-Kind: empty\r\n\r\n".to_vec(),
@@ -338,6 +339,8 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         // An interim answer after a body the lean path read: the session that
         // writes it must know the request is over, and keep the connection.
         ("hints-post", with_body("POST", "hints", "abc")),
+        // A 101 to a request that asked for no upgrade: a 502 on both paths.
+        ("unasked-101", plain("GET", "switch")),
         ("keep-alive", "GET /cart/len HTTP/1.1\r\nHost: shop\r\nX-Request-Id: {id}\r\nConnection: keep-alive\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n".into()),
         ("http10", "GET /cart/len HTTP/1.0\r\nHost: shop\r\nX-Request-Id: {id}\r\n\r\n".into()),
         ("upstream-5xx", plain("GET", "503")),

@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, Result};
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -157,10 +157,18 @@ impl ProxyHttp for GatewayProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !session.is_upgrade_req() {
+            // Pingora would pass it on as an interim answer, then wait for a
+            // final one that never comes (a 504 after `read_timeout`, on a
+            // connection the client thinks switched). A 502 at once, as on
+            // the lean path.
+            let e = Error::explain(ErrorType::InvalidHTTPHeader, "101 answer to a request that asked for no upgrade");
+            return Err(e.into_up());
+        }
         exchange::upstream_response(resp, ctx)
     }
 

@@ -30,6 +30,36 @@ pub struct UpstreamState {
     pub failed_over: bool,
     /// A fallback page answered (or will replace the upstream's 5xx answer).
     pub fallback: Option<FallbackCause>,
+    /// Where the request stands with the one retry a dead pooled connection
+    /// allows ([`pooled_connection_lost`]).
+    pub pooled_loss: PooledLoss,
+}
+
+/// A pooled upstream connection died with the request on it, before any
+/// answer: see [`pooled_connection_lost`].
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub enum PooledLoss {
+    #[default]
+    None,
+    /// The request goes again; the next backend chosen may be one tried.
+    Retrying,
+    /// It went again: no further retry for a dead pooled connection.
+    Retried,
+}
+
+/// An idempotent request was lost with a pooled connection before any
+/// answer (the backend closed it as it was reused). The connection failed,
+/// not the backend, so the request may go again, once, to any backend of
+/// the pool, the one tried included (`exchange::next_peer`). Once only: a
+/// backend that reads requests and drops their connections must not get
+/// the same request on each of its pooled connections. Both request paths
+/// ask here; the caller decides idempotency first.
+pub fn pooled_connection_lost(state: &mut UpstreamState) -> bool {
+    if state.pooled_loss != PooledLoss::None {
+        return false;
+    }
+    state.pooled_loss = PooledLoss::Retrying;
+    true
 }
 
 /// No backend of the pool is left to try: counted, and the error Pingora gets.

@@ -20,6 +20,7 @@ use super::{cached, request_head, shadow_capture, RequestCtx};
 use crate::cache::{CacheOutcome, CachedResponse};
 use crate::control::runtime::RuntimeState;
 use crate::edge::client_ip;
+use crate::pipeline::failure::PooledLoss;
 use crate::pipeline::{self, failure, LocalAnswer, Mode, RequestFacts, Verdict};
 use crate::proxy::respond::LocalResponse;
 use crate::shadow::engine::ShadowEngine;
@@ -92,8 +93,13 @@ pub fn next_peer(ctx: &mut RequestCtx) -> Result<Arc<HttpPeer>> {
         return Err(Error::explain(ErrorType::InternalError, "upstream_peer without a route"));
     };
     let pool = routed.pool();
+    // After a dead pooled connection, any backend may take the request again.
+    let any = ctx.upstream.pooled_loss == PooledLoss::Retrying;
+    if any {
+        ctx.upstream.pooled_loss = PooledLoss::Retried;
+    }
     let tried = &ctx.upstream.tried;
-    let Some(backend) = pool.select(|addr| tried.contains(&addr)) else {
+    let Some(backend) = pool.select(|addr| !any && tried.contains(&addr)) else {
         return Err(failure::no_backend(&ctx.snapshot.metrics, routed, &mut ctx.upstream));
     };
     ctx.upstream.tried.push(backend.addr);

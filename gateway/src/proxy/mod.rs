@@ -37,6 +37,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::control::runtime::RuntimeState;
 use crate::control::snapshot::SnapshotHandle;
 use crate::listener::connections;
+use crate::pipeline::failure;
 use crate::shadow::engine::ShadowEngine;
 use exchange::Begin;
 
@@ -111,13 +112,12 @@ impl ProxyHttp for GatewayProxy {
     }
 
     /// An upstream failed after its connection was made. Whether the request
-    /// may go again is Pingora's own rule: never for a method that is not
-    /// idempotent or a body no longer buffered, otherwise only when the
-    /// connection came from the pool (it died while idle, or as it was
-    /// reused). Such a retry goes to the same backend on a new connection,
-    /// as on the lean path: the pooled connection failed, not the backend,
-    /// so it is taken off `tried`. Without that, a version with one backend
-    /// answered 503 "no healthy backend" to a dead pooled connection.
+    /// may go again is Pingora's own rule (never for a method that is not
+    /// idempotent or a body no longer buffered; otherwise only when the
+    /// connection came from the pool and died before any answer), and then
+    /// once per request (`failure::pooled_connection_lost`), to any backend
+    /// of the pool, the one tried included. Without that, a version with one
+    /// backend answered 503 "no healthy backend" to a dead pooled connection.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -132,8 +132,8 @@ impl ProxyHttp for GatewayProxy {
         } else {
             e.retry.decide_reuse(client_reused);
         }
-        if e.retry() {
-            ctx.upstream.tried.pop();
+        if e.retry() && !failure::pooled_connection_lost(&mut ctx.upstream) {
+            e.set_retry(false);
         }
         e
     }

@@ -288,9 +288,9 @@ impl LeanPath {
 
     /// Proxy to a backend of the routed version: retried on another
     /// backend (or the default version) when a connection cannot be made,
-    /// and, for an idempotent method, once on a new connection when a pooled
-    /// one turns out dead before any of the request's body or the answer
-    /// passed, as on Pingora's path.
+    /// and, for an idempotent method, once more on a new connection when a
+    /// pooled one turns out dead before any of the request's body or the
+    /// answer passed, as on Pingora's path.
     async fn proxy_request(
         &self,
         client: &mut Client,
@@ -356,14 +356,17 @@ impl LeanPath {
                     // `POST` would be applied twice). As Pingora's path decides
                     // (`ProxyHttp::error_while_proxy`), and nginx's
                     // `proxy_next_upstream` without `non_idempotent`.
-                    let retry = unsent && idempotent && error.retry() && !has_body && !retried_reused;
+                    let retry = unsent
+                        && idempotent
+                        && error.retry()
+                        && !has_body
+                        && crate::pipeline::failure::pooled_connection_lost(&mut ctx.upstream);
                     if !retry {
                         return Err(error);
                     }
                     // The pooled connection was dead: the same request goes
-                    // again on a new connection to the same backend.
+                    // again on a new connection, to any backend of the pool.
                     retried_reused = true;
-                    ctx.upstream.tried.pop();
                 }
             }
         }

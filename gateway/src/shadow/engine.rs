@@ -35,7 +35,7 @@ pub struct Reservation(Arc<AtomicUsize>);
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -107,7 +107,9 @@ impl ShadowEngine {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(map.entry(route.to_string()).or_default())
         };
-        if counter.fetch_add(1, Ordering::Relaxed) >= max {
+        // Acquire, paired with the Release of a slot given back: a slot freed
+        // before its shadow was counted (`mirror::run_job`) is seen free here.
+        if counter.fetch_add(1, Ordering::Acquire) >= max {
             counter.fetch_sub(1, Ordering::Relaxed);
             return None;
         }

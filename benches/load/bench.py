@@ -444,18 +444,20 @@ def cmd_report(a):
     # openloop's tails over the requests clear of the host's CPU thefts
     # (benches/openloop/src/steal.rs): a theft of 10 ms or more decides a
     # p99.9 alone, and a run-wide steal share cannot see one.
-    quiet = any("quiet_p99_us" in r for r in rows)
+    has_quiet = any("quiet_p99_us" in r for r in rows)
     hdr = (
         f"{'proxy':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'non-2xx':>9}{'sock err':>9}"
         f"{'peak PSS':>10}{'peak HWM':>10}{'fan-out':>9}"
     )
     if reloads:
         hdr += f"{'reloads':>9}{'failed':>8}"
-    if quiet:
+    if has_quiet:
         hdr += f"{'quiet':>9}{'quiet':>10}{'quiet':>8}"
     print(hdr)
-    sub = f"{'':<16}{'(median)':>10}{'':>9}{'':>9}{'':>10}{'(sum)':>9}{'(sum)':>9}{'MiB':>10}{'MiB':>10}"
-    if quiet:
+    sub = f"{'':<16}{'(median)':>10}{'':>9}{'':>9}{'':>10}{'(sum)':>9}{'(sum)':>9}{'MiB':>10}{'MiB':>10}{'':>9}"
+    if reloads:
+        sub += f"{'':>9}{'':>8}"
+    if has_quiet:
         sub += f"{'p99 ms':>9}{'p99.9 ms':>10}{'share':>8}"
     print(sub)
     summary = {}
@@ -477,11 +479,13 @@ def cmd_report(a):
         )
         if reloads:
             line += f"{sum(int(r.get('reloads_ok', 0)) for r in rs):>9}{sum(int(r.get('reloads_failed', 0)) for r in rs):>8}"
-        if quiet:
-            share = sum(int(r.get("quiet_requests", 0)) for r in rs) / max(1, sum(int(r["requests"]) for r in rs))
+        if has_quiet:
+            counted = [r for r in rs if "quiet_requests" in r]
+            total = sum(int(r["requests"]) for r in counted)
+            share = f"{sum(int(r['quiet_requests']) for r in counted) / total:.1%}" if total else "-"
             line += (
                 f"{fmt(s['quiet_p99_us'] and s['quiet_p99_us'] / 1000, '.3f'):>9}"
-                f"{fmt(s['quiet_p999_us'] and s['quiet_p999_us'] / 1000, '.3f'):>10}{share:>8.1%}"
+                f"{fmt(s['quiet_p999_us'] and s['quiet_p999_us'] / 1000, '.3f'):>10}{share:>8}"
             )
         print(line)
     def mark(r):
@@ -491,7 +495,7 @@ def cmd_report(a):
     if any("steal_pct" in r for r in rows):
         steal = "; ".join(f"{p} " + " ".join(r.get("steal_pct", "-") for r in rows if r["proxy"] == p) for p in order)
         print(f"per round host steal %: {steal} (* left out)" if noisy else f"per round host steal %: {steal}")
-    if quiet:
+    if has_quiet:
         def tails(r):
             q99, q999 = (float(r.get(k, 0)) / 1000 for k in ("quiet_p99_us", "quiet_p999_us"))
             return f"{q99:.2f}/{q999:.2f}({r.get('thefts', '-')})"
@@ -509,7 +513,7 @@ def cmd_report(a):
                 + (
                     f"  quiet p99 x{ratio(g['quiet_p99_us'], o['quiet_p99_us'])}"
                     f"  quiet p99.9 x{ratio(g['quiet_p999_us'], o['quiet_p999_us'])}"
-                    if quiet
+                    if has_quiet
                     else ""
                 )
             )

@@ -6,7 +6,8 @@
 //! counts the latency from the due time, not from the send. A server that
 //! stalls therefore shows its stall in every request that should have gone out
 //! meanwhile: no coordinated omission. One thread (tokio current_thread), so
-//! `taskset` pins all of it.
+//! `taskset` pins all of it, and a second one that wakes every 10 ms to read
+//! the host's steal counter (`steal.rs`).
 //!
 //! stdout: one `BENCH_RESULT` line in the format of benches/load/bench.lua,
 //! with the tails also over the requests clear of the host's CPU thefts
@@ -287,8 +288,7 @@ fn main() {
     // Before the sort below, while each latency still sits beside its due time.
     let mut quiet: Option<Vec<u32>> = thefts.as_ref().map(|thefts| {
         let spans = sum.latencies_us.iter().zip(&sum.dues);
-        let done = |due: Instant, us: u32| due + Duration::from_micros(u64::from(us));
-        spans.filter(|(&us, &due)| steal::quiet(due, done(due, us), thefts)).map(|(&us, _)| us).collect()
+        spans.filter(|(_, &due)| steal::quiet(due, thefts)).map(|(&us, _)| us).collect()
     });
     let lat = &mut sum.latencies_us;
     lat.sort_unstable();

@@ -11,6 +11,7 @@ use pingora_core::server::ShutdownWatch;
 use super::client::{Client, RawClient, Unanswered};
 use super::request;
 use crate::listener::connections;
+
 /// A request head that arrived for the lean path: the stream, the bytes
 /// the connection's wait read (`None`: they went back into the stream),
 /// and what a session for it is told.

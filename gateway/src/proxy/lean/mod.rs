@@ -71,6 +71,7 @@ use super::exchange::{self, Begin};
 use super::head_splice::{self, Edit};
 use super::{idle_upstreams, respond, GatewayProxy, RequestCtx};
 use crate::listener::connections;
+use crate::pipeline::failure::{self, PooledLoss};
 
 /// The largest request body the lean path carries. The body is sent before
 /// the answer is read, which the socket buffers absorb at this size; a
@@ -306,12 +307,13 @@ impl LeanPath {
         // first, so the request goes upstream in one write.
         let body = client.read_body(ctx).await?;
         let has_body = body.is_some();
-        let mut retried_reused = false;
         loop {
             let upstream = exchange::next_peer(ctx)?;
             let key = upstream.reuse_hash();
             let max_idle = upstream.options.idle_timeout.unwrap_or(Duration::ZERO);
-            let pooled = if retried_reused { None } else { idle_upstreams::take(key, max_idle) };
+            // After a dead pooled connection, the request goes on a new one.
+            let lost_one = ctx.upstream.pooled_loss != PooledLoss::None;
+            let pooled = if lost_one { None } else { idle_upstreams::take(key, max_idle) };
             let reused = pooled.is_some();
             let stream = match pooled {
                 Some(stream) => Ok(stream),
@@ -360,13 +362,12 @@ impl LeanPath {
                         && idempotent
                         && error.retry()
                         && !has_body
-                        && crate::pipeline::failure::pooled_connection_lost(&mut ctx.upstream);
+                        && failure::pooled_connection_lost(&mut ctx.upstream);
                     if !retry {
                         return Err(error);
                     }
                     // The pooled connection was dead: the same request goes
                     // again on a new connection, to any backend of the pool.
-                    retried_reused = true;
                 }
             }
         }
